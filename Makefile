@@ -1,0 +1,49 @@
+# fraudops: every command a user needs. `make` alone lists them.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+## help: list the targets
+help:
+	@grep -E '^## ' $(MAKEFILE_LIST) | sed 's/^## /  /'
+
+# The venv is rebuilt when the pins change. uv resolves nothing here: it installs the lock as is.
+$(STAMP): pyproject.toml requirements.lock
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is needed (looked for $(PYTHON))"; exit 1; }
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==0.13.9
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.lock
+	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
+	touch $(STAMP)
+
+## install: create .venv and install the pinned project
+install: $(STAMP)
+
+## demo: run the whole pipeline end to end on embedded defaults (simulate, features, train, serve, replay, monitor)
+demo: install
+	$(BIN)/fraudops demo
+
+## test: run the test suite (integration tests use the local PostgreSQL and Redis; mandatory when CI=true)
+test: install
+	$(BIN)/python -m pytest -q
+
+## mlflow-ui: browse runs and the model registry of the demo at http://127.0.0.1:5000
+mlflow-ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///.fraudops/mlflow.db --port 5000
+
+## serve: run the API on embedded defaults at http://127.0.0.1:8000/docs
+serve: install
+	$(BIN)/fraudops serve
+
+## lock: re-resolve requirements.lock from pyproject.toml (only when changing a pin)
+lock:
+	$(BIN)/uv pip compile pyproject.toml --extra dev --python-version 3.11 -o requirements.lock --quiet
+
+## clean: remove the state folder (data, models, reports); keeps .venv
+clean:
+	rm -rf .fraudops
+
+.PHONY: help install demo test mlflow-ui serve lock clean

@@ -1,0 +1,35 @@
+"""The offline transaction store: immutable Parquet parts that the simulator and ingest append to.
+
+Each part is validated, written to a temporary name and renamed into place, so a reader never sees a
+half-written file and a failed batch leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from features.schema import validate_transactions
+
+
+def write_part(frame: pd.DataFrame, directory: Path, name: str) -> Path:
+    batch = validate_transactions(frame, source=name)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"{name}.parquet"
+    partial = directory / f".{name}.parquet.tmp"
+    batch.to_parquet(partial, index=False)
+    os.replace(partial, final)
+    return final
+
+
+def parts_glob(directory: Path) -> str:
+    return str(directory / "*.parquet")
+
+
+def read_transactions(directory: Path, where: str = "TRUE") -> pd.DataFrame:
+    """Transactions matching a SQL predicate, in time order."""
+    query = f"SELECT * FROM read_parquet('{parts_glob(directory)}') WHERE {where} ORDER BY timestamp, transaction_id"
+    return duckdb.sql(query).df()

@@ -1,0 +1,1 @@
+"""The Feast feature repository: definitions and the store configuration template."""

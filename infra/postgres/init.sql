@@ -1,0 +1,5 @@
+-- One PostgreSQL, one database per concern: MLflow's tracking store, Prefect's orchestration state,
+-- Feast's registry. Run once by the postgres image on an empty volume.
+CREATE DATABASE mlflow;
+CREATE DATABASE prefect;
+CREATE DATABASE feast;

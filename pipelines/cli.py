@@ -1,0 +1,170 @@
+"""`fraudops`: one command per stage, each a thin layer over the package that does the work."""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from pipelines.runtime import prepare
+from pipelines.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="fraudops: a runnable fraud detection system.")
+features_app = typer.Typer(no_args_is_help=True, help="Feast feature repository: compute, apply, materialize.")
+app.add_typer(features_app, name="features")
+console = Console()
+
+
+def settings(**overrides: object) -> Settings:
+    """Settings from the environment, with the options the user passed on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+@app.command()
+def simulate(
+    customers: Annotated[Optional[int], typer.Option(min=1, help="Customers (default from settings).")] = None,
+    terminals: Annotated[Optional[int], typer.Option(min=1, help="Terminals (default from settings).")] = None,
+    days: Annotated[Optional[int], typer.Option(min=1, help="Days to simulate (default from settings).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed: same seed, same data.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: the offline transaction store).")] = None,
+    drift: Annotated[Optional[list[str]], typer.Option(help="Drift scenario for the production period: amount_inflation, terminal_wave. Repeatable.")] = None,
+    drift_start_day: Annotated[Optional[int], typer.Option(min=0, help="First day of the drift scenarios.")] = None,
+    replace: Annotated[bool, typer.Option(help="Replace transactions already in the output folder.")] = False,
+) -> None:
+    """Simulate card transactions with labelled fraud (Fraud Detection Handbook, chapter 3).
+
+    Example: fraudops simulate --customers 5000 --terminals 10000 --days 183 --replace
+    """
+    from rich.progress import Progress
+
+    from features.simulator import Drift, SimulationConfig, write_simulation
+
+    s = settings(customers=customers, terminals=terminals, days=days, seed=seed)
+    try:
+        scenarios = tuple(Drift(d) for d in drift or [])
+    except ValueError as exc:
+        raise typer.BadParameter(f"{exc}; choose from {', '.join(d.value for d in Drift)}", param_hint="--drift") from exc
+    cfg = SimulationConfig(
+        customers=s.customers, terminals=s.terminals, days=s.days, seed=s.seed,
+        start_date=date.fromisoformat(s.start_date), drift=scenarios, drift_start_day=drift_start_day,
+    )
+    with Progress(console=console) as progress:
+        bar = progress.add_task("simulating days", total=cfg.days)
+        rows = write_simulation(cfg, out or s.transactions_dir, replace, lambda n: progress.advance(bar, n))
+    console.print(f"wrote {rows:,} transactions to {out or s.transactions_dir}")
+
+
+@features_app.command("apply")
+def features_apply() -> None:
+    """Compute feature snapshots from the offline transactions and register the Feast definitions."""
+    s = settings()
+    prepare(s)
+    from pipelines.flows import features_flow
+
+    console.print(features_flow(s))
+
+
+@features_app.command("materialize")
+def features_materialize(
+    until: Annotated[Optional[datetime], typer.Option(help="Load snapshots up to this time (default: the newest snapshot).")] = None,
+) -> None:
+    """Load new feature snapshots into the online store (incremental: only what is new)."""
+    from features.store import latest_snapshot, materialize
+
+    s = settings()
+    materialize(s, until or latest_snapshot(s) + timedelta(seconds=1))
+    console.print("materialized")
+
+
+@app.command()
+def train(
+    num_leaves: Annotated[int, typer.Option(min=2, help="LightGBM num_leaves.")] = 31,
+    learning_rate: Annotated[float, typer.Option(min=0.0001, max=1.0, help="LightGBM learning rate.")] = 0.05,
+    scale_pos_weight: Annotated[float, typer.Option(min=1.0, help="Weight of the fraud class (imbalance).")] = 1.0,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the run's metrics as JSON here.")] = None,
+) -> None:
+    """Train on Feast features, evaluate on the later test window, register the model in MLflow.
+
+    The first model becomes `champion`; later ones become `challenger` until promoted.
+    """
+    s = settings()
+    prepare(s)
+    from pipelines.flows import train_flow
+    from pipelines.training import ModelConfig
+
+    result = train_flow(s, ModelConfig(num_leaves=num_leaves, learning_rate=learning_rate, scale_pos_weight=scale_pos_weight))
+    console.print_json(data=result)
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=2))
+
+
+@app.command()
+def promote(reason: Annotated[str, typer.Option(help="Why the challenger should serve all traffic.")]) -> None:
+    """Move the `champion` alias to the challenger's version, recording who and why."""
+    from pipelines.registry import promote as move
+
+    previous, new = move(settings(), reason)
+    console.print(f"champion: version {previous} -> {new}")
+
+
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="Bind address.")] = None,
+    port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="Port.")] = None,
+) -> None:
+    """Run the scoring API (OpenAPI docs at /docs)."""
+    import uvicorn
+
+    from serving.app import create_app
+
+    s = settings(api_host=host, api_port=port)
+    uvicorn.run(create_app(s), host=s.api_host, port=s.api_port, log_level="warning")
+
+
+@app.command()
+def replay(
+    start: Annotated[datetime, typer.Option(help="First transaction time to replay.")],
+    days: Annotated[int, typer.Option(min=1, help="Days of transactions to replay.")] = 1,
+    url: Annotated[Optional[str], typer.Option(help="API base URL (default from settings).")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, max=256, help="Requests in flight.")] = 8,
+) -> None:
+    """Send recorded transactions through a running API, as live traffic."""
+    from features.offline import read_transactions
+    from pipelines.replay import replay as run
+
+    s = settings()
+    end = start + timedelta(days=days)
+    tx = read_transactions(s.transactions_dir, f"timestamp >= TIMESTAMP '{start}' AND timestamp < TIMESTAMP '{end}'")
+    stats = run(url or s.api_url, tx, concurrency)
+    console.print(f"sent {stats.sent:,} in {stats.seconds:.1f}s ({stats.rate:,.0f}/s); statuses {stats.statuses}; variants {stats.by_variant}")
+
+
+@app.command()
+def monitor(
+    label: Annotated[str, typer.Option(help="Report folder name under the state folder's reports/.")] = "latest",
+    since: Annotated[Optional[datetime], typer.Option(help="Only predictions for transactions at or after this time.")] = None,
+    until: Annotated[Optional[datetime], typer.Option(help="Only predictions for transactions before this time.")] = None,
+) -> None:
+    """Evidently data and prediction drift of the prediction log against the champion's reference."""
+    s = settings()
+    prepare(s)
+    from pipelines.flows import monitor_flow
+
+    summary = monitor_flow(s, label, since, until)
+    console.print(f"verdict: [bold]{summary.verdict}[/] over {summary.current_rows:,} predictions; report {summary.html}")
+
+
+@app.command()
+def demo() -> None:
+    """Run everything end to end on embedded defaults: simulate, features, train twice, serve, replay, monitor."""
+    from pipelines.demo import run
+
+    run(settings(), console)
+
+
+if __name__ == "__main__":
+    app()

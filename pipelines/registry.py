@@ -1,0 +1,68 @@
+"""MLflow tracking and registry: where a model's lineage and its aliases live.
+
+Aliases, not stages, say which version serves: `champion` answers traffic, `challenger` gets the
+canary share. Only `promote` moves `champion`, and it records who and why on the version.
+"""
+
+from __future__ import annotations
+
+import getpass
+import subprocess
+from datetime import datetime, timezone
+
+import mlflow
+from mlflow import MlflowClient
+
+from pipelines.settings import Settings
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+def connect(settings: Settings) -> MlflowClient:
+    """A client on the configured tracking store and registry, for reading."""
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    return MlflowClient()
+
+
+def configure(settings: Settings) -> MlflowClient:
+    """A client for writing runs: the experiment exists, with its artifact root under the state folder."""
+    client = connect(settings)
+    if client.get_experiment_by_name(settings.experiment) is None:
+        # A tracking server stores artifacts itself; a database or SQLite store needs a folder of ours.
+        served = settings.tracking_uri.startswith(("http://", "https://"))
+        artifact_location = None if served else settings.artifact_location
+        client.create_experiment(settings.experiment, artifact_location=artifact_location)
+    mlflow.set_experiment(settings.experiment)
+    return client
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def aliased_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except mlflow.exceptions.MlflowException:
+        return None
+
+
+def promote(settings: Settings, reason: str, who: str | None = None) -> tuple[str | None, str]:
+    """Move `champion` to the challenger's version; returns (previous champion, new champion)."""
+    client = configure(settings)
+    challenger = aliased_version(client, settings.model_name, CHALLENGER)
+    if challenger is None:
+        raise ValueError(f"model {settings.model_name!r} has no {CHALLENGER!r} alias to promote")
+    previous = aliased_version(client, settings.model_name, CHAMPION)
+    who = who or getpass.getuser()
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for key, value in {"promoted_by": who, "promoted_reason": reason, "promoted_at": stamp, "replaced_version": str(previous)}.items():
+        client.set_model_version_tag(settings.model_name, challenger, key, value)
+    client.set_registered_model_alias(settings.model_name, CHAMPION, challenger)
+    client.delete_registered_model_alias(settings.model_name, CHALLENGER)
+    return previous, challenger

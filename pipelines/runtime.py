@@ -1,0 +1,34 @@
+"""Process-wide set-up that must happen before Prefect or MLflow are imported."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+from pipelines.settings import Settings
+
+
+def prepare(settings: Settings, quiet: bool = False) -> None:
+    """Keep Prefect's ephemeral database in the state folder, and the console readable.
+
+    Only sets what the user has not set: PREFECT_API_URL from docker-compose wins over ephemeral mode.
+    """
+    defaults = {
+        "PREFECT_HOME": str(settings.state_dir / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "GIT_PYTHON_REFRESH": "quiet",
+    }
+    if quiet:
+        defaults["PREFECT_LOGGING_LEVEL"] = "WARNING"
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+    if quiet:
+        # Libraries here reset warning filters on import; silencing the display is what sticks.
+        warnings.showwarning = lambda *args, **kwargs: None
+        os.environ.setdefault("PYTHONWARNINGS", "ignore")
+        for name in ("mlflow", "feast", "alembic", "httpx", "prefect"):
+            logging.getLogger(name).setLevel(logging.ERROR)

@@ -1,0 +1,118 @@
+"""The one settings object every part of fraudops reads.
+
+Values come from environment variables prefixed ``FRAUDOPS_`` (or a ``.env`` file). The defaults are the
+embedded, laptop-sized configuration: SQLite for MLflow and the Feast online store, local files for
+everything else, all under one git-ignored state folder. docker-compose sets the same variables to
+point at PostgreSQL and Redis; no code path changes.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FRAUDOPS_", env_file=".env", extra="ignore")
+
+    environment: Literal["local", "ci", "production"] = "local"
+    state_dir: Path = Field(REPO_ROOT / ".fraudops", description="Every file fraudops writes lives under here.")
+    seed: int = 42
+
+    # Simulator: the demo scale. The handbook's full scale is 5,000 customers, 10,000 terminals, 183 days.
+    customers: int = Field(1_000, ge=1)
+    terminals: int = Field(2_000, ge=1)
+    days: int = Field(100, ge=1)
+    start_date: str = "2025-04-01"
+
+    # Features. Labels are known only `label_delay_days` after a transaction, so terminal risk skips them.
+    label_delay_days: int = Field(7, ge=0)
+
+    # Feast: registry is a local file unless a SQLAlchemy URL is given; online store SQLite unless Redis is.
+    feast_project: str = "fraudops"
+    feast_registry_url: str | None = Field(None, description="e.g. postgresql+psycopg://postgres@localhost/feast")
+    feast_redis_url: str | None = Field(None, description="host:port[,db=N] of the Redis online store")
+    feature_service: str = "fraud_detection_v1"
+
+    # Training: the handbook's protocol, a train window, a delay period, then a test window.
+    train_start_day: int = Field(30, ge=0, description="Days after start_date; earlier days warm up the windows.")
+    train_days: int = Field(21, ge=1)
+    test_days: int = Field(14, ge=1)
+    review_fee: float = Field(5.0, ge=0, description="Cost of one false alarm (an analyst's review).")
+    top_k: int = Field(100, ge=1, description="Daily review capacity: cards an analyst team can check per day.")
+
+    # MLflow: SQLite + local artifacts unless a tracking URI is given.
+    mlflow_tracking_uri: str | None = None
+    experiment: str = "fraudops"
+    model_name: str = "fraud-detector"
+
+    # Serving.
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+    admin_token: str | None = Field(None, description="Bearer token of /admin; unset means the admin API is off.")
+    challenger_share: float = Field(0.1, ge=0.0, le=1.0, description="Share of customers routed to challenger.")
+    max_batch_size: int = Field(256, ge=1)
+    max_body_bytes: int = Field(64 * 1024, ge=1024)
+    log_batch_size: int = Field(512, ge=1)
+    log_queue_size: int = Field(100_000, ge=1)
+
+    # Monitoring verdict: share of drifted features above which the dataset counts as drifted.
+    drift_share: float = Field(0.3, gt=0.0, le=1.0)
+    min_rows: int = Field(200, ge=1, description="Fewer logged predictions than this give insufficient_data.")
+
+    @model_validator(mode="after")
+    def _windows_fit(self) -> Settings:
+        end = self.train_start_day + self.train_days + self.label_delay_days + self.test_days
+        if end > self.days:
+            raise ValueError(
+                f"train_start_day + train_days + label_delay_days + test_days = {end} exceeds days = {self.days}"
+            )
+        return self
+
+    # Derived locations: computed, never configured separately, so they cannot disagree.
+    @property
+    def transactions_dir(self) -> Path:
+        return self.state_dir / "data" / "transactions"
+
+    @property
+    def features_dir(self) -> Path:
+        return self.state_dir / "data" / "features"
+
+    @property
+    def feast_dir(self) -> Path:
+        return self.state_dir / "feast"
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.state_dir / "predictions"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.state_dir / "reports"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.state_dir / "model-cache"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.state_dir / 'mlflow.db'}"
+
+    @property
+    def artifact_location(self) -> str:
+        return (self.state_dir / "mlartifacts").as_uri()
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api_host}:{self.api_port}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

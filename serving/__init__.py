@@ -1,0 +1,1 @@
+"""The fraud-scoring API: online features, champion/challenger routing, the model, the prediction log."""

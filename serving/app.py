@@ -1,0 +1,173 @@
+"""The FastAPI application: thin routes over ScoringService."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pipelines.settings import Settings, get_settings
+from serving.schemas import Batch, Score, Scores, Transaction
+from serving.service import ScoringService
+
+log = logging.getLogger("fraudops.api")
+
+
+class BodyLimit:
+    """Refuse bodies over `limit` bytes with 413, whether or not the client sent Content-Length."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._reject(send)
+        received = 0
+        rejected = False
+
+        async def limited() -> Message:
+            # Past the limit, answer 413 ourselves and tell the app the client left: frameworks turn
+            # an exception raised here into their own 400, which would hide the real reason.
+            nonlocal received, rejected
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit and not rejected:
+                rejected = True
+                await self._reject(send)
+                return {"type": "http.disconnect"}
+            return message
+
+        async def guarded(message: Message) -> None:
+            if not rejected:
+                await send(message)
+
+        try:
+            await self.app(scope, limited, guarded)
+        except Exception:
+            if not rejected:
+                raise
+
+    async def _reject(self, send: Send) -> None:
+        response = JSONResponse({"detail": f"request body exceeds {self.limit} bytes"}, status_code=413)
+        await response({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def _service(request: Request) -> ScoringService:
+    return request.app.state.service
+
+
+Service = Annotated[ScoringService, Depends(_service)]
+
+
+class Routing(BaseModel):
+    challenger_share: float = Field(ge=0.0, le=1.0)
+
+
+class Promotion(BaseModel):
+    reason: str = Field(min_length=3, max_length=500)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = ScoringService(settings)
+        service.start()
+        app.state.service = service
+        yield
+        service.stop()
+
+    app = FastAPI(
+        title="fraudops scoring API",
+        version="0.1.0",
+        description="Scores card transactions with the champion model, or the challenger for a sticky share of customers.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Name the field and the rule; leave out the echoed input, which may be NaN or huge.
+        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    def admin(authorization: Annotated[str | None, Header()] = None) -> None:
+        if not settings.admin_token:
+            raise HTTPException(404, "admin API is off: set FRAUDOPS_ADMIN_TOKEN to enable it")
+        if authorization != f"Bearer {settings.admin_token}":
+            raise HTTPException(401, "admin API needs 'Authorization: Bearer <token>'")
+
+    @app.post("/predict", response_model=Score, tags=["scoring"])
+    async def predict(tx: Transaction, svc: Service) -> Score:
+        if not svc.ready:
+            raise HTTPException(503, "no champion model loaded yet")
+        return svc.score(tx)
+
+    @app.post("/predict/batch", response_model=Scores, tags=["scoring"])
+    async def predict_batch(batch: Batch, svc: Service) -> Scores:
+        if len(batch.transactions) > settings.max_batch_size:
+            raise HTTPException(413, f"transactions: at most {settings.max_batch_size} per batch, got {len(batch.transactions)}")
+        if not svc.ready:
+            raise HTTPException(503, "no champion model loaded yet")
+        return Scores(scores=[svc.score(tx) for tx in batch.transactions])
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"])
+    async def readyz(svc: Service) -> JSONResponse:
+        body = {
+            "ready": svc.ready,
+            "models": {alias: {"version": m.version, "source": m.source} for alias, m in svc.models.items()},
+            "challenger_share": svc.router.challenger_share,
+        }
+        return JSONResponse(body, status_code=200 if svc.ready else 503)
+
+    @app.get("/metrics", tags=["operations"])
+    async def metrics(svc: Service) -> Response:
+        return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/admin/routing", dependencies=[Depends(admin)], tags=["admin"])
+    async def get_routing(svc: Service) -> dict[str, float]:
+        return {"challenger_share": svc.router.challenger_share}
+
+    @app.put("/admin/routing", dependencies=[Depends(admin)], tags=["admin"])
+    async def set_routing(body: Routing, svc: Service) -> dict[str, float]:
+        previous = svc.router.challenger_share
+        svc.router.set_share(body.challenger_share)
+        log.warning("routing changed: challenger_share %s -> %s", previous, body.challenger_share)
+        return {"previous": previous, "challenger_share": body.challenger_share}
+
+    @app.post("/admin/reload", dependencies=[Depends(admin)], tags=["admin"])
+    async def reload(svc: Service) -> dict[str, str | None]:
+        return svc.reload()
+
+    @app.post("/admin/promote", dependencies=[Depends(admin)], tags=["admin"])
+    async def promote(body: Promotion, svc: Service) -> dict[str, str | None]:
+        from pipelines.registry import promote as move_alias
+
+        try:
+            previous, new = move_alias(settings, body.reason, who="admin-api")
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from exc
+        log.warning("promoted version %s to champion (was %s): %s", new, previous, body.reason)
+        return {"previous_champion": previous, "champion": new, **{f"loaded_{k}": v for k, v in svc.reload().items()}}
+
+    return app

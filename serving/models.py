@@ -1,0 +1,94 @@
+"""Models by registry alias, with a disk cache so the service can start while the registry is down.
+
+Only aliases of the configured model name are ever loaded: nothing in a request can point the
+service at a path or URI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+
+from pipelines.settings import Settings
+
+log = logging.getLogger("fraudops.models")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    alias: str
+    version: str
+    booster: lgb.Booster
+    features: tuple[str, ...]
+    threshold: float
+    source: str  # "registry" or "cache"
+
+    def score(self, rows: np.ndarray) -> np.ndarray:
+        """Scores for rows already in `features` order: the booster on a NumPy array, no DataFrame."""
+        return self.booster.predict(rows, num_threads=1)
+
+
+def _cache_dir(settings: Settings, alias: str) -> Path:
+    return settings.model_cache_dir / alias
+
+
+def _write_cache(settings: Settings, model: LoadedModel) -> None:
+    target = _cache_dir(settings, model.alias)
+    target.mkdir(parents=True, exist_ok=True)
+    meta = {"version": model.version, "features": list(model.features), "threshold": model.threshold}
+    for name, text in (("model.txt", model.booster.model_to_string()), ("meta.json", json.dumps(meta))):
+        partial = target / f".{name}.tmp"
+        partial.write_text(text)
+        os.replace(partial, target / name)
+
+
+def load_cached(settings: Settings, alias: str) -> LoadedModel | None:
+    target = _cache_dir(settings, alias)
+    if not (target / "meta.json").exists():
+        return None
+    meta = json.loads((target / "meta.json").read_text())
+    booster = lgb.Booster(model_str=(target / "model.txt").read_text())
+    return LoadedModel(alias, meta["version"], booster, tuple(meta["features"]), float(meta["threshold"]), "cache")
+
+
+def check(model: LoadedModel) -> None:
+    """Refuse a model that cannot score a plausible row with finite numbers."""
+    probe = np.zeros((2, len(model.features)))
+    scores = model.score(probe)
+    if scores.shape != (2,) or not np.all(np.isfinite(scores)):
+        raise ValueError(f"{model.alias} version {model.version} gives non-finite scores")
+
+
+def load_from_registry(settings: Settings, alias: str) -> LoadedModel | None:
+    """The version behind `alias`, or None if the alias is not set. Raises if the registry is unreachable."""
+    import mlflow
+
+    from pipelines import registry
+
+    client = registry.connect(settings)
+    version = registry.aliased_version(client, settings.model_name, alias)
+    if version is None:
+        return None
+    version = str(version)
+    uri = f"models:/{settings.model_name}/{version}"
+    booster = mlflow.lightgbm.load_model(uri)
+    meta = mlflow.models.get_model_info(uri).metadata or {}
+    model = LoadedModel(alias, version, booster, tuple(meta["features"]), float(meta["threshold"]), "registry")
+    check(model)
+    _write_cache(settings, model)
+    return model
+
+
+def load(settings: Settings, alias: str) -> LoadedModel | None:
+    """Registry first; the disk cache if the registry cannot be reached."""
+    try:
+        return load_from_registry(settings, alias)
+    except Exception as exc:  # registry down or model broken: serve what we had, say so in /readyz
+        log.warning("loading %s from the registry failed (%s); trying the disk cache", alias, exc)
+        return load_cached(settings, alias)

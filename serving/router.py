@@ -1,0 +1,38 @@
+"""Champion/challenger routing: a weighted split that is sticky per customer.
+
+A customer's bucket is a hash of the id, so the same card always meets the same model (a canary
+must not flip a customer's decisions between requests), and raising the share only moves customers
+from champion to challenger, never back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Literal
+
+Variant = Literal["champion", "challenger"]
+BUCKETS = 10_000
+
+
+def bucket(customer_id: str) -> int:
+    digest = hashlib.blake2b(customer_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % BUCKETS
+
+
+class Router:
+    def __init__(self, challenger_share: float) -> None:
+        self.set_share(challenger_share)
+
+    @property
+    def challenger_share(self) -> float:
+        return self._cutoff / BUCKETS
+
+    def set_share(self, share: float) -> None:
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"challenger share must be within [0, 1], got {share}")
+        self._cutoff = round(share * BUCKETS)
+
+    def route(self, customer_id: str, challenger_available: bool) -> Variant:
+        if challenger_available and bucket(customer_id) < self._cutoff:
+            return "challenger"
+        return "champion"

@@ -1,0 +1,54 @@
+"""Request and response bodies. Everything a caller can send is checked here, before any work."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="1-64 letters, digits, _ . : -")]
+EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)
+
+
+class Transaction(BaseModel):
+    """A card transaction at authorisation time."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"transaction_id": "tx-1", "customer_id": "42", "terminal_id": "917", "amount": 57.3, "timestamp": "2025-07-01T12:30:00Z"}
+    ]})
+
+    transaction_id: Identifier
+    customer_id: Identifier
+    terminal_id: Identifier
+    amount: float = Field(ge=0, le=1_000_000, allow_inf_nan=False, description="Amount in the card's currency; finite, 0 to 1,000,000.")
+    timestamp: datetime = Field(description="ISO 8601; naive times are taken as UTC; 2000-01-01 to 2100-01-01.")
+
+    @field_validator("timestamp")
+    @classmethod
+    def _sane_time(cls, value: datetime) -> datetime:
+        value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        if not EARLIEST <= value < LATEST:
+            raise ValueError("timestamp must be between 2000-01-01 and 2100-01-01")
+        return value.astimezone(timezone.utc)
+
+
+class Batch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    transactions: list[Transaction] = Field(min_length=1)
+
+
+class Score(BaseModel):
+    transaction_id: str
+    score: float = Field(description="Fraud probability from the model that answered.")
+    is_fraud: bool = Field(description="score >= threshold, the model's cost-optimal decision threshold.")
+    threshold: float
+    variant: Literal["champion", "challenger"]
+    model_version: str
+    features_missing: list[str] = Field(description="Features that fell back to their documented defaults.")
+    degraded: bool = Field(description="True when the online store could not be read at all.")
+
+
+class Scores(BaseModel):
+    scores: list[Score]

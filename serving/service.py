@@ -1,0 +1,128 @@
+"""The scoring path: route, look up features, score, log. Kept free of web concerns so the API, the
+benchmarks and the tests all drive the same object."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from pipelines.settings import Settings
+from serving import models
+from serving.models import LoadedModel
+from serving.online import OnlineFeatures
+from serving.predlog import PredictionLog
+from serving.router import Router
+from serving.schemas import Score, Transaction
+
+log = logging.getLogger("fraudops.service")
+ALIASES = ("champion", "challenger")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("fraudops_predictions_total", "Scored transactions", ["variant"], registry=r)
+        self.latency = Histogram(
+            "fraudops_prediction_seconds", "Time to score one transaction", ["variant"], registry=r,
+            buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+        )
+        self.scores = Histogram(
+            "fraudops_score", "Fraud scores", ["variant"], registry=r, buckets=(0.01, 0.05, 0.1, 0.2, 0.5, 0.8, 0.95)
+        )
+        self.missing = Counter("fraudops_features_missing_total", "Answers with defaulted features", registry=r)
+        self.degraded = Counter("fraudops_degraded_total", "Answers without the online store", registry=r)
+        self.log_dropped = Gauge("fraudops_prediction_log_dropped", "Prediction records dropped", registry=r)
+        self.log_depth = Gauge("fraudops_prediction_log_queue", "Prediction records waiting", registry=r)
+        self.model_version = Gauge("fraudops_model_version", "Loaded model version", ["alias"], registry=r)
+
+
+class ScoringService:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.router = Router(settings.challenger_share)
+        self.metrics = Metrics()
+        self.models: dict[str, LoadedModel] = {}
+        self._lock = threading.Lock()
+        self.online = OnlineFeatures(settings)
+        self.log = PredictionLog(settings.predictions_dir, settings.log_batch_size, settings.log_queue_size)
+
+    def start(self) -> None:
+        self.reload()
+        self.log.start()
+
+    def stop(self) -> None:
+        self.log.close()
+
+    def reload(self) -> dict[str, str | None]:
+        """Load each alias in the background of serving and swap it in whole: a request holds the model
+        it started with, and a version that fails to load leaves the current one in place."""
+        for alias in ALIASES:
+            loaded = models.load(self.settings, alias)
+            with self._lock:
+                if loaded is not None:
+                    self.models = {**self.models, alias: loaded}
+                elif alias == "challenger":
+                    self.models = {k: v for k, v in self.models.items() if k != alias}
+            if loaded is not None:
+                self.metrics.model_version.labels(alias).set(float(loaded.version))
+        return {alias: m.version for alias, m in self.models.items()}
+
+    @property
+    def ready(self) -> bool:
+        return "champion" in self.models
+
+    def score(self, tx: Transaction) -> Score:
+        started = time.perf_counter()
+        current = self.models  # one consistent snapshot for this request
+        variant = self.router.route(tx.customer_id, "challenger" in current)
+        model = current[variant]
+        unix_seconds = int(tx.timestamp.timestamp())
+        lookup = self.online.lookup(tx.customer_id, tx.terminal_id, tx.amount, unix_seconds)
+        row = np.array([[lookup.values[name] for name in model.features]])
+        score = float(model.score(row)[0])
+        elapsed = time.perf_counter() - started
+        answer = Score(
+            transaction_id=tx.transaction_id,
+            score=score,
+            is_fraud=score >= model.threshold,
+            threshold=model.threshold,
+            variant=variant,
+            model_version=model.version,
+            features_missing=lookup.missing,
+            degraded=lookup.degraded,
+        )
+        self._observe(tx, answer, lookup.values, elapsed)
+        return answer
+
+    def _observe(self, tx: Transaction, answer: Score, features: dict[str, float], elapsed: float) -> None:
+        m = self.metrics
+        m.requests.labels(answer.variant).inc()
+        m.latency.labels(answer.variant).observe(elapsed)
+        m.scores.labels(answer.variant).observe(answer.score)
+        if answer.features_missing:
+            m.missing.inc()
+        if answer.degraded:
+            m.degraded.inc()
+        record: dict[str, Any] = {
+            "transaction_id": tx.transaction_id,
+            "customer_id": tx.customer_id,
+            "terminal_id": tx.terminal_id,
+            "timestamp": tx.timestamp.replace(tzinfo=None),
+            **features,
+            "score": answer.score,
+            "is_fraud_predicted": answer.is_fraud,
+            "variant": answer.variant,
+            "model_version": answer.model_version,
+            "features_missing": len(answer.features_missing),
+            "degraded": answer.degraded,
+            "latency_ms": elapsed * 1000,
+        }
+        self.log.put(record)
+        m.log_dropped.set(self.log.dropped)
+        m.log_depth.set(self.log.queue.qsize())

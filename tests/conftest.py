@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny settings in a temporary state folder, the real local services, and one
+trained pipeline reused by the tests that need models."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from pipelines.runtime import prepare
+from pipelines.settings import Settings
+
+TINY = dict(customers=300, terminals=600, days=50, train_start_day=10, train_days=14, label_delay_days=7, test_days=7, min_rows=100)
+
+
+def tiny_settings(state_dir: Path, **overrides: object) -> Settings:
+    return Settings(state_dir=state_dir, **{**TINY, **overrides})
+
+
+def service_available(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    """Integration tests need the real service: mandatory in CI, skipped with a reason on a laptop."""
+    if service_available(host, port):
+        return
+    message = f"{name} is not reachable on {host}:{port}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{message}, and CI=true makes it mandatory")
+    pytest.skip(f"{message}; start it to run this integration test")
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Simulate, compute features, materialize and train a champion and a challenger, once per session."""
+    from datetime import date, timedelta, datetime
+
+    from features.simulator import SimulationConfig, write_simulation
+
+    settings = tiny_settings(tmp_path_factory.mktemp("state"))
+    prepare(settings)
+    from pipelines.flows import features_flow, train_flow
+    from pipelines.training import ModelConfig, Windows
+
+    write_simulation(SimulationConfig(customers=settings.customers, terminals=settings.terminals, days=settings.days,
+                                      start_date=date.fromisoformat(settings.start_date)), settings.transactions_dir)
+    features_flow(settings, materialize_until=Windows.from_settings(settings).test_end.to_pydatetime())
+    train_flow(settings, ModelConfig(num_boost_round=60))
+    train_flow(settings, ModelConfig(num_boost_round=60, num_leaves=15, scale_pos_weight=3.0))
+    return settings

@@ -1,0 +1,144 @@
+"""The API over a really trained tiny pipeline: valid answers, and a clear 4xx for every bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from serving.app import create_app
+
+TX = {"transaction_id": "tx-1", "customer_id": "12", "terminal_id": "34", "amount": 42.5, "timestamp": "2025-05-09T10:00:00Z"}
+
+
+@pytest.fixture(scope="module")
+def client(trained):
+    settings = trained.model_copy(update={"admin_token": "s3cret", "challenger_share": 0.5})
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def test_valid_transaction_is_scored(client) -> None:
+    answer = client.post("/predict", json=TX)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert 0.0 <= body["score"] <= 1.0
+    assert body["is_fraud"] == (body["score"] >= body["threshold"])
+    assert body["variant"] in ("champion", "challenger") and body["model_version"] in ("1", "2")
+    assert body["features_missing"] == [] and body["degraded"] is False
+
+
+def test_unknown_customer_is_flagged_not_failed(client) -> None:
+    body = client.post("/predict", json={**TX, "customer_id": "nobody"}).json()
+    assert "customer_tx_count_30d" in body["features_missing"]
+
+
+def test_same_customer_same_variant(client) -> None:
+    variants = {client.post("/predict", json={**TX, "transaction_id": f"t{i}"}).json()["variant"] for i in range(5)}
+    assert len(variants) == 1
+
+
+@pytest.mark.parametrize(
+    "change, field, words",
+    [
+        ({"amount": -1}, "amount", "greater than or equal to 0"),
+        ({"amount": "lots"}, "amount", "valid number"),
+        ({"customer_id": "a b"}, "customer_id", "pattern"),
+        ({"customer_id": ""}, "customer_id", "pattern"),
+        ({"timestamp": "1899-01-01T00:00:00Z"}, "timestamp", "between 2000-01-01 and 2100-01-01"),
+        ({"timestamp": "soon"}, "timestamp", "datetime"),
+        ({"extra": 1}, "extra", "Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_input_gets_422_naming_the_field(client, change, field, words) -> None:
+    answer = client.post("/predict", json={**TX, **change})
+    assert answer.status_code == 422
+    errors = answer.json()["detail"]
+    assert any(e["loc"][-1] == field and words in e["msg"] for e in errors), errors
+
+
+def test_missing_field_and_non_finite_amount_are_refused(client) -> None:
+    missing = client.post("/predict", json={k: v for k, v in TX.items() if k != "amount"})
+    assert missing.status_code == 422 and missing.json()["detail"][0]["loc"] == ["body", "amount"]
+    for raw in ("NaN", "Infinity"):
+        body = json.dumps(TX).replace("42.5", raw)
+        answer = client.post("/predict", content=body, headers={"content-type": "application/json"})
+        assert answer.status_code == 422, raw
+        assert answer.json()["detail"][0]["loc"] == ["body", "amount"]
+
+
+def test_body_limit_is_enforced_by_the_app(client) -> None:
+    big = {**TX, "transaction_id": "x" * 100_000}
+    answer = client.post("/predict", content=json.dumps(big), headers={"content-type": "application/json"})
+    assert answer.status_code == 413
+    chunked = client.post("/predict", content=iter([b"{" + b" " * 70_000 + b"}"]), headers={"content-type": "application/json"})
+    assert chunked.status_code == 413
+
+
+def test_batch_scores_each_and_has_a_maximum(client, trained) -> None:
+    batch = [{**TX, "transaction_id": f"b{i}", "customer_id": str(i)} for i in range(10)]
+    answer = client.post("/predict/batch", json={"transactions": batch})
+    assert answer.status_code == 200 and len(answer.json()["scores"]) == 10
+    too_many = [{**TX, "transaction_id": f"b{i}"} for i in range(trained.max_batch_size + 1)]
+    answer = client.post("/predict/batch", json={"transactions": too_many})
+    assert answer.status_code == 413 and "at most" in answer.json()["detail"]
+
+
+def test_health_readiness_and_metrics(client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["ready"] and set(ready["models"]) == {"champion", "challenger"}
+    client.post("/predict", json=TX)
+    metrics = client.get("/metrics").text
+    assert "fraudops_predictions_total" in metrics and 'fraudops_model_version{alias="champion"} 1.0' in metrics
+
+
+def test_admin_needs_its_token(client) -> None:
+    assert client.get("/admin/routing").status_code == 401
+    auth = {"Authorization": "Bearer s3cret"}
+    assert client.put("/admin/routing", json={"challenger_share": 0.0}, headers=auth).json()["challenger_share"] == 0.0
+    assert client.post("/predict", json=TX).json()["variant"] == "champion"
+    assert client.put("/admin/routing", json={"challenger_share": 2}, headers=auth).status_code == 422
+    client.put("/admin/routing", json={"challenger_share": 0.5}, headers=auth)
+
+
+def test_admin_is_off_without_a_token(trained) -> None:
+    with TestClient(create_app(trained)) as c:
+        answer = c.get("/admin/routing", headers={"Authorization": "Bearer anything"})
+    assert answer.status_code == 404 and "FRAUDOPS_ADMIN_TOKEN" in answer.json()["detail"]
+
+
+def test_every_answer_reaches_the_prediction_log(trained, tmp_path) -> None:
+    settings = trained.model_copy(update={"state_dir": tmp_path})
+    # same registry and features, a fresh log folder
+    settings = settings.model_copy(update={"mlflow_tracking_uri": trained.tracking_uri})
+    import shutil
+
+    shutil.copytree(trained.feast_dir, settings.feast_dir)
+    shutil.copytree(trained.features_dir, settings.features_dir)
+    n = 57
+    with TestClient(create_app(settings)) as c:
+        for i in range(n):
+            assert c.post("/predict", json={**TX, "transaction_id": f"log-{i}"}).status_code == 200
+    logged = pd.read_parquet(settings.predictions_dir)
+    assert sorted(logged["transaction_id"]) == sorted(f"log-{i}" for i in range(n))
+    assert {"score", "variant", "model_version", "latency_ms", "customer_tx_count_7d"} <= set(logged.columns)
+
+
+def test_hot_path_scores_equal_the_mlflow_pyfunc_model(trained) -> None:
+    import mlflow
+
+    from features.offline import read_transactions
+    from features.store import historical_features, open_store
+    from serving.models import load_from_registry
+
+    model = load_from_registry(trained, "champion")
+    tx = read_transactions(trained.transactions_dir, "timestamp >= TIMESTAMP '2025-05-05'").head(300)
+    frame = historical_features(open_store(trained), trained.feature_service, tx)
+    fast = model.score(frame[list(model.features)].to_numpy(np.float64))
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{trained.model_name}@champion")
+    reference = np.asarray(pyfunc.predict(frame[list(model.features)])).ravel()
+    np.testing.assert_allclose(fast, reference, atol=1e-6)

@@ -1,0 +1,41 @@
+"""The whole demo on tiny data: simulate, features, train twice, serve as a process, replay, monitor."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import httpx
+import pytest
+from rich.console import Console
+
+from pipelines.demo import run
+from tests.conftest import tiny_settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.e2e
+def test_demo_runs_end_to_end_and_catches_the_drift(tmp_path) -> None:
+    settings = tiny_settings(tmp_path / "state", api_port=free_port())
+    console = Console(record=True, width=140)
+    summary = run(settings, console)
+
+    assert summary["transactions"] > 10_000
+    assert summary["trained"]["champion"]["alias"] == "champion"
+    assert summary["trained"]["challenger"]["alias"] == "challenger"
+    assert summary["trained"]["champion"]["test_roc_auc"] > 0.6
+    # the calm period is the training distribution; the last days have amounts inflated by 60%
+    assert summary["verdicts"] == {"calm": "ok", "drifted": "drift"}
+    report = settings.reports_dir / "drifted"
+    assert (report / "report.html").stat().st_size > 10_000
+    drifted = {c["column"] for c in json.loads((report / "summary.json").read_text())["columns"] if c["drifted"]}
+    assert "amount" in drifted
+    assert any(settings.predictions_dir.glob("*.parquet"))
+    with pytest.raises(httpx.TransportError):  # the demo stops the API it started
+        httpx.get(f"{settings.api_url}/healthz", timeout=1.0)
+    assert "demo finished" in console.export_text()

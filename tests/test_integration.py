@@ -1,0 +1,109 @@
+"""The same code against the real PostgreSQL and Redis of this machine, as docker-compose runs it:
+Feast's SQL registry in Postgres, its online store in Redis, MLflow's backend store in Postgres."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+
+import pandas as pd
+import pytest
+
+from tests.conftest import require_service, tiny_settings
+
+pytestmark = pytest.mark.integration
+PG = ("PostgreSQL", "127.0.0.1", 5432)
+REDIS = ("Redis", "127.0.0.1", 6379)
+
+
+@pytest.fixture
+def database():
+    """A throwaway PostgreSQL database, dropped afterwards."""
+    require_service(*PG)
+    import psycopg
+
+    name = f"fraudops_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_db():
+    """A Redis database number of its own, flushed before and after."""
+    require_service(*REDIS)
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=6379, db=7)
+    client.flushdb()
+    yield "127.0.0.1:6379,db=7"
+    client.flushdb()
+
+
+def test_feast_on_postgres_registry_and_redis_online_store(tmp_path, database, redis_db) -> None:
+    from features.simulator import SimulationConfig, write_simulation
+    from features.compute import compute_features
+    from features.store import apply, historical_features, materialize, model_features, open_store
+    from features.offline import read_transactions
+    from serving.online import OnlineFeatures
+
+    settings = tiny_settings(tmp_path, feast_registry_url=database, feast_redis_url=redis_db, days=40)
+    write_simulation(SimulationConfig(customers=100, terminals=200, days=40, start_date=date(2025, 4, 1)), settings.transactions_dir)
+    compute_features(settings.transactions_dir, settings.features_dir, settings.label_delay_days)
+    apply(settings)
+    end = datetime(2025, 5, 5)
+    materialize(settings, end)
+
+    # the registry really lives in Postgres: a second store object on a fresh folder sees the definitions
+    other = tiny_settings(tmp_path / "elsewhere", feast_registry_url=database, feast_redis_url=redis_db)
+    assert "fraud_detection_v1" in [s.name for s in open_store(other).list_feature_services()]
+
+    tx = read_transactions(settings.transactions_dir, "timestamp >= TIMESTAMP '2025-05-05' AND timestamp < TIMESTAMP '2025-05-06'").head(25)
+    store = open_store(settings)
+    offline = historical_features(store, settings.feature_service, tx)
+    online = OnlineFeatures(settings)
+    names = model_features(store, settings.feature_service)
+    for _, row in offline.iterrows():
+        got = online.lookup(row["customer_id"], row["terminal_id"], row["amount"], int(row["tx_unix_seconds"]))
+        assert not got.missing and not got.degraded
+        for name in names:
+            assert got.values[name] == pytest.approx(float(row[name]), rel=1e-9, nan_ok=True), name
+
+
+def test_redis_outage_degrades_instead_of_failing(tmp_path, redis_db) -> None:
+    from features.simulator import SimulationConfig, write_simulation
+    from features.compute import compute_features
+    from features.store import apply
+    from serving.online import OnlineFeatures
+
+    settings = tiny_settings(tmp_path, feast_redis_url=redis_db, days=40)
+    write_simulation(SimulationConfig(customers=50, terminals=100, days=40, start_date=date(2025, 4, 1)), settings.transactions_dir)
+    compute_features(settings.transactions_dir, settings.features_dir, settings.label_delay_days)
+    apply(settings)
+    broken = settings.model_copy(update={"feast_redis_url": "127.0.0.1:1"})  # nothing listens there
+    got = OnlineFeatures(broken).lookup("1", "1", 10.0, 1_746_000_000)
+    assert got.degraded and got.values["customer_tx_count_7d"] == 0.0
+
+
+def test_training_flow_tracks_and_registers_in_postgres(trained, tmp_path, database) -> None:
+    import shutil
+
+    from mlflow import MlflowClient
+
+    from pipelines.flows import train_flow
+    from pipelines.training import ModelConfig
+
+    settings = trained.model_copy(update={"state_dir": tmp_path, "mlflow_tracking_uri": database.replace("+psycopg", "")})
+    shutil.copytree(trained.feast_dir, settings.feast_dir)
+    shutil.copytree(trained.features_dir, settings.features_dir)
+    shutil.copytree(trained.transactions_dir, settings.transactions_dir)
+    result = train_flow(settings, ModelConfig(num_boost_round=30))
+    assert result["alias"] == "champion" and result["version"] == "1"
+    client = MlflowClient(settings.tracking_uri)
+    version = client.get_model_version_by_alias(settings.model_name, "champion")
+    run = client.get_run(version.run_id)
+    assert run.data.tags["feature_service"] == "fraud_detection_v1"
+    assert run.data.metrics["test_roc_auc"] == pytest.approx(result["test_roc_auc"])
+    assert (tmp_path / "mlartifacts").is_dir()  # artifacts under the state folder, not in the cwd
