@@ -30,6 +30,10 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+## bench: measure every part beside a peer in the same run (tables; JSON with BENCH_JSON=path)
+bench: install
+	$(BIN)/fraudops bench $(if $(BENCH_JSON),--json $(BENCH_JSON))
+
 ## mlflow-ui: browse runs and the model registry of the demo at http://127.0.0.1:5000
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///.fraudops/mlflow.db --port 5000
@@ -46,4 +50,4 @@ lock:
 clean:
 	rm -rf .fraudops
 
-.PHONY: help install demo test mlflow-ui serve lock clean
+.PHONY: help install demo test bench mlflow-ui serve lock clean

@@ -159,6 +159,27 @@ def monitor(
 
 
 @app.command()
+def bench(
+    section: Annotated[Optional[list[str]], typer.Option(help="Section to run (features). Repeatable; default: all.")] = None,
+    scale: Annotated[str, typer.Option(help="full: the handbook's 5,000 customers x 183 days; small: a quick look.")] = "full",
+    repeat: Annotated[int, typer.Option(min=1, help="Repetitions per timing; the table shows medians.")] = 3,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures as JSON, by section and figure.")] = None,
+) -> None:
+    """Measure each part beside a peer in the same run: a table per section."""
+    from pipelines.bench import SECTIONS, run as run_bench
+
+    if scale not in ("full", "small"):
+        raise typer.BadParameter("choose full or small", param_hint="--scale")
+    unknown = set(section or []) - set(SECTIONS)
+    if unknown:
+        raise typer.BadParameter(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}", param_hint="--section")
+    base = settings()
+    s = base.model_copy(update={"state_dir": base.state_dir / "bench"})
+    prepare(s, quiet=True)
+    run_bench(s, list(section or SECTIONS), scale, repeat, json_out, console)
+
+
+@app.command()
 def demo() -> None:
     """Run everything end to end on embedded defaults: simulate, features, train twice, serve, replay, monitor."""
     from pipelines.demo import run

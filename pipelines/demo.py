@@ -7,8 +7,6 @@ inflate, and watch the monitor tell the two apart.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import shutil
 import subprocess
@@ -22,7 +20,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.runtime import prepare
+from pipelines.runtime import prepare, quiet_stdout
 from pipelines.settings import Settings
 
 PRODUCTION_DAYS = 2  # days replayed per period: enough rows for a drift test, quick on 2 cores
@@ -35,13 +33,6 @@ def settings_env(settings: Settings) -> dict[str, str]:
         if value is not None:
             env[f"FRAUDOPS_{key.upper()}"] = str(value)
     return env
-
-
-@contextmanager
-def quiet_stdout() -> Iterator[None]:
-    """Feast prints materialization progress; the demo shows its own."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        yield
 
 
 @contextmanager
@@ -144,10 +135,10 @@ def run(settings: Settings, console: Console) -> dict[str, object]:
                       f"CP@{settings.top_k} {result[f'test_card_precision_at_{settings.top_k}']:.3f} · "
                       f"cost {result['test_expected_cost']:,.0f} vs {result['test_cost_of_no_model']:,.0f} without a model")
     for period, verdict in verdicts.items():
-        table.add_row(f"drift, {period} period", f"{verdict.verdict}: {verdict.html}")
+        table.add_row(f"drift, {period} period", f"{verdict.verdict}: {os.path.relpath(verdict.html)}")
     table.add_row("MLflow UI", "make mlflow-ui  →  http://127.0.0.1:5000")
     table.add_row("API docs", f"make serve  →  {settings.api_url}/docs")
-    table.add_row("prediction log", str(settings.predictions_dir))
+    table.add_row("prediction log", os.path.relpath(settings.predictions_dir))
     console.print(table)
     summary.update(trained=trained, verdicts={k: v.verdict for k, v in verdicts.items()})
     return summary

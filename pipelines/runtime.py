@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+import socket
 import warnings
+
+from collections.abc import Iterator
 
 from pipelines.settings import Settings
 
@@ -32,3 +37,19 @@ def prepare(settings: Settings, quiet: bool = False) -> None:
         os.environ.setdefault("PYTHONWARNINGS", "ignore")
         for name in ("mlflow", "feast", "alembic", "httpx", "prefect"):
             logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def service_available(host: str, port: int) -> bool:
+    """Whether something accepts TCP connections there (PostgreSQL, Redis)."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Feast prints materialization progress to stdout; our commands show their own."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield

@@ -4,12 +4,11 @@ trained pipeline reused by the tests that need models."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 
-from pipelines.runtime import prepare
+from pipelines.runtime import prepare, service_available
 from pipelines.settings import Settings
 
 TINY = dict(customers=300, terminals=600, days=50, train_start_day=10, train_days=14, label_delay_days=7, test_days=7, min_rows=100)
@@ -17,14 +16,6 @@ TINY = dict(customers=300, terminals=600, days=50, train_start_day=10, train_day
 
 def tiny_settings(state_dir: Path, **overrides: object) -> Settings:
     return Settings(state_dir=state_dir, **{**TINY, **overrides})
-
-
-def service_available(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
 
 
 def require_service(name: str, host: str, port: int) -> None:
