@@ -129,11 +129,14 @@ def run(settings: Settings, console: Console) -> dict[str, object]:
     table = Table(title=f"fraudops demo finished in {time.monotonic() - started:.0f}s")
     table.add_column("what")
     table.add_column("result")
-    for role, result in trained.items():
-        table.add_row(f"{role} v{result['version']} on the test window",
-                      f"ROC AUC {result['test_roc_auc']:.3f} · AP {result['test_average_precision']:.3f} · "
-                      f"CP@{settings.top_k} {result[f'test_card_precision_at_{settings.top_k}']:.3f} · "
-                      f"cost {result['test_expected_cost']:,.0f} vs {result['test_cost_of_no_model']:,.0f} without a model")
+    k = settings.top_k
+    rows = [(f"{role} v{result['version']}", "test", result) for role, result in trained.items()]
+    rows += [(f"baseline: {name.replace('_', ' ')}", f"baseline_{name}", trained["champion"]) for name in ("logistic_regression", "amount_rule")]
+    for label, prefix, result in rows:
+        table.add_row(f"{label}, test window",
+                      f"ROC AUC {result[f'{prefix}_roc_auc']:.3f} · AP {result[f'{prefix}_average_precision']:.3f} · "
+                      f"CP@{k} {result[f'{prefix}_card_precision_at_{k}']:.3f} · cost {result[f'{prefix}_expected_cost']:,.0f} "
+                      f"(no model: {trained['champion']['test_cost_of_no_model']:,.0f})")
     for period, verdict in verdicts.items():
         table.add_row(f"drift, {period} period", f"{verdict.verdict}: {os.path.relpath(verdict.html)}")
     table.add_row("MLflow UI", "make mlflow-ui  →  http://127.0.0.1:5000")

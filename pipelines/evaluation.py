@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 
 def card_precision_at_k(frame: pd.DataFrame, scores: np.ndarray, k: int) -> float:
@@ -38,7 +38,13 @@ def cost_optimal_threshold(labels: np.ndarray, amounts: np.ndarray, scores: np.n
     return float(candidates[best]), float(costs[best])
 
 
-def evaluate(frame: pd.DataFrame, scores: np.ndarray, threshold: float, review_fee: float, top_k: int) -> dict[str, float]:
+def recall_at_fpr(labels: np.ndarray, scores: np.ndarray, max_fpr: float) -> float:
+    """Share of frauds caught while flagging at most `max_fpr` of genuine transactions."""
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return float(tpr[fpr <= max_fpr].max())
+
+
+def evaluate(frame: pd.DataFrame, scores: np.ndarray, threshold: float, review_fee: float, top_k: int, max_fpr: float = 0.01) -> dict[str, float]:
     labels = frame["is_fraud"].to_numpy()
     amounts = frame["amount"].to_numpy()
     flagged = scores >= threshold
@@ -47,6 +53,7 @@ def evaluate(frame: pd.DataFrame, scores: np.ndarray, threshold: float, review_f
         "roc_auc": float(roc_auc_score(labels, scores)) if both_classes else float("nan"),
         "average_precision": float(average_precision_score(labels, scores)) if both_classes else float("nan"),
         f"card_precision_at_{top_k}": card_precision_at_k(frame, scores, top_k),
+        f"recall_at_fpr_{max_fpr:g}": recall_at_fpr(labels, scores, max_fpr) if both_classes else float("nan"),
         "expected_cost": expected_cost(labels, amounts, flagged, review_fee),
         "cost_of_no_model": expected_cost(labels, amounts, np.zeros_like(flagged), review_fee),
         "flag_rate": float(flagged.mean()),

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tempfile
 from dataclasses import asdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import mlflow
@@ -18,12 +19,14 @@ from mlflow.models import infer_signature
 from prefect import flow, get_run_logger, task
 
 from features.compute import compute_features
-from monitoring.drift import DriftSummary, drift_report, read_prediction_log
 from features.offline import read_transactions
+from features.schema import SchemaError
 from features.store import apply, historical_features, materialize, model_features, open_store
+from monitoring.drift import DriftSummary, drift_report, read_prediction_log
 from pipelines import registry
+from pipelines.plots import write_plots
 from pipelines.settings import Settings
-from pipelines.training import ModelConfig, TrainResult, Windows, fit
+from pipelines.training import ModelConfig, TrainResult, Windows, train, window
 
 REFERENCE_FILE = "reference.parquet"
 
@@ -52,67 +55,149 @@ def features_flow(settings: Settings, materialize_until: datetime | None = None)
     return rows
 
 
-@task(retries=2, retry_delay_seconds=2, retry_condition_fn=lambda task, run, state: not isinstance(state.result(raise_on_failure=False), ValueError))
-def build_training_set(settings: Settings, windows: Windows) -> tuple[pd.DataFrame, list[str]]:
+def _transient(task: object, run: object, state: object) -> bool:
+    """Retry I/O hiccups, never bad data: a validation error fails the same way every time."""
+    try:
+        state.result()  # type: ignore[attr-defined]
+    except (ValueError, KeyError, SchemaError):
+        return False
+    except Exception:
+        return True
+    return False
+
+
+def _files_fingerprint(*directories: Path) -> str:
+    """Names, sizes and modification times: cheap, and changes whenever the data does."""
+    digest = hashlib.sha256()
+    for directory in directories:
+        for path in sorted(directory.glob("*.parquet")):
+            stat = path.stat()
+            digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def _join_cache_key(context: object, parameters: dict[str, object]) -> str:
+    settings: Settings = parameters["settings"]  # type: ignore[assignment]
+    start, end = parameters["start"], parameters["end"]
+    return "training-set-" + hashlib.sha256(
+        f"{start}|{end}|{settings.feature_service}|{settings.feast_registry_url or settings.feast_dir}|"
+        f"{_files_fingerprint(settings.transactions_dir, settings.features_dir)}".encode()
+    ).hexdigest()
+
+
+@task(retries=2, retry_delay_seconds=2, retry_condition_fn=_transient, cache_key_fn=_join_cache_key,
+      cache_expiration=timedelta(days=7), persist_result=True)
+def build_training_set(settings: Settings, start: pd.Timestamp, end: pd.Timestamp) -> tuple[pd.DataFrame, list[str]]:
+    """The point-in-time join, cached by its inputs: the same windows over the same files are joined once."""
     store = open_store(settings)
     transactions = read_transactions(
-        settings.transactions_dir,
-        where=f"timestamp >= TIMESTAMP '{windows.train_start}' AND timestamp < TIMESTAMP '{windows.test_end}'",
+        settings.transactions_dir, where=f"timestamp >= TIMESTAMP '{start}' AND timestamp < TIMESTAMP '{end}'"
     )
     if transactions.empty:
-        raise ValueError(f"no transactions between {windows.train_start} and {windows.test_end}")
+        raise ValueError(f"no transactions between {start} and {end}")
     return historical_features(store, settings.feature_service, transactions), model_features(store, settings.feature_service)
 
 
 @task
-def train_model(frame: pd.DataFrame, features: list[str], windows: Windows, config: ModelConfig, settings: Settings) -> TrainResult:
-    return fit(frame, features, windows, config, settings)
+def check_training_data(frame: pd.DataFrame, features: list[str], windows: Windows, settings: Settings) -> None:
+    """Data checks before any fit: a model trained on broken data must not reach the registry."""
+    problems = []
+    if frame["is_fraud"].isna().any():
+        problems.append("labels are missing")
+    train_frauds = int(window(frame, windows.train_start, windows.train_end)["is_fraud"].sum())
+    if train_frauds < settings.min_train_frauds:
+        problems.append(f"{train_frauds} frauds in the train window, fewer than min_train_frauds={settings.min_train_frauds}")
+    empty = [f for f in features if frame[f].isna().all()]
+    if empty:
+        problems.append(f"features entirely missing: {', '.join(empty)}")
+    if problems:
+        raise ValueError("training data rejected: " + "; ".join(problems))
 
 
 @task
-def log_and_register(result: TrainResult, frame: pd.DataFrame, windows: Windows, config: ModelConfig, settings: Settings) -> dict[str, str | float]:
-    """Log lineage and the model, register a version, then set the alias last: a failure before this
-    point leaves every alias where it was."""
+def train_model(frame: pd.DataFrame, features: list[str], windows: Windows, config: ModelConfig, settings: Settings) -> TrainResult:
+    return train(frame, features, windows, config, settings)
+
+
+def _redacted(settings: Settings) -> dict[str, object]:
+    """Settings as logged with a run: no tokens, no passwords inside URLs."""
+    values = settings.model_dump(mode="json", exclude={"admin_token"})
+    return {k: re.sub(r"://([^:/@]+):[^@]+@", r"://\1:***@", v) if isinstance(v, str) else v for k, v in values.items()}
+
+
+@task
+def log_and_register(result: TrainResult, frame: pd.DataFrame, windows: Windows, fingerprint: str, settings: Settings) -> dict[str, object]:
+    """Log lineage, the model and its figures; register only a model that passes the gate; set the alias
+    last. A failure on the way leaves no new version and every alias where it was."""
     client = registry.configure(settings)
-    example = frame[result.features].head(5).astype("float64")  # counts may be missing online: doubles, not ints
-    data_hash = hashlib.sha256(pd.util.hash_pandas_object(frame[result.features + ["is_fraud"]], index=False).values).hexdigest()
-    with mlflow.start_run(run_name=f"lightgbm-{config.num_leaves}-leaves") as run:
-        mlflow.log_params({**asdict(config), "threshold": result.threshold, "train_rows": result.train_rows})
-        mlflow.log_metrics(result.metrics)
+    features = result.features
+    example = frame[features].head(5).astype("float64")  # counts may be missing online: doubles, not ints
+    ap = result.metrics["test_average_precision"]
+    passed = ap >= settings.min_average_precision
+    with mlflow.start_run(run_name=f"lightgbm-{result.config.num_leaves}-leaves") as run:
+        mlflow.log_params({**asdict(result.config), "threshold": result.threshold, "train_rows": result.train_rows})
+        mlflow.log_metrics({**result.metrics, **result.selection})
         mlflow.set_tags(
             {
                 "git_commit": registry.git_commit(),
                 "feature_service": settings.feature_service,
-                "features": json.dumps(result.features),
+                "features": json.dumps(features),
                 "train_window": f"{windows.train_start.date()}..{windows.train_end.date()}",
                 "test_window": f"{windows.test_start.date()}..{windows.test_end.date()}",
-                "training_set_sha256": data_hash,
+                "fingerprint": fingerprint,
+                "gate": "passed" if passed else f"failed: test AP {ap:.3f} < {settings.min_average_precision}",
             }
         )
+        mlflow.log_dict(_redacted(settings), "settings.json")
+        mlflow.log_input(mlflow.data.from_pandas(frame[["event_timestamp", *features, "is_fraud"]], name="training-set", targets="is_fraud"), context="training")
         info = mlflow.lightgbm.log_model(
             result.booster,
             name="model",
             signature=infer_signature(example, result.booster.predict(example.to_numpy())),
             input_example=example,
-            registered_model_name=settings.model_name,
-            metadata={"threshold": result.threshold, "features": result.features, "feature_service": settings.feature_service},
+            metadata={"threshold": result.threshold, "features": features, "feature_service": settings.feature_service},
         )
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / REFERENCE_FILE
-            result.reference.to_parquet(path, index=False)
-            mlflow.log_artifact(str(path), artifact_path="reference")
-    version = str(info.registered_model_version)
-    alias = registry.CHAMPION if registry.aliased_version(client, settings.model_name, registry.CHAMPION) is None else registry.CHALLENGER
-    client.set_registered_model_alias(settings.model_name, alias, version)
-    return {"run_id": run.info.run_id, "version": version, "alias": alias, **result.metrics}
+            for path in write_plots(result, settings.review_fee, Path(tmp) / "plots"):
+                mlflow.log_artifact(str(path), artifact_path="plots")
+            reference = Path(tmp) / REFERENCE_FILE
+            result.test.drop(columns=["customer_id"]).to_parquet(reference, index=False)
+            mlflow.log_artifact(str(reference), artifact_path="reference")
+    outcome: dict[str, object] = {"run_id": run.info.run_id, "version": None, "alias": None, "gate": "passed" if passed else "failed", **result.metrics}
+    if not passed:
+        return outcome
+    version = mlflow.register_model(info.model_uri, settings.model_name, tags={"fingerprint": fingerprint}).version
+    try:
+        alias = registry.CHAMPION if registry.aliased_version(client, settings.model_name, registry.CHAMPION) is None else registry.CHALLENGER
+        client.set_registered_model_alias(settings.model_name, alias, version)
+    except Exception:
+        client.delete_model_version(settings.model_name, version)  # no version without its alias
+        raise
+    return {**outcome, "version": str(version), "alias": alias}
+
+
+def fingerprint_of(frame: pd.DataFrame, features: list[str], windows: Windows, config: ModelConfig, settings: Settings) -> str:
+    """Same data, same features, same windows, same config, same code: same model."""
+    data = hashlib.sha256(pd.util.hash_pandas_object(frame[["transaction_id", *features, "is_fraud"]], index=False).values).hexdigest()
+    return hashlib.sha256(
+        json.dumps([data, features, str(windows), asdict(config), settings.review_fee, settings.top_k, registry.git_commit()]).encode()
+    ).hexdigest()
 
 
 @flow(name="train")
-def train_flow(settings: Settings, config: ModelConfig = ModelConfig()) -> dict[str, str | float]:
+def train_flow(settings: Settings, config: ModelConfig = ModelConfig()) -> dict[str, object]:
     windows = Windows.from_settings(settings)
-    frame, features = build_training_set(settings, windows)  # Feast point-in-time join
-    result = train_model(frame, features, windows, config, settings)  # fit, threshold on validation, test
-    return log_and_register(result, frame, windows, config, settings)  # MLflow lineage + registry alias
+    folds = windows.prequential(settings.prequential_folds, settings.prequential_step_days) if config.scale_pos_weight is None else []
+    first = min([windows.train_start, *(f.train_start for f in folds)])
+    frame, features = build_training_set(settings, first, windows.test_end)  # Feast point-in-time join, cached
+    check_training_data(frame, features, windows, settings)  # data checks before any fit
+    fingerprint = fingerprint_of(frame, features, windows, config, settings)
+    existing = registry.version_with_fingerprint(settings, fingerprint)
+    if existing is not None:  # a re-run on the same inputs: no new version, no alias moved
+        get_run_logger().info("model version %s already holds these inputs; nothing to do", existing)
+        return {"version": existing, "alias": None, "gate": "unchanged"}
+    result = train_model(frame, features, windows, config, settings)  # select imbalance, fit, baselines, test
+    return log_and_register(result, frame, windows, fingerprint, settings)  # MLflow lineage, gate, registry
 
 
 @task

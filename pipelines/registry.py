@@ -66,3 +66,10 @@ def promote(settings: Settings, reason: str, who: str | None = None) -> tuple[st
     client.set_registered_model_alias(settings.model_name, CHAMPION, challenger)
     client.delete_registered_model_alias(settings.model_name, CHALLENGER)
     return previous, challenger
+
+
+def version_with_fingerprint(settings: Settings, fingerprint: str) -> str | None:
+    """The registered version trained on exactly these inputs, if any."""
+    client = configure(settings)
+    found = client.search_model_versions(f"name = '{settings.model_name}' and tags.fingerprint = '{fingerprint}'")
+    return str(found[0].version) if found else None

@@ -1,12 +1,17 @@
-"""Training set, time-based split, and the LightGBM fit: plain functions the Prefect flow composes."""
+"""Training set windows, model selection, the LightGBM fit and its baselines: plain functions that the
+Prefect flow composes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from pipelines.evaluation import cost_optimal_threshold, evaluate
 from pipelines.settings import Settings
@@ -29,6 +34,16 @@ class Windows:
         test_start = train_end + pd.Timedelta(days=settings.label_delay_days)
         return cls(start, train_end, test_start, test_start + pd.Timedelta(days=settings.test_days))
 
+    def shifted(self, days: int) -> Windows:
+        delta = pd.Timedelta(days=days)
+        return Windows(self.train_start - delta, self.train_end - delta, self.test_start - delta, self.test_end - delta)
+
+    def prequential(self, folds: int, step_days: int) -> list[Windows]:
+        """Validation folds for model selection: the whole protocol shifted back so that every
+        validation window ends before the test window starts (the test set is never used to choose)."""
+        test_days = (self.test_end - self.test_start).days
+        return [self.shifted(test_days + k * step_days) for k in range(folds)]
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -36,9 +51,10 @@ class ModelConfig:
 
     num_leaves: int = 31
     learning_rate: float = 0.05
-    num_boost_round: int = 200
-    # Class imbalance: weight frauds up instead of resampling, so the data keeps its real time order.
-    scale_pos_weight: float = 1.0
+    num_boost_round: int = 300
+    # Class imbalance: weight frauds up rather than resample, so the data keeps its time order. None
+    # lets prequential validation choose among IMBALANCE_CHOICES.
+    scale_pos_weight: float | None = None
     min_child_samples: int = 20
 
     def params(self) -> dict[str, float | int | str]:
@@ -46,52 +62,110 @@ class ModelConfig:
             "objective": "binary",
             "num_leaves": self.num_leaves,
             "learning_rate": self.learning_rate,
-            "scale_pos_weight": self.scale_pos_weight,
+            "scale_pos_weight": self.scale_pos_weight or 1.0,
             "min_child_samples": self.min_child_samples,
             "verbosity": -1,
             "num_threads": 2,
             "seed": 7,
+            "deterministic": True,
         }
+
+
+IMBALANCE_CHOICES = (1.0, 5.0, 20.0)
 
 
 @dataclass
 class TrainResult:
     booster: lgb.Booster
+    config: ModelConfig
     features: list[str]
     threshold: float
     metrics: dict[str, float]
+    selection: dict[str, float]  # mean validation AP per imbalance choice
     train_rows: int
-    reference: pd.DataFrame  # the test window with this model's scores: what monitoring compares against
+    test: pd.DataFrame  # the test window with every model's scores: plots and the monitoring reference
+    baseline_scores: dict[str, np.ndarray]
+
+
+def window(frame: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
+    ts = frame["event_timestamp"]
+    return frame[(ts >= start) & (ts < end)]
 
 
 def split(frame: pd.DataFrame, windows: Windows) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Fit, validation (the last third of the train window, for early stopping and the threshold), test."""
-    ts = frame["event_timestamp"]
     validation_start = windows.train_end - (windows.train_end - windows.train_start) / 3
-    fit = frame[(ts >= windows.train_start) & (ts < validation_start)]
-    validation = frame[(ts >= validation_start) & (ts < windows.train_end)]
-    test = frame[(ts >= windows.test_start) & (ts < windows.test_end)]
-    for name, part in (("fit", fit), ("validation", validation), ("test", test)):
+    parts = (
+        window(frame, windows.train_start, validation_start),
+        window(frame, validation_start, windows.train_end),
+        window(frame, windows.test_start, windows.test_end),
+    )
+    for name, part in zip(("fit", "validation", "test"), parts):
         if part["is_fraud"].sum() == 0:
-            raise ValueError(f"the {name} window holds no fraud: widen the windows or simulate more data")
-    return fit, validation, test
+            raise ValueError(f"the {name} window {windows} holds no fraud: widen the windows or use more data")
+    return parts
 
 
-def fit(frame: pd.DataFrame, features: list[str], windows: Windows, config: ModelConfig, settings: Settings) -> TrainResult:
-    train, validation, test = split(frame, windows)
-    booster = lgb.train(
+def _matrix(frame: pd.DataFrame, features: list[str]) -> np.ndarray:
+    return frame[features].to_numpy(np.float64)
+
+
+def fit_booster(fit: pd.DataFrame, validation: pd.DataFrame, features: list[str], config: ModelConfig) -> lgb.Booster:
+    return lgb.train(
         config.params(),
-        lgb.Dataset(train[features].to_numpy(np.float64), label=train["is_fraud"], feature_name=features),
+        lgb.Dataset(_matrix(fit, features), label=fit["is_fraud"], feature_name=features, free_raw_data=True),
         num_boost_round=config.num_boost_round,
-        valid_sets=[lgb.Dataset(validation[features].to_numpy(np.float64), label=validation["is_fraud"])],
+        valid_sets=[lgb.Dataset(_matrix(validation, features), label=validation["is_fraud"])],
         callbacks=[lgb.early_stopping(30, verbose=False)],
     )
-    validation_scores = booster.predict(validation[features].to_numpy(np.float64))
-    threshold, _ = cost_optimal_threshold(
-        validation["is_fraud"].to_numpy(), validation["amount"].to_numpy(), validation_scores, settings.review_fee
-    )
-    test_scores = booster.predict(test[features].to_numpy(np.float64))
-    metrics = {f"test_{k}": v for k, v in evaluate(test, test_scores, threshold, settings.review_fee, settings.top_k).items()}
+
+
+def select_imbalance(frame: pd.DataFrame, features: list[str], windows: Windows, config: ModelConfig, settings: Settings) -> tuple[ModelConfig, dict[str, float]]:
+    """Prequential validation: mean average precision of each class weight over shifted folds."""
+    if config.scale_pos_weight is not None:
+        return config, {}
+    folds = windows.prequential(settings.prequential_folds, settings.prequential_step_days)
+    scores: dict[str, float] = {}
+    for weight in IMBALANCE_CHOICES:
+        candidate = replace(config, scale_pos_weight=weight)
+        aps = []
+        for fold in folds:
+            fit, validation, held_out = split(frame, fold)
+            booster = fit_booster(fit, validation, features, candidate)
+            aps.append(evaluate(held_out, booster.predict(_matrix(held_out, features)), 0.5, settings.review_fee, settings.top_k)["average_precision"])
+        scores[f"prequential_ap_weight_{weight:g}"] = float(np.mean(aps))
+    best = max(IMBALANCE_CHOICES, key=lambda w: scores[f"prequential_ap_weight_{w:g}"])
+    return replace(config, scale_pos_weight=best), scores
+
+
+def baselines(fit: pd.DataFrame, validation: pd.DataFrame, test: pd.DataFrame, features: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """What the model must beat: a linear model on the same features, and the rule "large amounts"."""
+    logreg = make_pipeline(SimpleImputer(), StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=500))
+    logreg.fit(_matrix(fit, features), fit["is_fraud"])
+    return {
+        "logistic_regression": (logreg.predict_proba(_matrix(validation, features))[:, 1], logreg.predict_proba(_matrix(test, features))[:, 1]),
+        # a rule's score is the amount itself; its cut is chosen on validation like the model's threshold
+        "amount_rule": (validation["amount"].to_numpy(), test["amount"].to_numpy()),
+    }
+
+
+def train(frame: pd.DataFrame, features: list[str], windows: Windows, config: ModelConfig, settings: Settings) -> TrainResult:
+    config, selection = select_imbalance(frame, features, windows, config, settings)
+    fit, validation, test = split(frame, windows)
+    booster = fit_booster(fit, validation, features, config)
+
+    def judged(validation_scores: np.ndarray, test_scores: np.ndarray) -> tuple[float, dict[str, float]]:
+        threshold, _ = cost_optimal_threshold(validation["is_fraud"].to_numpy(), validation["amount"].to_numpy(), validation_scores, settings.review_fee)
+        return threshold, evaluate(test, test_scores, threshold, settings.review_fee, settings.top_k, settings.max_false_positive_rate)
+
+    test_scores = booster.predict(_matrix(test, features))
+    threshold, model_metrics = judged(booster.predict(_matrix(validation, features)), test_scores)
+    metrics = {f"test_{k}": v for k, v in model_metrics.items()}
+    scored = test[["event_timestamp", "customer_id", *features, "is_fraud"]].assign(score=test_scores)
+    baseline_scores = {}
+    for name, (validation_scores, baseline_test) in baselines(fit, validation, test, features).items():
+        _, baseline_metrics = judged(validation_scores, baseline_test)
+        metrics.update({f"baseline_{name}_{k}": v for k, v in baseline_metrics.items() if k not in ("rows", "frauds")})
+        baseline_scores[name] = baseline_test
     metrics["best_iteration"] = float(booster.best_iteration)
-    reference = test[["event_timestamp", *features, "is_fraud"]].assign(score=test_scores)
-    return TrainResult(booster, features, threshold, metrics, len(train), reference)
+    return TrainResult(booster, config, features, threshold, metrics, selection, len(fit), scored, baseline_scores)

@@ -1,0 +1,77 @@
+"""The figures an ML lead asks for before signing off a fraud model, saved as MLflow artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+from pipelines.evaluation import expected_cost
+from pipelines.training import TrainResult
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_plots(result: TrainResult, review_fee: float, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    labels = result.test["is_fraud"].to_numpy()
+    amounts = result.test["amount"].to_numpy()
+    curves = {"LightGBM": result.test["score"].to_numpy(), **{k.replace("_", " "): v for k, v in result.baseline_scores.items()}}
+    paths = []
+
+    fig, (pr, roc) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for name, scores in curves.items():
+        precision, recall, _ = precision_recall_curve(labels, scores)
+        pr.plot(recall, precision, label=name)
+        fpr, tpr, _ = roc_curve(labels, scores)
+        roc.plot(fpr, tpr, label=name)
+    pr.axhline(labels.mean(), color="grey", ls=":", label=f"base rate {labels.mean():.2%}")
+    pr.set(xlabel="recall", ylabel="precision", title="Precision-recall, test window")
+    roc.plot([0, 1], [0, 1], color="grey", ls=":")
+    roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, test window")
+    pr.legend(), roc.legend()
+    paths.append(_save(fig, out / "pr_roc.png"))
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    observed, predicted = calibration_curve(labels, curves["LightGBM"], n_bins=10, strategy="quantile")
+    ax.plot(predicted, observed, marker="o", label="LightGBM")
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", label="perfectly calibrated")
+    ax.set(xscale="log", yscale="log", xlabel="mean predicted probability", ylabel="observed fraud rate", title="Calibration (quantile bins)")
+    ax.legend()
+    paths.append(_save(fig, out / "calibration.png"))
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    scores = curves["LightGBM"]
+    thresholds = np.unique(np.quantile(scores, np.linspace(0.5, 1.0, 200)))
+    costs = [expected_cost(labels, amounts, scores >= t, review_fee) for t in thresholds]
+    ax.plot(thresholds, costs)
+    ax.axvline(result.threshold, color="red", ls="--", label=f"chosen on validation: {result.threshold:.3f}")
+    ax.set(xscale="log", xlabel="decision threshold", ylabel="expected cost on test", title=f"Cost by threshold (review fee {review_fee:g})")
+    ax.legend()
+    paths.append(_save(fig, out / "cost_by_threshold.png"))
+
+    fig, (gain, shap) = plt.subplots(1, 2, figsize=(12, 5))
+    importance = result.booster.feature_importance("gain")
+    order = np.argsort(importance)
+    gain.barh(np.array(result.features)[order], importance[order])
+    gain.set(title="Feature importance (gain)", xlabel="total gain")
+    # LightGBM computes exact TreeSHAP itself: pred_contrib gives one SHAP value per feature per row.
+    sample = result.test[result.features].to_numpy(np.float64)[:5_000]
+    contributions = result.booster.predict(sample, pred_contrib=True)[:, :-1]
+    mean_abs = np.abs(contributions).mean(axis=0)
+    order = np.argsort(mean_abs)
+    shap.barh(np.array(result.features)[order], mean_abs[order])
+    shap.set(title="SHAP summary (mean |SHAP value|, log-odds)", xlabel="mean |SHAP|")
+    paths.append(_save(fig, out / "importance_gain_shap.png"))
+    return paths

@@ -1,0 +1,126 @@
+"""Evaluation discipline, the promotion gate and idempotence, on the session's trained pipeline."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from pipelines.evaluation import card_precision_at_k, cost_optimal_threshold, expected_cost, recall_at_fpr
+from pipelines.training import ModelConfig, Windows
+
+
+def test_card_precision_counts_cards_per_day() -> None:
+    frame = pd.DataFrame(
+        {
+            "event_timestamp": pd.to_datetime(["2025-01-01 10:00"] * 4 + ["2025-01-02 10:00"] * 2),
+            "customer_id": ["a", "a", "b", "c", "a", "b"],
+            "is_fraud": [0, 1, 0, 0, 0, 0],
+        }
+    )
+    scores = np.array([0.9, 0.1, 0.8, 0.2, 0.5, 0.4])
+    # day 1: top-2 cards by max score are a (compromised) and b; day 2: a and b, neither compromised
+    assert card_precision_at_k(frame, scores, 2) == pytest.approx((0.5 + 0.0) / 2)
+
+
+def test_cost_threshold_trades_missed_fraud_against_reviews() -> None:
+    labels = np.array([1, 0, 0, 0, 1])
+    amounts = np.array([500.0, 10.0, 10.0, 10.0, 2.0])
+    scores = np.array([0.9, 0.8, 0.3, 0.2, 0.1])
+    assert expected_cost(labels, amounts, scores >= 0.85, review_fee=5) == pytest.approx(2 + 5)
+    threshold, cost = cost_optimal_threshold(labels, amounts, scores, review_fee=5)
+    assert threshold > 0.8 and cost == pytest.approx(7)  # catching the 2.00 fraud costs more reviews than it saves
+    assert recall_at_fpr(labels, scores, 0.0) == pytest.approx(0.5)
+
+
+def test_prequential_folds_end_before_the_test_window(trained) -> None:
+    windows = Windows.from_settings(trained)
+    folds = windows.prequential(3, 7)
+    assert len(folds) == 3
+    for fold in folds:
+        assert fold.test_end <= windows.test_start
+        assert fold.test_start - fold.train_end == windows.test_start - windows.train_end  # same delay
+
+
+def test_run_is_logged_with_lineage_baselines_and_plots(trained) -> None:
+    client = MlflowClient(trained.tracking_uri)
+    version = client.get_model_version_by_alias(trained.model_name, "champion")
+    run = client.get_run(version.run_id)
+    for key in ("git_commit", "feature_service", "features", "train_window", "test_window", "fingerprint"):
+        assert run.data.tags[key]
+    for metric in ("test_roc_auc", "test_average_precision", "test_card_precision_at_100", "test_recall_at_fpr_0.01",
+                   "test_expected_cost", "baseline_logistic_regression_average_precision", "baseline_amount_rule_average_precision"):
+        assert metric in run.data.metrics
+    assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.name == "training-set"
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert plots == {f"plots/{n}.png" for n in ("pr_roc", "calibration", "cost_by_threshold", "importance_gain_shap")}
+
+
+@pytest.fixture
+def registry_copy(trained, tmp_path):
+    """The trained state with its own MLflow database, so alias changes stay in this test."""
+    settings = trained.model_copy(update={"state_dir": tmp_path})
+    for folder in ("data", "feast"):
+        shutil.copytree(trained.state_dir / folder, tmp_path / folder)
+    shutil.copy(trained.state_dir / "mlflow.db", tmp_path / "mlflow.db")
+    return settings
+
+
+def aliases(settings) -> dict[str, str]:
+    return {alias: str(v) for alias, v in MlflowClient(settings.tracking_uri).get_registered_model(settings.model_name).aliases.items()}
+
+
+def test_rerun_on_same_inputs_creates_nothing_and_moves_nothing(registry_copy) -> None:
+    from pipelines.flows import train_flow
+
+    before = aliases(registry_copy)
+    client = MlflowClient(registry_copy.tracking_uri)
+    count = len(client.search_model_versions(f"name = '{registry_copy.model_name}'"))
+    result = train_flow(registry_copy, ModelConfig(num_boost_round=60))  # the fixture's champion config
+    assert result["gate"] == "unchanged" and result["version"] == before["champion"]
+    assert len(client.search_model_versions(f"name = '{registry_copy.model_name}'")) == count
+    assert aliases(registry_copy) == before
+
+
+def test_candidate_below_the_bar_is_not_registered(registry_copy) -> None:
+    from pipelines.flows import train_flow
+
+    before = aliases(registry_copy)
+    strict = registry_copy.model_copy(update={"min_average_precision": 0.999})
+    result = train_flow(strict, ModelConfig(num_boost_round=20, num_leaves=7))
+    assert result["gate"] == "failed" and result["version"] is None
+    assert aliases(registry_copy) == before
+
+
+def test_rejected_data_fails_the_run_and_leaves_aliases(registry_copy) -> None:
+    from pipelines.flows import train_flow
+
+    before = aliases(registry_copy)
+    with pytest.raises(ValueError, match="min_train_frauds"):
+        train_flow(registry_copy.model_copy(update={"min_train_frauds": 10**6}), ModelConfig(num_boost_round=20, num_leaves=5))
+    assert aliases(registry_copy) == before
+
+
+def test_promote_moves_champion_and_records_why(registry_copy) -> None:
+    from pipelines.registry import promote
+
+    before = aliases(registry_copy)
+    previous, new = promote(registry_copy, reason="better cost on the canary", who="tester")
+    assert (previous, new) == (before["champion"], before["challenger"])
+    assert aliases(registry_copy) == {"champion": before["challenger"]}
+    tags = MlflowClient(registry_copy.tracking_uri).get_model_version(registry_copy.model_name, new).tags
+    assert tags["promoted_by"] == "tester" and tags["promoted_reason"] == "better cost on the canary"
+    with pytest.raises(ValueError, match="no 'challenger'"):
+        promote(registry_copy, reason="again")
+
+
+def test_validation_errors_are_not_retried() -> None:
+    from prefect.states import Failed
+
+    from pipelines.flows import _transient
+
+    assert _transient(None, None, Failed(data=ValueError("bad data"))) is False
+    assert _transient(None, None, Failed(data=ConnectionError("flaky"))) is True
