@@ -159,6 +159,16 @@ def monitor(
 
 
 @app.command()
+def deploy() -> None:
+    """Serve the scheduled deployments (daily retrain, hourly monitor) against PREFECT_API_URL."""
+    s = settings()
+    prepare(s)
+    from pipelines.deployments import serve as serve_deployments
+
+    serve_deployments(s)
+
+
+@app.command()
 def bench(
     section: Annotated[Optional[list[str]], typer.Option(help="Section to run (features). Repeatable; default: all.")] = None,
     scale: Annotated[str, typer.Option(help="full: the handbook's 5,000 customers x 183 days; small: a quick look.")] = "full",

@@ -47,7 +47,8 @@ def materialize_online(settings: Settings, end: datetime) -> None:
 
 
 @flow(name="features")
-def features_flow(settings: Settings, materialize_until: datetime | None = None) -> dict[str, int]:
+def features_flow(settings: Settings | None = None, materialize_until: datetime | None = None) -> dict[str, int]:
+    settings = settings or Settings()
     rows = compute_feature_tables(settings)  # snapshots from the offline transactions
     apply_feature_repo(settings)  # register definitions in the Feast registry
     if materialize_until is not None:
@@ -185,7 +186,8 @@ def fingerprint_of(frame: pd.DataFrame, features: list[str], windows: Windows, c
 
 
 @flow(name="train")
-def train_flow(settings: Settings, config: ModelConfig = ModelConfig()) -> dict[str, object]:
+def train_flow(settings: Settings | None = None, config: ModelConfig = ModelConfig()) -> dict[str, object]:
+    settings = settings or Settings()  # a scheduled run reads its settings from the environment
     windows = Windows.from_settings(settings)
     folds = windows.prequential(settings.prequential_folds, settings.prequential_step_days) if config.scale_pos_weight is None else []
     first = min([windows.train_start, *(f.train_start for f in folds)])
@@ -211,7 +213,8 @@ def load_reference(settings: Settings) -> tuple[pd.DataFrame, list[str], str]:
 
 
 @flow(name="monitor")
-def monitor_flow(settings: Settings, label: str = "latest", since: datetime | None = None, until: datetime | None = None) -> DriftSummary:
+def monitor_flow(settings: Settings | None = None, label: str = "latest", since: datetime | None = None, until: datetime | None = None) -> DriftSummary:
+    settings = settings or Settings()
     reference, features, version = load_reference(settings)  # what the champion was validated on
     current = read_prediction_log(settings.predictions_dir, since, until)  # live traffic
     if not current.empty:

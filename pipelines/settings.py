@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     review_fee: float = Field(5.0, ge=0, description="Cost of one false alarm (an analyst's review).")
     top_k: int = Field(100, ge=1, description="Daily review capacity: cards an analyst team can check per day.")
 
+    # Schedules of the Prefect deployments (`fraudops deploy`, the compose worker).
+    retrain_cron: str = "0 3 * * *"
+    monitor_cron: str = "0 * * * *"
+
     # MLflow: SQLite + local artifacts unless a tracking URI is given.
     mlflow_tracking_uri: str | None = None
     experiment: str = "fraudops"

@@ -124,3 +124,13 @@ def test_validation_errors_are_not_retried() -> None:
 
     assert _transient(None, None, Failed(data=ValueError("bad data"))) is False
     assert _transient(None, None, Failed(data=ConnectionError("flaky"))) is True
+
+
+def test_deployments_are_scheduled_from_settings(trained) -> None:
+    from pipelines.deployments import deployments
+
+    custom = trained.model_copy(update={"retrain_cron": "15 4 * * *"})
+    by_name = {d.name: d for d in deployments(custom)}
+    assert set(by_name) == {"daily-retrain", "hourly-monitor"}
+    assert by_name["daily-retrain"].schedules[0].schedule.cron == "15 4 * * *"
+    assert by_name["hourly-monitor"].schedules[0].schedule.cron == "0 * * * *"

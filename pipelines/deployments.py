@@ -1,0 +1,22 @@
+"""Scheduled deployments: retrain daily, monitor hourly. `fraudops deploy` serves them from this
+process (the compose `worker` service); `make demo` never needs them and stays in ephemeral mode."""
+
+from __future__ import annotations
+
+from prefect.deployments.runner import RunnerDeployment
+
+from pipelines.flows import monitor_flow, train_flow
+from pipelines.settings import Settings
+
+
+def deployments(settings: Settings) -> list[RunnerDeployment]:
+    return [
+        train_flow.to_deployment(name="daily-retrain", cron=settings.retrain_cron, tags=["fraudops", "training"]),
+        monitor_flow.to_deployment(name="hourly-monitor", cron=settings.monitor_cron, tags=["fraudops", "monitoring"]),
+    ]
+
+
+def serve(settings: Settings) -> None:
+    from prefect import serve as prefect_serve
+
+    prefect_serve(*deployments(settings))
