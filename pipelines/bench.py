@@ -130,9 +130,6 @@ def features_section(settings: Settings, scale: str, repeat: int) -> Section:
     return section
 
 
-SECTIONS = {"features": features_section}
-
-
 def run(settings: Settings, sections: list[str], scale: str, repeat: int, json_path: Path | None, console: Console) -> dict[str, dict[str, float]]:
     results: dict[str, dict[str, float]] = {}
     for name in sections:
@@ -148,3 +145,163 @@ def run(settings: Settings, sections: list[str], scale: str, repeat: int, json_p
     if json_path:
         json_path.write_text(json.dumps(results, indent=2))
     return results
+
+
+def floor_app_factory() -> Callable:
+    """A bare ASGI app answering a constant: the floor of this machine's HTTP stack."""
+
+    async def app(scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b'{"score":0.0}'})
+
+    return app
+
+
+WRK_SCRIPT = """
+wrk.method = "{method}"
+wrk.headers["Content-Type"] = "application/json"
+counter = 0
+request = function()
+  counter = counter + 1
+  local body = {body}
+  return wrk.format(nil, "{path}", nil, body)
+end
+"""
+
+
+def _wrk(url: str, script: str, seconds: int, connections: int) -> tuple[float, float, float, int]:
+    """Requests/s, p50 ms, p99 ms and non-2xx count of one closed-loop wrk run."""
+    import re
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", f.name, url],
+                         capture_output=True, text=True, check=True).stdout
+    Path(f.name).unlink()
+
+    def ms(label: str) -> float:
+        value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)\b", out).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    return rate, ms("50%"), ms("99%"), int(errors.group(1)) if errors else 0
+
+
+def _hey(url: str, body: str, seconds: int, rate: int) -> tuple[float, float, float]:
+    """Achieved rate, p50 ms and p99 ms at a constant offered rate (hey -q)."""
+    import re
+    import subprocess
+
+    out = subprocess.run(["hey", "-z", f"{seconds}s", "-q", str(rate), "-c", "1", "-m", "POST", "-T", "application/json", "-d", body, url],
+                         capture_output=True, text=True, check=True).stdout
+    achieved = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = float(re.search(r"50%+ in ([\d.]+) secs", out).group(1)) * 1000
+    p99 = float(re.search(r"99%+ in ([\d.]+) secs", out).group(1)) * 1000
+    return achieved, p50, p99
+
+
+def _wait(url: str, process: object, timeout: float = 180.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:  # type: ignore[attr-defined]
+            raise RuntimeError(f"server for {url} exited early")
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready in {timeout:.0f}s")
+
+
+def serving_section(settings: Settings, scale: str, repeat: int) -> Section:
+    """Our API as users call it, with features passed in, `mlflow models serve` at equal work, and a
+    constant ASGI app, each at the same worker count, loaded by wrk from this machine."""
+    import subprocess
+    import sys
+
+    from features.offline import read_transactions
+    from features.simulator import SimulationConfig, write_simulation
+    from features.store import historical_features, open_store
+    from pipelines.demo import settings_env
+    from pipelines.flows import features_flow, train_flow
+    from pipelines.training import ModelConfig, Windows
+
+    workers = 2
+    section = Section(f"serving ({workers} workers each, wrk -t1 -c16 closed loop, {repeat} runs of 8s, medians)")
+    s = settings.model_copy(update={"state_dir": settings.state_dir / "serving"})
+    if not (s.state_dir / "mlflow.db").exists():
+        cfg = SimulationConfig(customers=s.customers, terminals=s.terminals, days=s.days, start_date=date.fromisoformat(s.start_date))
+        write_simulation(cfg, s.transactions_dir, replace=True)
+        with quiet_stdout():
+            features_flow(s, materialize_until=Windows.from_settings(s).test_end.to_pydatetime())
+        train_flow(s, ModelConfig(scale_pos_weight=1.0))
+    windows = Windows.from_settings(s)
+    tx = read_transactions(s.transactions_dir, f"timestamp >= TIMESTAMP '{windows.test_end}'").head(1)
+    joined = historical_features(open_store(s), s.feature_service, tx)
+    from serving.models import load_from_registry
+
+    model = load_from_registry(s, "champion")
+    row = {name: float(joined[name].iloc[0]) for name in model.features}
+    transaction = {"transaction_id": "t", "customer_id": str(tx["customer_id"].iloc[0]), "terminal_id": str(tx["terminal_id"].iloc[0]),
+                   "amount": float(tx["amount"].iloc[0]), "timestamp": tx["timestamp"].iloc[0].isoformat() + "Z"}
+    row_json = json.dumps({k: (None if v != v else v) for k, v in row.items()})
+    mlflow_body = json.dumps({"dataframe_split": {"columns": list(model.features), "data": [[row[k] for k in model.features]]}})
+
+    ports = {"ours": 18081, "mlflow": 18082, "floor": 18083}
+    env = settings_env(s) | {"MLFLOW_TRACKING_URI": s.tracking_uri, "MLFLOW_MODELS_WORKERS": str(workers)}
+    bin_dir = Path(sys.executable).parent
+    env["PATH"] = f"{bin_dir}:{env.get('PATH', '')}"  # mlflow starts `uvicorn` by name
+    commands = {
+        "ours": [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--port", str(ports["ours"]), "--workers", str(workers), "--log-level", "warning"],
+        "mlflow": [str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{s.model_name}@champion", "-p", str(ports["mlflow"]), "--env-manager", "local", "--workers", str(workers)],
+        "floor": [sys.executable, "-m", "uvicorn", "pipelines.bench:floor_app_factory", "--factory", "--port", str(ports["floor"]), "--workers", str(workers), "--log-level", "warning"],
+    }
+    health = {"ours": "/readyz", "mlflow": "/ping", "floor": "/"}
+    processes = {}
+    try:
+        for name, command in commands.items():
+            processes[name] = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for name, process in processes.items():
+            _wait(f"http://127.0.0.1:{ports[name]}{health[name]}", process)
+        time.sleep(3)
+        body_full = "string.format('{\"transaction_id\":\"t%d\",\"customer_id\":\"%d\",\"terminal_id\":\"%d\",\"amount\":%d.5,\"timestamp\":\"" + transaction["timestamp"] + "\"}', counter, counter % " + str(s.customers) + ", counter % " + str(s.terminals) + ", counter % 300)"
+        body_features = "'" + json.dumps({"transaction": transaction, "features": json.loads(row_json)}).replace("'", "\\'") + "'"
+        targets = {
+            "1. /predict (lookup, routing, model, log)": (ports["ours"], WRK_SCRIPT.format(method="POST", body=body_full, path="/predict")),
+            "2. /predict/features (routing, model, log)": (ports["ours"], WRK_SCRIPT.format(method="POST", body=body_features, path="/predict/features")),
+            "3. peer: mlflow models serve (model)": (ports["mlflow"], WRK_SCRIPT.format(method="POST", body="'" + mlflow_body + "'", path="/invocations")),
+            "4. floor: constant ASGI app": (ports["floor"], WRK_SCRIPT.format(method="GET", body="nil", path="/")),
+        }
+        rates = {}
+        for label, (port, script) in targets.items():
+            runs = [_wrk(f"http://127.0.0.1:{port}", script, 8, 16) for _ in range(repeat)]
+            rates[label] = statistics.median(r[0] for r in runs)
+            errors = sum(r[3] for r in runs)
+            section.add(f"{label}: throughput", rates[label], "req/s", f"non-2xx: {errors}")
+            section.add(f"{label}: p50 / p99 at saturation", statistics.median(r[1] for r in runs), "ms",
+                        f"p99 {statistics.median(r[2] for r in runs):.1f} ms")
+        labels = list(targets)
+        section.add("ratio (2) / (3): ours vs mlflow at equal work", rates[labels[1]] / rates[labels[2]], "x", "target >= 10")
+        section.add("ratio (1) / (4): full path vs HTTP floor", rates[labels[0]] / rates[labels[3]], "x", "target >= 0.25")
+        body = json.dumps(transaction)
+        constant = [_hey(f"http://127.0.0.1:{ports['ours']}/predict", body, 10, 500) for _ in range(repeat)]
+        section.add("/predict at a constant 500 req/s (hey -q): p50", statistics.median(c[1] for c in constant), "ms",
+                    f"achieved {statistics.median(c[0] for c in constant):.0f} req/s")
+        section.add("/predict at a constant 500 req/s (hey -q): p99", statistics.median(c[2] for c in constant), "ms", "target <= 3 ms")
+    finally:
+        for process in processes.values():
+            process.terminate()
+        for process in processes.values():
+            process.wait(timeout=30)
+    return section
+
+
+SECTIONS: dict[str, Callable[[Settings, str, int], Section]] = {"features": features_section, "serving": serving_section}

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipelines.settings import Settings, get_settings
-from serving.schemas import Batch, Score, Scores, Transaction
+from serving.schemas import Batch, Score, Scores, Transaction, TransactionWithFeatures
 from serving.service import ScoringService
 
 log = logging.getLogger("fraudops.api")
@@ -118,6 +118,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not svc.ready:
             raise HTTPException(503, "no champion model loaded yet")
         return svc.score(tx)
+
+    @app.post("/predict/features", response_model=Score, tags=["scoring"])
+    async def predict_with_features(body: TransactionWithFeatures, svc: Service) -> Score:
+        if not svc.ready:
+            raise HTTPException(503, "no champion model loaded yet")
+        needed = set(svc.models["champion"].features) | set(getattr(svc.models.get("challenger"), "features", ()))
+        missing = sorted(needed - set(body.features))
+        if missing:
+            raise HTTPException(422, f"features: missing {', '.join(missing)}")
+        values = {k: float("nan") if v is None else v for k, v in body.features.items()}
+        return svc.score_features(body.transaction, values)
 
     @app.post("/predict/batch", response_model=Scores, tags=["scoring"])
     async def predict_batch(batch: Batch, svc: Service) -> Scores:

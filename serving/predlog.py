@@ -15,7 +15,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 log = logging.getLogger("fraudops.predlog")
 
@@ -72,7 +73,7 @@ class PredictionLog:
         name = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
         partial = self.directory / f".{name}.tmp"
         try:
-            pd.DataFrame.from_records(batch).to_parquet(partial, index=False)
+            pq.write_table(pa.Table.from_pylist(batch), partial)
             os.replace(partial, self.directory / name)
             self.written += len(batch)
         except Exception:  # the writer must survive a bad batch; the count shows the loss

@@ -34,6 +34,16 @@ class Transaction(BaseModel):
         return value.astimezone(timezone.utc)
 
 
+class TransactionWithFeatures(BaseModel):
+    """A transaction whose features the caller computed: the model's inputs, by name."""
+
+    model_config = ConfigDict(extra="forbid")
+    transaction: Transaction
+    features: dict[Annotated[str, Field(max_length=64)], float | None] = Field(
+        max_length=64, description="null for a missing value (the model treats it as missing, not as 0)"
+    )
+
+
 class Batch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     transactions: list[Transaction] = Field(min_length=1)

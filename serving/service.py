@@ -78,13 +78,21 @@ class ScoringService:
         return "champion" in self.models
 
     def score(self, tx: Transaction) -> Score:
+        """The full path: route, online features, model, log."""
         started = time.perf_counter()
+        lookup = self.online.lookup(tx.customer_id, tx.terminal_id, tx.amount, int(tx.timestamp.timestamp()))
+        return self._answer(tx, lookup.values, lookup.missing, lookup.degraded, started)
+
+    def score_features(self, tx: Transaction, features: dict[str, float]) -> Score:
+        """The caller brings the features (a batch job, a replay, a benchmark at equal work with a
+        plain model server): route, model, log."""
+        return self._answer(tx, features, [], False, time.perf_counter())
+
+    def _answer(self, tx: Transaction, values: dict[str, float], missing: list[str], degraded: bool, started: float) -> Score:
         current = self.models  # one consistent snapshot for this request
         variant = self.router.route(tx.customer_id, "challenger" in current)
         model = current[variant]
-        unix_seconds = int(tx.timestamp.timestamp())
-        lookup = self.online.lookup(tx.customer_id, tx.terminal_id, tx.amount, unix_seconds)
-        row = np.array([[lookup.values[name] for name in model.features]])
+        row = np.array([[values[name] for name in model.features]])
         score = float(model.score(row)[0])
         elapsed = time.perf_counter() - started
         answer = Score(
@@ -94,10 +102,10 @@ class ScoringService:
             threshold=model.threshold,
             variant=variant,
             model_version=model.version,
-            features_missing=lookup.missing,
-            degraded=lookup.degraded,
+            features_missing=missing,
+            degraded=degraded,
         )
-        self._observe(tx, answer, lookup.values, elapsed)
+        self._observe(tx, answer, values, elapsed)
         return answer
 
     def _observe(self, tx: Transaction, answer: Score, features: dict[str, float], elapsed: float) -> None:

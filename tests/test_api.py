@@ -142,3 +142,18 @@ def test_hot_path_scores_equal_the_mlflow_pyfunc_model(trained) -> None:
     pyfunc = mlflow.pyfunc.load_model(f"models:/{trained.model_name}@champion")
     reference = np.asarray(pyfunc.predict(frame[list(model.features)])).ravel()
     np.testing.assert_allclose(fast, reference, atol=1e-6)
+
+
+def test_features_passed_in_score_like_the_full_path(client) -> None:
+    full = client.post("/predict", json={**TX, "transaction_id": "f1"}).json()
+    # the same features the online path used, sent by the caller, give the same score from the same model
+    ready = client.get("/readyz").json()
+    assert ready["ready"]
+    svc = client.app.state.service
+    lookup = svc.online.lookup(TX["customer_id"], TX["terminal_id"], TX["amount"], int(pd.Timestamp(TX["timestamp"]).timestamp()))
+    features = {k: (None if v != v else v) for k, v in lookup.values.items()}
+    answer = client.post("/predict/features", json={"transaction": {**TX, "transaction_id": "f2"}, "features": features})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["score"] == pytest.approx(full["score"], abs=1e-12)
+    incomplete = client.post("/predict/features", json={"transaction": TX, "features": {"amount": 1.0}})
+    assert incomplete.status_code == 422 and "missing" in incomplete.json()["detail"]
