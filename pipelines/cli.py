@@ -80,26 +80,86 @@ def features_materialize(
     console.print("materialized")
 
 
+MODELS = {"lightgbm": "test", "logistic_regression": "baseline_logistic_regression", "amount_rule": "baseline_amount_rule"}
+
+
+def per_model(result: dict[str, object], top_k: int) -> dict[str, dict[str, float]]:
+    """Test metrics as one object per model, each with the test window's row and fraud counts."""
+    counts = {"test_rows": result.get("test_rows"), "test_frauds": result.get("test_frauds")}
+    return {
+        model: {
+            "roc_auc": result.get(f"{prefix}_roc_auc"),
+            "average_precision": result.get(f"{prefix}_average_precision"),
+            f"card_precision_at_{top_k}": result.get(f"{prefix}_card_precision_at_{top_k}"),
+            "recall_at_fpr_0.01": result.get(f"{prefix}_recall_at_fpr_0.01"),
+            "expected_cost": result.get(f"{prefix}_expected_cost"),
+            **counts,
+        }
+        for model, prefix in MODELS.items()
+    }
+
+
 @app.command()
 def train(
+    train_start: Annotated[Optional[datetime], typer.Option(help="First training day (default: start_date + train_start_day).")] = None,
+    train_days: Annotated[Optional[int], typer.Option(min=1, help="Days of training data.")] = None,
+    delay_days: Annotated[Optional[int], typer.Option(min=0, help="Days between train and test while labels mature.")] = None,
+    test_days: Annotated[Optional[int], typer.Option(min=1, help="Days of test data.")] = None,
     num_leaves: Annotated[int, typer.Option(min=2, help="LightGBM num_leaves.")] = 31,
     learning_rate: Annotated[float, typer.Option(min=0.0001, max=1.0, help="LightGBM learning rate.")] = 0.05,
-    scale_pos_weight: Annotated[float, typer.Option(min=1.0, help="Weight of the fraud class (imbalance).")] = 1.0,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the run's metrics as JSON here.")] = None,
+    scale_pos_weight: Annotated[Optional[float], typer.Option(min=1.0, help="Weight of the fraud class; default: chosen by prequential validation.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write test metrics as JSON, one object per model.")] = None,
 ) -> None:
-    """Train on Feast features, evaluate on the later test window, register the model in MLflow.
+    """Train on Feast features, evaluate on the later test window beside two baselines, register in MLflow.
 
     The first model becomes `champion`; later ones become `challenger` until promoted.
+    Example: fraudops train --train-start 2018-07-25 --train-days 7 --delay-days 7 --test-days 7 --json metrics.json
     """
-    s = settings()
+    s = settings(train_start=train_start.date() if train_start else None, train_days=train_days, label_delay_days=delay_days, test_days=test_days)
     prepare(s)
+    from rich.table import Table
+
     from pipelines.flows import train_flow
     from pipelines.training import ModelConfig
 
     result = train_flow(s, ModelConfig(num_leaves=num_leaves, learning_rate=learning_rate, scale_pos_weight=scale_pos_weight))
-    console.print_json(data=result)
+    models = per_model(result, s.top_k)
+    table = Table(title=f"test window: {result.get('test_rows', 0):,.0f} transactions, {result.get('test_frauds', 0):,.0f} frauds")
+    for column in ("model", "ROC AUC", "average precision", f"CP@{s.top_k}", "recall @ 1% FPR", "expected cost"):
+        table.add_column(column)
+    for model, m in models.items():
+        table.add_row(model, *(f"{m[k]:.3f}" if m[k] is not None else "-" for k in ("roc_auc", "average_precision", f"card_precision_at_{s.top_k}", "recall_at_fpr_0.01")),
+                      f"{m['expected_cost']:,.0f}" if m["expected_cost"] is not None else "-")
+    console.print(table)
+    console.print(f"gate: {result['gate']}; version: {result['version']}; alias: {result['alias']}")
     if json_out:
-        json_out.write_text(json.dumps(result, indent=2))
+        json_out.write_text(json.dumps({"models": models, "version": result["version"], "alias": result["alias"], "gate": result["gate"]}, indent=2))
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Parquet or CSV files, or folders of them.")],
+    columns: Annotated[Optional[str], typer.Option(help="Rename columns: 'theirs=ours,...' or a preset: handbook.")] = None,
+) -> None:
+    """Append your own transactions to the offline store, validated; days already stored are skipped.
+
+    Raw schema: transaction_id, timestamp, customer_id, terminal_id, amount, is_fraud [, fraud_scenario].
+    Example: fraudops ingest exports/ --columns handbook
+    """
+    from features.ingest import ingest as run_ingest, parse_columns
+    from features.schema import SchemaError
+
+    s = settings()
+    try:
+        mapping = parse_columns(columns)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--columns") from exc
+    try:
+        report = run_ingest(paths, s.transactions_dir, mapping, lambda f: console.print(f"{f.path}: {f.rows_read:,} rows read, {f.rows_added:,} added ({f.note})"))
+    except (SchemaError, FileNotFoundError) as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    console.print(f"{report.rows_added:,} transactions added to {s.transactions_dir}")
 
 
 @app.command()
@@ -116,13 +176,12 @@ def serve(
     host: Annotated[Optional[str], typer.Option(help="Bind address.")] = None,
     port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="Port.")] = None,
 ) -> None:
-    """Run the scoring API (OpenAPI docs at /docs)."""
+    """Run the scoring API (OpenAPI docs at /docs), FRAUDOPS_API_WORKERS processes."""
     import uvicorn
 
-    from serving.app import create_app
-
     s = settings(api_host=host, api_port=port)
-    uvicorn.run(create_app(s), host=s.api_host, port=s.api_port, log_level="warning")
+    # Workers build the app from the environment (the factory), so every setting reaches each of them.
+    uvicorn.run("serving.app:create_app", factory=True, host=s.api_host, port=s.api_port, workers=s.api_workers, log_level="warning")
 
 
 @app.command()

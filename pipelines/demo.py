@@ -38,7 +38,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 @contextmanager
 def running_api(settings: Settings, timeout: float = 120.0) -> Iterator[subprocess.Popen[bytes]]:
     """Start the API as its own process, as production would, and wait until it is ready."""
-    command = [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--host", settings.api_host,
+    command = [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--host", settings.api_host, "--workers", str(settings.api_workers),
                "--port", str(settings.api_port), "--log-level", "warning"]
     log_path = settings.state_dir / "api.log"
     with open(log_path, "wb") as log:

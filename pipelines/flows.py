@@ -197,7 +197,7 @@ def train_flow(settings: Settings | None = None, config: ModelConfig = ModelConf
     existing = registry.version_with_fingerprint(settings, fingerprint)
     if existing is not None:  # a re-run on the same inputs: no new version, no alias moved
         get_run_logger().info("model version %s already holds these inputs; nothing to do", existing)
-        return {"version": existing, "alias": None, "gate": "unchanged"}
+        return {**registry.version_metrics(settings, existing), "version": existing, "alias": None, "gate": "unchanged"}
     result = train_model(frame, features, windows, config, settings)  # select imbalance, fit, baselines, test
     return log_and_register(result, frame, windows, fingerprint, settings)  # MLflow lineage, gate, registry
 

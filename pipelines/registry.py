@@ -73,3 +73,10 @@ def version_with_fingerprint(settings: Settings, fingerprint: str) -> str | None
     client = configure(settings)
     found = client.search_model_versions(f"name = '{settings.model_name}' and tags.fingerprint = '{fingerprint}'")
     return str(found[0].version) if found else None
+
+
+def version_metrics(settings: Settings, version: str) -> dict[str, float]:
+    """The metrics of the run that produced a registered version."""
+    client = connect(settings)
+    run_id = client.get_model_version(settings.model_name, version).run_id
+    return dict(client.get_run(run_id).data.metrics)

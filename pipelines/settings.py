@@ -8,6 +8,7 @@ point at PostgreSQL and Redis; no code path changes.
 
 from __future__ import annotations
 
+from datetime import date
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -42,6 +43,7 @@ class Settings(BaseSettings):
 
     # Training: the handbook's protocol, a train window, a delay period, then a test window.
     train_start_day: int = Field(30, ge=0, description="Days after start_date; earlier days warm up the windows.")
+    train_start: date | None = Field(None, description="First training day; overrides train_start_day (ingested data).")
     train_days: int = Field(21, ge=1)
     test_days: int = Field(14, ge=1)
     prequential_folds: int = Field(2, ge=1, description="Shifted validation folds for model selection.")
@@ -64,6 +66,7 @@ class Settings(BaseSettings):
     # Serving.
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
+    api_workers: int = Field(2, ge=1, le=64, description="uvicorn worker processes; one per core is the usual choice.")
     admin_token: str | None = Field(None, description="Bearer token of /admin; unset means the admin API is off.")
     challenger_share: float = Field(0.1, ge=0.0, le=1.0, description="Share of customers routed to challenger.")
     max_batch_size: int = Field(256, ge=1)
@@ -77,6 +80,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _windows_fit(self) -> Settings:
+        if self.train_start is not None:  # real data: its own calendar, not the simulator's
+            return self
         end = self.train_start_day + self.train_days + self.label_delay_days + self.test_days
         if end > self.days:
             raise ValueError(

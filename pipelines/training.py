@@ -29,7 +29,10 @@ class Windows:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Windows:
-        start = pd.Timestamp(settings.start_date) + pd.Timedelta(days=settings.train_start_day)
+        if settings.train_start is not None:
+            start = pd.Timestamp(settings.train_start)
+        else:
+            start = pd.Timestamp(settings.start_date) + pd.Timedelta(days=settings.train_start_day)
         train_end = start + pd.Timedelta(days=settings.train_days)
         test_start = train_end + pd.Timedelta(days=settings.label_delay_days)
         return cls(start, train_end, test_start, test_start + pd.Timedelta(days=settings.test_days))
@@ -95,10 +98,15 @@ def window(frame: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> pd.Da
 def split(frame: pd.DataFrame, windows: Windows) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Fit, validation (the last third of the train window, for early stopping and the threshold), test."""
     validation_start = windows.train_end - (windows.train_end - windows.train_start) / 3
+    # Handbook protocol: cards already known to be compromised (a fraud seen before the test window
+    # starts) are blocked in practice, so scoring them in the test window would flatter the model.
+    known = window(frame, windows.train_start, windows.test_start - pd.Timedelta(days=1))
+    compromised = set(known.loc[known["is_fraud"] == 1, "customer_id"])
+    test = window(frame, windows.test_start, windows.test_end)
     parts = (
         window(frame, windows.train_start, validation_start),
         window(frame, validation_start, windows.train_end),
-        window(frame, windows.test_start, windows.test_end),
+        test[~test["customer_id"].isin(compromised)],
     )
     for name, part in zip(("fit", "validation", "test"), parts):
         if part["is_fraud"].sum() == 0:
