@@ -162,7 +162,7 @@ def log_and_register(result: TrainResult, frame: pd.DataFrame, windows: Windows,
             for path in write_plots(result, settings.review_fee, Path(tmp) / "plots"):
                 mlflow.log_artifact(str(path), artifact_path="plots")
             reference = Path(tmp) / REFERENCE_FILE
-            result.test.drop(columns=["customer_id"]).to_parquet(reference, index=False)
+            result.reference.to_parquet(reference, index=False)
             mlflow.log_artifact(str(reference), artifact_path="reference")
     outcome: dict[str, object] = {"run_id": run.info.run_id, "version": None, "alias": None, "gate": "passed" if passed else "failed", **result.metrics}
     if not passed:

@@ -86,7 +86,8 @@ class TrainResult:
     metrics: dict[str, float]
     selection: dict[str, float]  # mean validation AP per imbalance choice
     train_rows: int
-    test: pd.DataFrame  # the test window with every model's scores: plots and the monitoring reference
+    test: pd.DataFrame  # the evaluated test rows with the model's scores: plots
+    reference: pd.DataFrame  # the whole test window's traffic with the model's scores: monitoring
     baseline_scores: dict[str, np.ndarray]
 
 
@@ -169,11 +170,15 @@ def train(frame: pd.DataFrame, features: list[str], windows: Windows, config: Mo
     test_scores = booster.predict(_matrix(test, features))
     threshold, model_metrics = judged(booster.predict(_matrix(validation, features)), test_scores)
     metrics = {f"test_{k}": v for k, v in model_metrics.items()}
-    scored = test[["event_timestamp", "customer_id", *features, "is_fraud"]].assign(score=test_scores)
+    # The monitoring reference is all of the test window's traffic, known-compromised cards included:
+    # live traffic includes them too, and a reference without them would raise false drift alarms.
+    everything = window(frame, windows.test_start, windows.test_end)
+    reference = everything[["event_timestamp", *features, "is_fraud"]].assign(score=booster.predict(_matrix(everything, features)))
     baseline_scores = {}
     for name, (validation_scores, baseline_test) in baselines(fit, validation, test, features).items():
         _, baseline_metrics = judged(validation_scores, baseline_test)
         metrics.update({f"baseline_{name}_{k}": v for k, v in baseline_metrics.items() if k not in ("rows", "frauds")})
         baseline_scores[name] = baseline_test
     metrics["best_iteration"] = float(booster.best_iteration)
-    return TrainResult(booster, config, features, threshold, metrics, selection, len(fit), scored, baseline_scores)
+    scored = test[["event_timestamp", "customer_id", *features, "is_fraud"]].assign(score=test_scores)
+    return TrainResult(booster, config, features, threshold, metrics, selection, len(fit), scored, reference, baseline_scores)
