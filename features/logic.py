@@ -11,6 +11,9 @@ import numpy as np
 WINDOWS_DAYS = (1, 7, 30)
 NIGHT_END_HOUR = 6  # transactions before 06:00 UTC count as night-time
 EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday (Monday = 0)
+# Functions of the clock: their distribution depends on which hours and days a window covers, not on
+# who is transacting, so drift tests over a two-day window would flag them every time.
+CLOCK_FEATURES = frozenset({"is_weekend", "is_night"})
 
 
 def request_features(amount: np.ndarray, unix_seconds: np.ndarray, customer_mean_30d: np.ndarray) -> dict[str, np.ndarray]:

@@ -19,7 +19,18 @@ from evidently import Report
 from evidently.metrics import ValueDrift
 from evidently.presets import DataDriftPreset
 
-Verdict = Literal["ok", "drift", "insufficient_data"]
+from features.logic import CLOCK_FEATURES
+
+SMALL_SAMPLE = 1_000
+Verdict = Literal["ok", "warn", "drift", "insufficient_data"]
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A model version's reference: its test window's traffic with its own scores."""
+
+    version: str
+    frame: pd.DataFrame
 
 
 @dataclass
@@ -37,7 +48,8 @@ class DriftSummary:
     current_rows: int
     reference_rows: int
     drifted_share: float = 0.0
-    score_drifted: bool = False
+    prediction: dict[str, ColumnDrift] = field(default_factory=dict)  # score drift per variant
+    missing_share: float = 0.0  # answers with at least one defaulted feature
     columns: list[ColumnDrift] = field(default_factory=list)
     excluded: dict[str, str] = field(default_factory=dict)
     html: str | None = None
@@ -62,10 +74,12 @@ def _drifted(method: str, value: float, threshold: float) -> bool:
 
 
 def _usable(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str]) -> tuple[list[str], dict[str, str]]:
-    """Drop columns a drift test cannot judge, and say why: all-null or constant in both datasets."""
+    """Drop columns a drift test cannot judge, and say why: clock features, all-null, or constant."""
     keep, excluded = [], {}
     for column in columns:
-        if current[column].isna().all():
+        if column in CLOCK_FEATURES:
+            excluded[column] = "clock feature: its distribution depends on the window's hours and days"
+        elif current[column].isna().all():
             excluded[column] = "all values missing in current data"
         elif pd.concat([reference[column], current[column]]).nunique(dropna=True) <= 1:
             excluded[column] = "constant"
@@ -74,31 +88,56 @@ def _usable(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str]) 
     return keep, excluded
 
 
-def drift_report(
-    reference: pd.DataFrame, current: pd.DataFrame, features: list[str], out_dir: Path, drift_share: float, min_rows: int
-) -> DriftSummary:
-    """Run Evidently, write the HTML report and the JSON summary, and return the summary."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if len(current) < min_rows:
-        summary = DriftSummary("insufficient_data", len(current), len(reference))
-        (out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
-        return summary
-    columns, excluded = _usable(reference, current, features)
-    report = Report([DataDriftPreset(columns=columns, drift_share=drift_share), ValueDrift(column="score")])
-    snapshot = report.run(current_data=current[columns + ["score"]], reference_data=reference[columns + ["score"]])
-    html = out_dir / "report.html"
-    snapshot.save_html(str(html))
-    results: list[ColumnDrift] = []
-    drifted_share = 0.0
-    for metric in snapshot.dict()["metrics"]:
+def _parse(snapshot_dict: dict) -> tuple[float, list[ColumnDrift]]:
+    drifted_share, results = 0.0, []
+    for metric in snapshot_dict["metrics"]:
         config = metric["config"]
         if config["type"].endswith("DriftedColumnsCount"):
             drifted_share = float(metric["value"]["share"])
         elif config["type"].endswith("ValueDrift"):
             value, threshold = float(metric["value"]), float(config["threshold"])
             results.append(ColumnDrift(config["column"], config["method"], value, threshold, _drifted(config["method"], value, threshold)))
-    score_drifted = any(c.drifted for c in results if c.column == "score")
-    verdict: Verdict = "drift" if drifted_share >= drift_share or score_drifted else "ok"
-    summary = DriftSummary(verdict, len(current), len(reference), drifted_share, score_drifted, results, excluded, str(html))
+    return drifted_share, results
+
+
+def drift_report(
+    references: dict[str, Reference], current: pd.DataFrame, features: list[str], out_dir: Path,
+    drift_share: float, min_rows: int, max_missing_share: float,
+) -> DriftSummary:
+    """Data drift of all traffic against the champion's reference, prediction drift of each variant's
+    scores against its own model's reference; HTML reports and a JSON summary in `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    champion = references["champion"].frame
+    if len(current) < min_rows:
+        summary = DriftSummary("insufficient_data", len(current), len(champion))
+        (out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
+        return summary
+    # Drift tests drop nulls, so the share of answers with defaulted features is checked on its own.
+    missing_share = float((current["features_missing"] > 0).mean()) if "features_missing" in current else 0.0
+    columns, excluded = _usable(champion, current, features)
+    snapshot = Report([DataDriftPreset(columns=columns, drift_share=drift_share)]).run(current_data=current[columns], reference_data=champion[columns])
+    html = out_dir / "report.html"
+    snapshot.save_html(str(html))
+    drifted_share, results = _parse(snapshot.dict())
+
+    prediction: dict[str, ColumnDrift] = {}
+    for variant, reference in references.items():
+        scored = current[(current["variant"] == variant) & (current["model_version"] == reference.version)]
+        if len(scored) < min_rows:
+            excluded[f"score ({variant})"] = f"{len(scored)} predictions, fewer than min_rows={min_rows}"
+            continue
+        # A distance on a few hundred scores is mostly noise; a test with a p-value accounts for the
+        # sample size. Evidently's own default switches the same way for its feature drift.
+        method = "ks" if len(scored) <= SMALL_SAMPLE else None
+        variant_snapshot = Report([ValueDrift(column="score", method=method)]).run(current_data=scored[["score"]], reference_data=reference.frame[["score"]])
+        variant_snapshot.save_html(str(out_dir / f"prediction_drift_{variant}.html"))
+        prediction[variant] = _parse(variant_snapshot.dict())[1][0]
+
+    verdict: Verdict = "ok"
+    if missing_share > max_missing_share:
+        verdict = "warn"
+    if drifted_share >= drift_share or any(c.drifted for c in prediction.values()):
+        verdict = "drift"
+    summary = DriftSummary(verdict, len(current), len(champion), drifted_share, prediction, missing_share, results, excluded, str(html))
     (out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
     return summary

@@ -22,7 +22,7 @@ from features.compute import compute_features
 from features.offline import read_transactions
 from features.schema import SchemaError
 from features.store import apply, historical_features, materialize, model_features, open_store
-from monitoring.drift import DriftSummary, drift_report, read_prediction_log
+from monitoring.drift import DriftSummary, Reference, drift_report, read_prediction_log
 from pipelines import registry
 from pipelines.plots import write_plots
 from pipelines.settings import Settings
@@ -203,24 +203,32 @@ def train_flow(settings: Settings | None = None, config: ModelConfig = ModelConf
 
 
 @task
-def load_reference(settings: Settings) -> tuple[pd.DataFrame, list[str], str]:
-    """The champion's reference data and feature list, from its MLflow run."""
+def load_references(settings: Settings) -> tuple[dict[str, Reference], list[str]]:
+    """Each aliased model's reference data from its MLflow run, and the champion's feature list."""
     client = registry.connect(settings)
-    version = client.get_model_version_by_alias(settings.model_name, registry.CHAMPION)
-    path = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=f"reference/{REFERENCE_FILE}")
-    features = json.loads(client.get_run(version.run_id).data.tags["features"])
-    return pd.read_parquet(path), features, str(version.version)
+    references: dict[str, Reference] = {}
+    features: list[str] = []
+    for alias in (registry.CHAMPION, registry.CHALLENGER):
+        if registry.aliased_version(client, settings.model_name, alias) is None:
+            continue
+        version = client.get_model_version_by_alias(settings.model_name, alias)
+        path = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=f"reference/{REFERENCE_FILE}")
+        references[alias] = Reference(str(version.version), pd.read_parquet(path))
+        if alias == registry.CHAMPION:
+            features = json.loads(client.get_run(version.run_id).data.tags["features"])
+    if registry.CHAMPION not in references:
+        raise ValueError(f"model {settings.model_name!r} has no champion to monitor")
+    return references, features
 
 
 @flow(name="monitor")
 def monitor_flow(settings: Settings | None = None, label: str = "latest", since: datetime | None = None, until: datetime | None = None) -> DriftSummary:
     settings = settings or Settings()
-    reference, features, version = load_reference(settings)  # what the champion was validated on
+    references, features = load_references(settings)  # what each model was validated on
     current = read_prediction_log(settings.predictions_dir, since, until)  # live traffic
-    if not current.empty:
-        current = current[current["model_version"] == version]  # score drift is a property of one model
-    else:
-        current = reference.iloc[0:0]
-    summary = drift_report(reference, current, features, settings.reports_dir / label, settings.drift_share, settings.min_rows)
+    if current.empty:
+        current = references["champion"].frame.iloc[0:0]
+    summary = drift_report(references, current, features, settings.reports_dir / label, settings.drift_share,
+                           settings.min_rows, settings.max_missing_share)
     get_run_logger().info("drift verdict %s over %d predictions", summary.verdict, summary.current_rows)
     return summary

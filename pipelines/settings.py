@@ -76,6 +76,7 @@ class Settings(BaseSettings):
 
     # Monitoring verdict: share of drifted features above which the dataset counts as drifted.
     drift_share: float = Field(0.3, gt=0.0, le=1.0)
+    max_missing_share: float = Field(0.05, ge=0, le=1, description="Share of answers with defaulted features that warns.")
     min_rows: int = Field(200, ge=1, description="Fewer logged predictions than this give insufficient_data.")
 
     @model_validator(mode="after")

@@ -1,0 +1,78 @@
+"""The drift verdict on synthetic traffic: quiet when nothing changed, loud when something did."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from monitoring.drift import Reference, drift_report
+
+FEATURES = ["amount", "customer_tx_count_7d", "terminal_risk_7d", "is_night"]  # is_night: a clock feature, never tested
+
+
+def traffic(n: int, seed: int, amount_scale: float = 1.0, score_shift: float = 0.0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        {
+            "amount": rng.gamma(2.0, 25.0, n) * amount_scale,
+            "customer_tx_count_7d": rng.poisson(14, n).astype(float),
+            "terminal_risk_7d": rng.beta(0.5, 30, n),
+            "is_night": (rng.uniform(size=n) < 0.2).astype(float),
+            "score": np.clip(rng.beta(0.6, 20, n) + score_shift, 0, 1),
+        }
+    )
+
+
+def live(frame: pd.DataFrame, variant: str = "champion", version: str = "1", missing: int = 0) -> pd.DataFrame:
+    return frame.assign(variant=variant, model_version=version, features_missing=missing)
+
+
+def run(tmp_path, current: pd.DataFrame, challenger: bool = False, **overrides):
+    references = {"champion": Reference("1", traffic(5_000, 0))}
+    if challenger:
+        references["challenger"] = Reference("2", traffic(5_000, 1))
+    options = dict(drift_share=0.3, min_rows=200, max_missing_share=0.05) | overrides
+    return drift_report(references, current, FEATURES, tmp_path, **options)
+
+
+def test_same_distribution_is_ok(tmp_path) -> None:
+    summary = run(tmp_path, live(traffic(3_000, 7)))
+    assert summary.verdict == "ok" and not summary.prediction["champion"].drifted
+    assert json.loads((tmp_path / "summary.json").read_text())["verdict"] == "ok"
+    assert (tmp_path / "report.html").stat().st_size > 10_000
+
+
+def test_inflated_amounts_are_data_drift(tmp_path) -> None:
+    summary = run(tmp_path, live(traffic(3_000, 7, amount_scale=1.6)), drift_share=0.3)
+    assert summary.verdict == "drift"
+    assert {c.column for c in summary.columns if c.drifted} == {"amount"}
+
+
+def test_prediction_drift_is_judged_per_variant(tmp_path) -> None:
+    current = pd.concat([live(traffic(2_000, 7)), live(traffic(2_000, 8, score_shift=0.2), "challenger", "2")], ignore_index=True)
+    summary = run(tmp_path, current, challenger=True)
+    assert summary.verdict == "drift"
+    assert summary.prediction["challenger"].drifted and not summary.prediction["champion"].drifted
+    assert (tmp_path / "prediction_drift_challenger.html").exists()
+
+
+def test_too_few_rows_is_insufficient_data_not_an_error(tmp_path) -> None:
+    assert run(tmp_path, live(traffic(50, 7))).verdict == "insufficient_data"
+
+
+def test_null_and_constant_columns_are_excluded_and_reported(tmp_path) -> None:
+    current = live(traffic(3_000, 7)).assign(terminal_risk_7d=np.nan)
+    summary = run(tmp_path, current)
+    assert summary.excluded["terminal_risk_7d"] == "all values missing in current data"
+    assert summary.excluded["is_night"].startswith("clock feature")
+    assert "terminal_risk_7d" not in {c.column for c in summary.columns}
+
+
+def test_missing_features_are_checked_on_their_own(tmp_path) -> None:
+    current = live(traffic(3_000, 7))
+    current.loc[:400, "features_missing"] = 3  # 13% of answers fell back to defaults
+    summary = run(tmp_path, current)
+    assert summary.verdict == "warn" and summary.missing_share == pytest.approx(401 / 3_000)
