@@ -172,6 +172,15 @@ def promote(reason: Annotated[str, typer.Option(help="Why the challenger should 
 
 
 @app.command()
+def rollback(reason: Annotated[str, typer.Option(help="Why the previous champion should serve again.")]) -> None:
+    """Point `champion` back at the version the last promotion replaced, recording who and why."""
+    from pipelines.registry import rollback as move_back
+
+    current, restored = move_back(settings(), reason)
+    console.print(f"champion: version {current} -> {restored}")
+
+
+@app.command()
 def serve(
     host: Annotated[Optional[str], typer.Option(help="Bind address.")] = None,
     port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="Port.")] = None,

@@ -80,3 +80,19 @@ def version_metrics(settings: Settings, version: str) -> dict[str, float]:
     client = connect(settings)
     run_id = client.get_model_version(settings.model_name, version).run_id
     return dict(client.get_run(run_id).data.metrics)
+
+
+def rollback(settings: Settings, reason: str, who: str | None = None) -> tuple[str, str]:
+    """Point `champion` back at the version the last promotion replaced; returns (from, to)."""
+    client = configure(settings)
+    current = aliased_version(client, settings.model_name, CHAMPION)
+    if current is None:
+        raise ValueError(f"model {settings.model_name!r} has no {CHAMPION!r} alias")
+    replaced = client.get_model_version(settings.model_name, current).tags.get("replaced_version")
+    if replaced in (None, "None"):
+        raise ValueError(f"version {current} was not promoted over another version: nothing to roll back to")
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for key, value in {"rolled_back_by": who or getpass.getuser(), "rolled_back_reason": reason, "rolled_back_at": stamp}.items():
+        client.set_model_version_tag(settings.model_name, current, key, value)
+    client.set_registered_model_alias(settings.model_name, CHAMPION, replaced)
+    return current, replaced

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -75,7 +75,9 @@ Service = Annotated[ScoringService, Depends(_service)]
 
 
 class Routing(BaseModel):
-    challenger_share: float = Field(ge=0.0, le=1.0)
+    model_config = {"extra": "forbid"}
+    challenger_share: float | None = Field(None, ge=0.0, le=1.0)
+    mode: Literal["canary", "shadow"] | None = None
 
 
 class Promotion(BaseModel):
@@ -156,15 +158,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/admin/routing", dependencies=[Depends(admin)], tags=["admin"])
-    async def get_routing(svc: Service) -> dict[str, float]:
-        return {"challenger_share": svc.router.challenger_share}
+    async def get_routing(svc: Service) -> dict[str, object]:
+        return {"challenger_share": svc.router.challenger_share, "mode": svc.router.mode}
 
     @app.put("/admin/routing", dependencies=[Depends(admin)], tags=["admin"])
-    async def set_routing(body: Routing, svc: Service) -> dict[str, float]:
-        previous = svc.router.challenger_share
-        svc.router.set_share(body.challenger_share)
-        log.warning("routing changed: challenger_share %s -> %s", previous, body.challenger_share)
-        return {"previous": previous, "challenger_share": body.challenger_share}
+    async def set_routing(body: Routing, svc: Service) -> dict[str, object]:
+        previous = {"challenger_share": svc.router.challenger_share, "mode": svc.router.mode}
+        if body.challenger_share is not None:
+            svc.router.set_share(body.challenger_share)
+        if body.mode is not None:
+            svc.router.mode = body.mode
+        current = {"challenger_share": svc.router.challenger_share, "mode": svc.router.mode}
+        log.warning("routing changed: %s -> %s", previous, current)
+        return {"previous": previous, **current}
 
     @app.post("/admin/reload", dependencies=[Depends(admin)], tags=["admin"])
     async def reload(svc: Service) -> dict[str, str | None]:
@@ -180,5 +186,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(409, str(exc)) from exc
         log.warning("promoted version %s to champion (was %s): %s", new, previous, body.reason)
         return {"previous_champion": previous, "champion": new, **{f"loaded_{k}": v for k, v in svc.reload().items()}}
+
+    @app.post("/admin/rollback", dependencies=[Depends(admin)], tags=["admin"])
+    async def rollback(body: Promotion, svc: Service) -> dict[str, str | None]:
+        from pipelines.registry import rollback as move_back
+
+        try:
+            previous, restored = move_back(settings, body.reason, who="admin-api")
+        except ValueError as exc:
+            raise HTTPException(409, str(exc)) from exc
+        log.warning("rolled champion back from version %s to %s: %s", previous, restored, body.reason)
+        return {"previous_champion": previous, "champion": restored, **{f"loaded_{k}": v for k, v in svc.reload().items()}}
 
     return app

@@ -11,6 +11,7 @@ import hashlib
 from typing import Literal
 
 Variant = Literal["champion", "challenger"]
+Mode = Literal["canary", "shadow"]
 BUCKETS = 10_000
 
 
@@ -20,8 +21,12 @@ def bucket(customer_id: str) -> int:
 
 
 class Router:
-    def __init__(self, challenger_share: float) -> None:
+    """`canary`: a sticky share of customers is answered by the challenger. `shadow`: the champion
+    answers everyone and the challenger scores every request on the side, logged but never returned."""
+
+    def __init__(self, challenger_share: float, mode: Mode = "canary") -> None:
         self.set_share(challenger_share)
+        self.mode: Mode = mode
 
     @property
     def challenger_share(self) -> float:
@@ -33,6 +38,6 @@ class Router:
         self._cutoff = round(share * BUCKETS)
 
     def route(self, customer_id: str, challenger_available: bool) -> Variant:
-        if challenger_available and bucket(customer_id) < self._cutoff:
+        if challenger_available and self.mode == "canary" and bucket(customer_id) < self._cutoff:
             return "challenger"
         return "champion"

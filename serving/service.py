@@ -4,6 +4,7 @@ benchmarks and the tests all drive the same object."""
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from typing import Any
@@ -51,13 +52,28 @@ class ScoringService:
         self._lock = threading.Lock()
         self.online = OnlineFeatures(settings)
         self.log = PredictionLog(settings.predictions_dir, settings.log_batch_size, settings.log_queue_size)
+        # Shadow scoring runs on its own thread from a bounded queue: a slow challenger can only drop
+        # shadow scores (counted), never delay an answer.
+        self.shadow_queue: queue.Queue[tuple[Transaction, dict[str, float], float] | None] = queue.Queue(maxsize=settings.log_queue_size)
+        self.shadow_dropped = 0
+        self._shadow = threading.Thread(target=self._shadow_loop, name="shadow-scoring", daemon=True)
 
     def start(self) -> None:
         self.reload()
         self.log.start()
+        self._shadow.start()
 
     def stop(self) -> None:
+        self.shadow_queue.put(None)
+        self._shadow.join()
         self.log.close()
+
+    def _shadow_loop(self) -> None:
+        while (item := self.shadow_queue.get()) is not None:
+            tx, values, started = item
+            challenger = self.models.get("challenger")
+            if challenger is not None:
+                self._score_with(challenger, "challenger", tx, values, [], False, started, shadow=True)
 
     def reload(self) -> dict[str, str | None]:
         """Load each alias in the background of serving and swap it in whole: a request holds the model
@@ -91,7 +107,16 @@ class ScoringService:
     def _answer(self, tx: Transaction, values: dict[str, float], missing: list[str], degraded: bool, started: float) -> Score:
         current = self.models  # one consistent snapshot for this request
         variant = self.router.route(tx.customer_id, "challenger" in current)
-        model = current[variant]
+        answer = self._score_with(current[variant], variant, tx, values, missing, degraded, started)
+        if self.router.mode == "shadow" and "challenger" in current:
+            try:
+                self.shadow_queue.put_nowait((tx, values, time.perf_counter()))
+            except queue.Full:
+                self.shadow_dropped += 1
+        return answer
+
+    def _score_with(self, model: LoadedModel, variant: str, tx: Transaction, values: dict[str, float], missing: list[str],
+                    degraded: bool, started: float, shadow: bool = False) -> Score:
         row = np.array([[values[name] for name in model.features]])
         score = float(model.score(row)[0])
         elapsed = time.perf_counter() - started
@@ -105,10 +130,10 @@ class ScoringService:
             features_missing=missing,
             degraded=degraded,
         )
-        self._observe(tx, answer, values, elapsed)
+        self._observe(tx, answer, values, elapsed, shadow)
         return answer
 
-    def _observe(self, tx: Transaction, answer: Score, features: dict[str, float], elapsed: float) -> None:
+    def _observe(self, tx: Transaction, answer: Score, features: dict[str, float], elapsed: float, shadow: bool) -> None:
         m = self.metrics
         m.requests.labels(answer.variant).inc()
         m.latency.labels(answer.variant).observe(elapsed)
@@ -126,6 +151,7 @@ class ScoringService:
             "score": answer.score,
             "is_fraud_predicted": answer.is_fraud,
             "variant": answer.variant,
+            "shadow": shadow,
             "model_version": answer.model_version,
             "features_missing": len(answer.features_missing),
             "degraded": answer.degraded,

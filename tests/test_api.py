@@ -157,3 +157,24 @@ def test_features_passed_in_score_like_the_full_path(client) -> None:
     assert answer.json()["score"] == pytest.approx(full["score"], abs=1e-12)
     incomplete = client.post("/predict/features", json={"transaction": TX, "features": {"amount": 1.0}})
     assert incomplete.status_code == 422 and "missing" in incomplete.json()["detail"]
+
+
+def test_shadow_mode_answers_with_the_champion_and_logs_the_challenger(trained, tmp_path) -> None:
+    import shutil
+    import time
+
+    settings = trained.model_copy(update={"state_dir": tmp_path, "mlflow_tracking_uri": trained.tracking_uri, "admin_token": "t"})
+    shutil.copytree(trained.feast_dir, settings.feast_dir)
+    shutil.copytree(trained.features_dir, settings.features_dir)
+    auth = {"Authorization": "Bearer t"}
+    n = 40
+    with TestClient(create_app(settings)) as c:
+        changed = c.put("/admin/routing", json={"mode": "shadow", "challenger_share": 1.0}, headers=auth).json()
+        assert changed["previous"]["mode"] == "canary" and changed["mode"] == "shadow"
+        variants = {c.post("/predict", json={**TX, "transaction_id": f"s{i}", "customer_id": str(i)}).json()["variant"] for i in range(n)}
+        assert variants == {"champion"}  # shadow scores are never returned
+        time.sleep(0.5)
+    logged = pd.read_parquet(settings.predictions_dir)
+    assert (logged["variant"] == "champion").sum() == n
+    shadow = logged[logged["shadow"]]
+    assert len(shadow) == n and set(shadow["variant"]) == {"challenger"} and set(shadow["model_version"]) == {"2"}

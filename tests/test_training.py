@@ -134,3 +134,14 @@ def test_deployments_are_scheduled_from_settings(trained) -> None:
     assert set(by_name) == {"daily-retrain", "hourly-monitor"}
     assert by_name["daily-retrain"].schedules[0].schedule.cron == "15 4 * * *"
     assert by_name["hourly-monitor"].schedules[0].schedule.cron == "0 * * * *"
+
+
+def test_rollback_restores_the_replaced_champion(registry_copy) -> None:
+    from pipelines.registry import promote, rollback
+
+    before = aliases(registry_copy)
+    with pytest.raises(ValueError, match="nothing to roll back to"):
+        rollback(registry_copy, reason="too early")
+    promote(registry_copy, reason="canary looked good", who="tester")
+    assert rollback(registry_copy, reason="alert fired", who="oncall") == (before["challenger"], before["champion"])
+    assert aliases(registry_copy)["champion"] == before["champion"]
