@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     api_workers: int = Field(2, ge=1, le=64, description="uvicorn worker processes; one per core is the usual choice.")
     admin_token: str | None = Field(None, description="Bearer token of /admin; unset means the admin API is off.")
     challenger_share: float = Field(0.1, ge=0.0, le=1.0, description="Share of customers routed to challenger.")
+    # Canary guardrails: over the last `guardrail_window` requests per variant, cut the challenger to 0.
+    guardrail_window: int = Field(1_000, ge=10)
+    guardrail_min_samples: int = Field(200, ge=10)
+    guardrail_max_error_rate: float = Field(0.02, ge=0, le=1)
+    guardrail_max_p99_ratio: float = Field(3.0, gt=1)
+    guardrail_max_psi: float = Field(0.25, gt=0)
     max_batch_size: int = Field(256, ge=1)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     log_batch_size: int = Field(512, ge=1)

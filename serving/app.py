@@ -150,6 +150,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "ready": svc.ready,
             "models": {alias: {"version": m.version, "source": m.source} for alias, m in svc.models.items()},
             "challenger_share": svc.router.challenger_share,
+            "last_guardrail_trip": svc.last_trip,
         }
         return JSONResponse(body, status_code=200 if svc.ready else 503)
 

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from pipelines.settings import Settings
 from serving import models
+from serving.guardrails import Guardrail, Limits
 from serving.models import LoadedModel
 from serving.online import OnlineFeatures
 from serving.predlog import PredictionLog
@@ -40,6 +41,7 @@ class Metrics:
         self.degraded = Counter("fraudops_degraded_total", "Answers without the online store", registry=r)
         self.log_dropped = Gauge("fraudops_prediction_log_dropped", "Prediction records dropped", registry=r)
         self.log_depth = Gauge("fraudops_prediction_log_queue", "Prediction records waiting", registry=r)
+        self.guardrail_trips = Counter("fraudops_guardrail_trips_total", "Times the challenger was cut to zero", registry=r)
         self.model_version = Gauge("fraudops_model_version", "Loaded model version", ["alias"], registry=r)
 
 
@@ -56,6 +58,12 @@ class ScoringService:
         # shadow scores (counted), never delay an answer.
         self.shadow_queue: queue.Queue[tuple[Transaction, dict[str, float], float] | None] = queue.Queue(maxsize=settings.log_queue_size)
         self.shadow_dropped = 0
+        self.guardrail = Guardrail(Limits(
+            window=settings.guardrail_window, min_samples=settings.guardrail_min_samples,
+            max_error_rate=settings.guardrail_max_error_rate, max_p99_ratio=settings.guardrail_max_p99_ratio,
+            max_psi=settings.guardrail_max_psi,
+        ))
+        self.last_trip: str | None = None
         self._shadow = threading.Thread(target=self._shadow_loop, name="shadow-scoring", daemon=True)
 
     def start(self) -> None:
@@ -107,13 +115,35 @@ class ScoringService:
     def _answer(self, tx: Transaction, values: dict[str, float], missing: list[str], degraded: bool, started: float) -> Score:
         current = self.models  # one consistent snapshot for this request
         variant = self.router.route(tx.customer_id, "challenger" in current)
-        answer = self._score_with(current[variant], variant, tx, values, missing, degraded, started)
+        try:
+            answer = self._score_with(current[variant], variant, tx, values, missing, degraded, started)
+        except Exception:
+            if variant == "champion":
+                raise
+            # a failing challenger costs the customer nothing: the champion answers, the guardrail counts it
+            log.exception("challenger version %s failed; the champion answers", current[variant].version)
+            self._guard("challenger", 0.0, None)
+            answer = self._score_with(current["champion"], "champion", tx, values, missing, degraded, started)
+        self._guard(answer.variant, time.perf_counter() - started, answer.score)
         if self.router.mode == "shadow" and "challenger" in current:
             try:
                 self.shadow_queue.put_nowait((tx, values, time.perf_counter()))
             except queue.Full:
                 self.shadow_dropped += 1
         return answer
+
+    def _guard(self, variant: str, latency: float, score: float | None) -> None:
+        self.guardrail.observe(variant, latency, score)
+        if not self.guardrail.due() or self.router.challenger_share == 0.0:
+            return
+        reason = self.guardrail.breach()
+        if reason is not None:
+            previous = self.router.challenger_share
+            self.router.set_share(0.0)
+            self.guardrail.reset()
+            self.metrics.guardrail_trips.inc()
+            log.error("guardrail tripped: %s; challenger share %s -> 0", reason, previous)
+            self.last_trip = reason
 
     def _score_with(self, model: LoadedModel, variant: str, tx: Transaction, values: dict[str, float], missing: list[str],
                     degraded: bool, started: float, shadow: bool = False) -> Score:
