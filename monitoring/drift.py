@@ -68,9 +68,13 @@ def read_prediction_log(directory: Path, since: datetime | None = None, until: d
     return duckdb.sql(f"SELECT * FROM read_parquet('{directory}/*.parquet') WHERE {' AND '.join(clauses)}").df()
 
 
+# Evidently's statistical tests report a p-value (drift when it is small); other methods a distance.
+P_VALUE_METHODS = frozenset({"ks", "chisquare", "z", "t_test", "mannw", "fisher_exact", "g_test", "anderson", "cramer_von_mises", "epps_singleton"})
+
+
 def _drifted(method: str, value: float, threshold: float) -> bool:
-    # Evidently reports p-values for statistical tests (drift when small) and distances otherwise.
-    return value < threshold if "p_value" in method else value >= threshold
+    is_test = "p_value" in method or method in P_VALUE_METHODS
+    return value < threshold if is_test else value >= threshold
 
 
 def _usable(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str]) -> tuple[list[str], dict[str, str]]:

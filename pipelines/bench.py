@@ -304,4 +304,46 @@ def serving_section(settings: Settings, scale: str, repeat: int) -> Section:
     return section
 
 
-SECTIONS: dict[str, Callable[[Settings, str, int], Section]] = {"features": features_section, "serving": serving_section}
+def training_section(settings: Settings, scale: str, repeat: int) -> Section:
+    """The train flow end to end at three data sizes, and the LightGBM fit beside scikit-learn's
+    histogram gradient boosting on the same matrix."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from features.simulator import SimulationConfig, write_simulation
+    from features.store import historical_features, model_features, open_store
+    from features.offline import read_transactions
+    from pipelines.flows import features_flow, train_flow
+    from pipelines.training import ModelConfig, Windows, fit_booster, split
+
+    section = Section("training (train flow end to end; fit beside a peer)")
+    sizes = (500, 1_000, 2_000) if scale == "small" else (1_000, 2_500, 5_000)
+    for customers in sizes:
+        s = settings.model_copy(update={"state_dir": settings.state_dir / f"training-{customers}", "customers": customers, "terminals": 2 * customers})
+        cfg = SimulationConfig(customers=s.customers, terminals=s.terminals, days=s.days, start_date=date.fromisoformat(s.start_date))
+        rows = write_simulation(cfg, s.transactions_dir, replace=True)
+        with quiet_stdout():
+            features_flow(s)
+        started = time.perf_counter()
+        result = train_flow(s, ModelConfig())  # prequential selection included
+        seconds = time.perf_counter() - started
+        section.add(f"train flow, {customers:,} customers", seconds, "s",
+                    f"{rows:,} transactions simulated; test AP {result.get('test_average_precision', float('nan')):.3f}")
+    windows = Windows.from_settings(s)
+    store = open_store(s)
+    tx = read_transactions(s.transactions_dir, f"timestamp >= TIMESTAMP '{windows.train_start}' AND timestamp < TIMESTAMP '{windows.test_end}'")
+    frame = historical_features(store, s.feature_service, tx)
+    features = model_features(store, s.feature_service)
+    fit, validation, _ = split(frame, windows)
+    lgb_runs = timed(lambda: fit_booster(fit, validation, features, ModelConfig(num_boost_round=200, scale_pos_weight=1.0)), repeat)
+    section.add("LightGBM fit (early stopping on validation)", statistics.median(lgb_runs), "s", f"{len(fit):,} rows, median of {repeat}")
+    X, y = fit[features].to_numpy(np.float64), fit["is_fraud"].to_numpy()
+    peer = timed(lambda: HistGradientBoostingClassifier(max_iter=200, early_stopping=True, random_state=7).fit(X, y), repeat)
+    section.add("peer: scikit-learn HistGradientBoosting fit", statistics.median(peer), "s", f"LightGBM is {statistics.median(peer) / statistics.median(lgb_runs):.1f}x faster")
+    return section
+
+
+SECTIONS: dict[str, Callable[[Settings, str, int], Section]] = {
+    "features": features_section,
+    "training": training_section,
+    "serving": serving_section,
+}

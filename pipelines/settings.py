@@ -74,7 +74,9 @@ class Settings(BaseSettings):
     guardrail_min_samples: int = Field(200, ge=10)
     guardrail_max_error_rate: float = Field(0.02, ge=0, le=1)
     guardrail_max_p99_ratio: float = Field(3.0, gt=1)
-    guardrail_max_psi: float = Field(0.25, gt=0)
+    # Two different models legitimately score differently (the demo's pair: PSI 0.45), so the default
+    # targets a broken challenger (constant, inverted or rescaled scores), not a different one.
+    guardrail_max_psi: float = Field(1.0, gt=0)
     max_batch_size: int = Field(256, ge=1)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     log_batch_size: int = Field(512, ge=1)

@@ -76,3 +76,11 @@ def test_missing_features_are_checked_on_their_own(tmp_path) -> None:
     current.loc[:400, "features_missing"] = 3  # 13% of answers fell back to defaults
     summary = run(tmp_path, current)
     assert summary.verdict == "warn" and summary.missing_share == pytest.approx(401 / 3_000)
+
+
+@pytest.mark.parametrize("shift, drifted", [(0.0, False), (0.15, True)])
+def test_small_variant_samples_use_a_test_with_a_p_value(tmp_path, shift, drifted) -> None:
+    current = pd.concat([live(traffic(2_000, 7)), live(traffic(300, 9, score_shift=shift), "challenger", "2")], ignore_index=True)
+    summary = run(tmp_path, current, challenger=True)
+    assert summary.prediction["challenger"].method == "ks"
+    assert summary.prediction["challenger"].drifted is drifted
