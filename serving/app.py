@@ -177,26 +177,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def reload(svc: Service) -> dict[str, str | None]:
         return svc.reload()
 
-    @app.post("/admin/promote", dependencies=[Depends(admin)], tags=["admin"])
-    async def promote(body: Promotion, svc: Service) -> dict[str, str | None]:
-        from pipelines.registry import promote as move_alias
+    def move_champion(action: str, body: Promotion, svc: ScoringService) -> dict[str, str | None]:
+        """Promote or roll back in the registry, log previous and new, then hot-swap by reloading."""
+        from pipelines import registry
 
         try:
-            previous, new = move_alias(settings, body.reason, who="admin-api")
+            previous, new = getattr(registry, action)(settings, body.reason, who="admin-api")
         except ValueError as exc:
             raise HTTPException(409, str(exc)) from exc
-        log.warning("promoted version %s to champion (was %s): %s", new, previous, body.reason)
+        log.warning("%s: champion version %s -> %s: %s", action, previous, new, body.reason)
         return {"previous_champion": previous, "champion": new, **{f"loaded_{k}": v for k, v in svc.reload().items()}}
+
+    @app.post("/admin/promote", dependencies=[Depends(admin)], tags=["admin"])
+    async def promote(body: Promotion, svc: Service) -> dict[str, str | None]:
+        return move_champion("promote", body, svc)
 
     @app.post("/admin/rollback", dependencies=[Depends(admin)], tags=["admin"])
     async def rollback(body: Promotion, svc: Service) -> dict[str, str | None]:
-        from pipelines.registry import rollback as move_back
-
-        try:
-            previous, restored = move_back(settings, body.reason, who="admin-api")
-        except ValueError as exc:
-            raise HTTPException(409, str(exc)) from exc
-        log.warning("rolled champion back from version %s to %s: %s", previous, restored, body.reason)
-        return {"previous_champion": previous, "champion": restored, **{f"loaded_{k}": v for k, v in svc.reload().items()}}
+        return move_champion("rollback", body, svc)
 
     return app

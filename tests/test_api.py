@@ -178,3 +178,20 @@ def test_shadow_mode_answers_with_the_champion_and_logs_the_challenger(trained, 
     assert (logged["variant"] == "champion").sum() == n
     shadow = logged[logged["shadow"]]
     assert len(shadow) == n and set(shadow["variant"]) == {"challenger"} and set(shadow["model_version"]) == {"2"}
+
+
+def test_admin_promote_and_rollback_hot_swap_the_champion(trained, tmp_path) -> None:
+    import shutil
+
+    settings = trained.model_copy(update={"state_dir": tmp_path, "admin_token": "t"})
+    for folder in ("data", "feast"):
+        shutil.copytree(trained.state_dir / folder, tmp_path / folder)
+    shutil.copy(trained.state_dir / "mlflow.db", tmp_path / "mlflow.db")
+    auth = {"Authorization": "Bearer t"}
+    with TestClient(create_app(settings)) as c:
+        assert c.post("/admin/rollback", json={"reason": "nothing yet"}, headers=auth).status_code == 409
+        promoted = c.post("/admin/promote", json={"reason": "canary is better"}, headers=auth).json()
+        assert (promoted["previous_champion"], promoted["champion"], promoted["loaded_champion"]) == ("1", "2", "2")
+        assert c.get("/readyz").json()["models"]["champion"]["version"] == "2"
+        back = c.post("/admin/rollback", json={"reason": "alert fired"}, headers=auth).json()
+        assert (back["champion"], back["loaded_champion"]) == ("1", "1")
