@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import logging
+import shutil
 
 from pipelines.runtime import prepare, service_available
 from pipelines.settings import Settings
@@ -37,7 +38,7 @@ def require_service(name: str, host: str, port: int) -> None:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Simulate, compute features, materialize and train a champion and a challenger, once per session."""
-    from datetime import date, timedelta, datetime
+    from datetime import date
 
     from features.simulator import SimulationConfig, write_simulation
 
@@ -52,3 +53,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     train_flow(settings, ModelConfig(num_boost_round=60))
     train_flow(settings, ModelConfig(num_boost_round=60, num_leaves=15, scale_pos_weight=3.0))
     return settings
+
+
+@pytest.fixture
+def registry_copy(trained: Settings, tmp_path: Path) -> Settings:
+    """The trained state copied to a folder of this test, its own MLflow database included: alias
+    changes, prediction logs and data stay in this test."""
+    for folder in ("data", "feast"):
+        shutil.copytree(trained.state_dir / folder, tmp_path / folder)
+    shutil.copy(trained.state_dir / "mlflow.db", tmp_path / "mlflow.db")
+    return trained.model_copy(update={"state_dir": tmp_path})

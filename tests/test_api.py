@@ -111,14 +111,8 @@ def test_admin_is_off_without_a_token(trained) -> None:
     assert answer.status_code == 404 and "FRAUDOPS_ADMIN_TOKEN" in answer.json()["detail"]
 
 
-def test_every_answer_reaches_the_prediction_log(trained, tmp_path) -> None:
-    settings = trained.model_copy(update={"state_dir": tmp_path})
-    # same registry and features, a fresh log folder
-    settings = settings.model_copy(update={"mlflow_tracking_uri": trained.tracking_uri})
-    import shutil
-
-    shutil.copytree(trained.feast_dir, settings.feast_dir)
-    shutil.copytree(trained.features_dir, settings.features_dir)
+def test_every_answer_reaches_the_prediction_log(registry_copy) -> None:
+    settings = registry_copy  # a fresh log folder
     n = 57
     with TestClient(create_app(settings)) as c:
         for i in range(n):
@@ -159,13 +153,10 @@ def test_features_passed_in_score_like_the_full_path(client) -> None:
     assert incomplete.status_code == 422 and "missing" in incomplete.json()["detail"]
 
 
-def test_shadow_mode_answers_with_the_champion_and_logs_the_challenger(trained, tmp_path) -> None:
-    import shutil
+def test_shadow_mode_answers_with_the_champion_and_logs_the_challenger(registry_copy) -> None:
     import time
 
-    settings = trained.model_copy(update={"state_dir": tmp_path, "mlflow_tracking_uri": trained.tracking_uri, "admin_token": "t"})
-    shutil.copytree(trained.feast_dir, settings.feast_dir)
-    shutil.copytree(trained.features_dir, settings.features_dir)
+    settings = registry_copy.model_copy(update={"admin_token": "t"})
     auth = {"Authorization": "Bearer t"}
     n = 40
     with TestClient(create_app(settings)) as c:
@@ -180,13 +171,8 @@ def test_shadow_mode_answers_with_the_champion_and_logs_the_challenger(trained, 
     assert len(shadow) == n and set(shadow["variant"]) == {"challenger"} and set(shadow["model_version"]) == {"2"}
 
 
-def test_admin_promote_and_rollback_hot_swap_the_champion(trained, tmp_path) -> None:
-    import shutil
-
-    settings = trained.model_copy(update={"state_dir": tmp_path, "admin_token": "t"})
-    for folder in ("data", "feast"):
-        shutil.copytree(trained.state_dir / folder, tmp_path / folder)
-    shutil.copy(trained.state_dir / "mlflow.db", tmp_path / "mlflow.db")
+def test_admin_promote_and_rollback_hot_swap_the_champion(registry_copy) -> None:
+    settings = registry_copy.model_copy(update={"admin_token": "t"})
     auth = {"Authorization": "Bearer t"}
     with TestClient(create_app(settings)) as c:
         assert c.post("/admin/rollback", json={"reason": "nothing yet"}, headers=auth).status_code == 409

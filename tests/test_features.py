@@ -98,7 +98,7 @@ def test_a_transaction_never_sees_its_own_label_or_later_events(store_settings) 
     settings2 = settings.model_copy(update={"state_dir": settings.state_dir.parent / "burst"})
     write_part(full, settings2.transactions_dir, "with-burst")
     compute_features(settings2.transactions_dir, settings2.features_dir, settings2.label_delay_days)
-    store = apply(settings2)
+    apply(settings2)
     probe = pd.DataFrame(
         {
             "transaction_id": ["p1", "p2"],

@@ -50,9 +50,7 @@ def test_a_slow_challenger_is_cut() -> None:
     assert "p99 latency" in (guard.breach() or "")
 
 
-def test_a_failing_challenger_costs_no_request_and_loses_its_share(trained, tmp_path) -> None:
-    import shutil
-
+def test_a_failing_challenger_costs_no_request_and_loses_its_share(registry_copy) -> None:
     from serving.app import create_app
     from serving.models import LoadedModel
 
@@ -60,10 +58,7 @@ def test_a_failing_challenger_costs_no_request_and_loses_its_share(trained, tmp_
         def predict(self, rows, num_threads=1):
             raise RuntimeError("corrupt model file")
 
-    settings = trained.model_copy(update={"state_dir": tmp_path, "mlflow_tracking_uri": trained.tracking_uri,
-                                          "challenger_share": 1.0, "guardrail_min_samples": 20})
-    shutil.copytree(trained.feast_dir, settings.feast_dir)
-    shutil.copytree(trained.features_dir, settings.features_dir)
+    settings = registry_copy.model_copy(update={"challenger_share": 1.0, "guardrail_min_samples": 20})
     with TestClient(create_app(settings)) as c:
         svc = c.app.state.service
         good = svc.models["challenger"]

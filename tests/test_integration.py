@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 from datetime import date, datetime
 
-import pandas as pd
 import pytest
 
 from tests.conftest import require_service, tiny_settings
@@ -87,18 +86,13 @@ def test_redis_outage_degrades_instead_of_failing(tmp_path, redis_db) -> None:
     assert got.degraded and got.values["customer_tx_count_7d"] == 0.0
 
 
-def test_training_flow_tracks_and_registers_in_postgres(trained, tmp_path, database) -> None:
-    import shutil
-
+def test_training_flow_tracks_and_registers_in_postgres(registry_copy, tmp_path, database) -> None:
     from mlflow import MlflowClient
 
     from pipelines.flows import train_flow
     from pipelines.training import ModelConfig
 
-    settings = trained.model_copy(update={"state_dir": tmp_path, "mlflow_tracking_uri": database.replace("+psycopg", "")})
-    shutil.copytree(trained.feast_dir, settings.feast_dir)
-    shutil.copytree(trained.features_dir, settings.features_dir)
-    shutil.copytree(trained.transactions_dir, settings.transactions_dir)
+    settings = registry_copy.model_copy(update={"mlflow_tracking_uri": database.replace("+psycopg", "")})
     result = train_flow(settings, ModelConfig(num_boost_round=30))
     assert result["alias"] == "champion" and result["version"] == "1"
     client = MlflowClient(settings.tracking_uri)

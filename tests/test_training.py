@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -57,16 +55,6 @@ def test_run_is_logged_with_lineage_baselines_and_plots(trained) -> None:
     assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.name == "training-set"
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert plots == {f"plots/{n}.png" for n in ("pr_roc", "calibration", "cost_by_threshold", "importance_gain_shap")}
-
-
-@pytest.fixture
-def registry_copy(trained, tmp_path):
-    """The trained state with its own MLflow database, so alias changes stay in this test."""
-    settings = trained.model_copy(update={"state_dir": tmp_path})
-    for folder in ("data", "feast"):
-        shutil.copytree(trained.state_dir / folder, tmp_path / folder)
-    shutil.copy(trained.state_dir / "mlflow.db", tmp_path / "mlflow.db")
-    return settings
 
 
 def aliases(settings) -> dict[str, str]:
