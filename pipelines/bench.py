@@ -231,7 +231,7 @@ def serving_section(settings: Settings, scale: str, repeat: int) -> Section:
     from features.simulator import SimulationConfig, write_simulation
     from features.store import historical_features, open_store
     from pipelines.demo import settings_env
-    from pipelines.flows import features_flow, train_flow
+    from pipelines.flows import features_flow, training_flow
     from pipelines.training import ModelConfig, Windows
 
     workers = 2
@@ -242,7 +242,7 @@ def serving_section(settings: Settings, scale: str, repeat: int) -> Section:
         write_simulation(cfg, s.transactions_dir, replace=True)
         with quiet_stdout():
             features_flow(s, materialize_until=Windows.from_settings(s).test_end.to_pydatetime())
-        train_flow(s, ModelConfig(scale_pos_weight=1.0))
+        training_flow(s)(s, ModelConfig(scale_pos_weight=1.0))
     windows = Windows.from_settings(s)
     tx = read_transactions(s.transactions_dir, f"timestamp >= TIMESTAMP '{windows.test_end}'").head(1)
     joined = historical_features(open_store(s), s.feature_service, tx)
@@ -312,7 +312,7 @@ def training_section(settings: Settings, scale: str, repeat: int) -> Section:
     from features.simulator import SimulationConfig, write_simulation
     from features.store import historical_features, model_features, open_store
     from features.offline import read_transactions
-    from pipelines.flows import features_flow, train_flow
+    from pipelines.flows import features_flow, training_flow
     from pipelines.training import ModelConfig, Windows, fit_booster, split
 
     section = Section("training (train flow end to end; fit beside a peer)")
@@ -324,7 +324,7 @@ def training_section(settings: Settings, scale: str, repeat: int) -> Section:
         with quiet_stdout():
             features_flow(s)
         started = time.perf_counter()
-        result = train_flow(s, ModelConfig())  # prequential selection included
+        result = training_flow(s)(s, ModelConfig())  # prequential selection included
         seconds = time.perf_counter() - started
         section.add(f"train flow, {customers:,} customers", seconds, "s",
                     f"{rows:,} transactions simulated; test AP {result.get('test_average_precision', float('nan')):.3f}")

@@ -119,10 +119,10 @@ def train(
     prepare(s)
     from rich.table import Table
 
-    from pipelines.flows import train_flow
+    from pipelines.flows import training_flow
     from pipelines.training import ModelConfig
 
-    result = train_flow(s, ModelConfig(num_leaves=num_leaves, learning_rate=learning_rate, scale_pos_weight=scale_pos_weight))
+    result = training_flow(s)(s, ModelConfig(num_leaves=num_leaves, learning_rate=learning_rate, scale_pos_weight=scale_pos_weight))
     models = per_model(result, s.top_k)
     table = Table(title=f"test window: {result.get('test_rows', 0):,.0f} transactions, {result.get('test_frauds', 0):,.0f} frauds")
     for column in ("model", "ROC AUC", "average precision", f"CP@{s.top_k}", "recall @ 1% FPR", "expected cost"):

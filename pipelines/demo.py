@@ -68,7 +68,7 @@ def run(settings: Settings, console: Console) -> dict[str, object]:
     from features.offline import read_transactions
     from features.simulator import Drift, SimulationConfig, write_simulation
     from features.store import materialize
-    from pipelines.flows import features_flow, monitor_flow, train_flow
+    from pipelines.flows import features_flow, monitor_flow, training_flow
     from pipelines.replay import replay
     from pipelines.training import ModelConfig, Windows
 
@@ -102,7 +102,7 @@ def run(settings: Settings, console: Console) -> dict[str, object]:
     # their scores stay comparable and the canary guardrail's PSI check judges behaviour, not scale.
     for role, config in (("champion", ModelConfig()), ("challenger", ModelConfig(num_leaves=63))):
         with console.status(f"[3/6] training the {role}"):
-            trained[role] = train_flow(settings, config)
+            trained[role] = training_flow(settings)(settings, config)
         console.print(f"[green]✓[/] {role}: version {trained[role]['version']} "
                       f"AP {trained[role]['test_average_precision']:.3f}, ROC AUC {trained[role]['test_roc_auc']:.3f}")
 

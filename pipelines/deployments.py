@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from prefect.deployments.runner import RunnerDeployment
 
-from pipelines.flows import monitor_flow, train_flow
+from pipelines.flows import monitor_flow, training_flow
 from pipelines.settings import Settings
 
 
 def deployments(settings: Settings) -> list[RunnerDeployment]:
     return [
-        train_flow.to_deployment(name="daily-retrain", cron=settings.retrain_cron, tags=["fraudops", "training"]),
+        training_flow(settings).to_deployment(name="daily-retrain", cron=settings.retrain_cron, tags=["fraudops", "training"]),
         monitor_flow.to_deployment(name="hourly-monitor", cron=settings.monitor_cron, tags=["fraudops", "monitoring"]),
     ]
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 from mlflow.models import infer_signature
-from prefect import flow, get_run_logger, task
+from prefect import Flow, flow, get_run_logger, task
 
 from features.compute import compute_features
 from features.offline import read_transactions
@@ -117,7 +117,12 @@ def check_training_data(frame: pd.DataFrame, features: list[str], windows: Windo
 
 @task
 def train_model(frame: pd.DataFrame, features: list[str], windows: Windows, config: ModelConfig, settings: Settings) -> TrainResult:
-    return train(frame, features, windows, config, settings)
+    if settings.dask_address is None:
+        return train(frame, features, windows, config, settings)
+    from prefect_dask import get_dask_client
+
+    with get_dask_client() as client:  # this task runs on a worker; the client reaches the whole cluster
+        return train(frame, features, windows, config, settings, client)
 
 
 def _redacted(settings: Settings) -> dict[str, object]:
@@ -191,15 +196,25 @@ def train_flow(settings: Settings | None = None, config: ModelConfig = ModelConf
     windows = Windows.from_settings(settings)
     folds = windows.prequential(settings.prequential_folds, settings.prequential_step_days) if config.scale_pos_weight is None else []
     first = min([windows.train_start, *(f.train_start for f in folds)])
-    frame, features = build_training_set(settings, first, windows.test_end)  # Feast point-in-time join, cached
+    frame, features = build_training_set.submit(settings, first, windows.test_end).result()  # Feast point-in-time join, cached
     check_training_data(frame, features, windows, settings)  # data checks before any fit
     fingerprint = fingerprint_of(frame, features, windows, config, settings)
     existing = registry.version_with_fingerprint(settings, fingerprint)
     if existing is not None:  # a re-run on the same inputs: no new version, no alias moved
         get_run_logger().info("model version %s already holds these inputs; nothing to do", existing)
         return {**registry.version_metrics(settings, existing), "version": existing, "alias": None, "gate": "unchanged"}
-    result = train_model(frame, features, windows, config, settings)  # select imbalance, fit, baselines, test
+    result = train_model.submit(frame, features, windows, config, settings).result()  # select imbalance, fit, baselines, test
     return log_and_register(result, frame, windows, fingerprint, settings)  # MLflow lineage, gate, registry
+
+
+def training_flow(settings: Settings) -> Flow:
+    """The train flow with the task runner the settings ask for: Prefect's DaskTaskRunner on the
+    cluster at `dask_address`, so the feature join and the fits run there, or the in-process default."""
+    if settings.dask_address is None:
+        return train_flow
+    from prefect_dask import DaskTaskRunner
+
+    return train_flow.with_options(task_runner=DaskTaskRunner(address=settings.dask_address))
 
 
 @task

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     review_fee: float = Field(5.0, ge=0, description="Cost of one false alarm (an analyst's review).")
     top_k: int = Field(100, ge=1, description="Daily review capacity: cards an analyst team can check per day.")
 
+    # Beyond one machine: with a Dask scheduler address, the train flow runs its tasks on that cluster
+    # (Prefect's DaskTaskRunner) and fits with lightgbm.dask across its workers; without one, in-process.
+    dask_address: str | None = Field(None, description="e.g. tcp://scheduler:8786")
+
     # Schedules of the Prefect deployments (`fraudops deploy`, the compose worker).
     retrain_cron: str = "0 3 * * *"
     monitor_cron: str = "0 * * * *"

@@ -1,0 +1,27 @@
+"""Beyond one machine: the train flow on a real Dask cluster of two worker processes."""
+
+from __future__ import annotations
+
+from pipelines.flows import training_flow
+from pipelines.training import ModelConfig
+
+
+def test_train_flow_runs_its_join_and_fits_on_a_dask_cluster(registry_copy) -> None:
+    from distributed import Client, LocalCluster
+    from prefect.server.api.server import SubprocessASGIServer
+
+    # As on a real cluster, the workers report to the flow's Prefect API (here the ephemeral one)
+    # instead of each starting a temporary server of its own.
+    server = SubprocessASGIServer()
+    server.start()
+    config = ModelConfig(num_boost_round=40, num_leaves=7, scale_pos_weight=3.0)
+    with (LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                       env={"PREFECT_API_URL": server.api_url}) as cluster,
+          Client(cluster) as client):
+        settings = registry_copy.model_copy(update={"dask_address": cluster.scheduler_address})
+        result = training_flow(settings)(settings, config)
+        prefixes = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
+    # the Prefect tasks ran on the cluster, and so did LightGBM's per-worker training parts
+    assert {"build_training_set", "train_model", "train_part"} <= set(prefixes)
+    assert result["gate"] == "passed" and result["alias"] == "challenger" and result["version"] is not None
+    assert result["best_iteration"] == config.num_boost_round  # lightgbm.dask: no early stopping
