@@ -52,6 +52,25 @@ def aliased_version(client: MlflowClient, name: str, alias: str) -> str | None:
         return None
 
 
+ROUTING_SHARE_TAG = "routing.challenger_share"
+ROUTING_MODE_TAG = "routing.mode"
+
+
+def serving_state(settings: Settings) -> tuple[dict[str, str], dict[str, str]]:
+    """What every serving worker follows, in one call: alias -> version, and the routing tags that the
+    admin API or a guardrail set (share and mode), so all workers and replicas converge."""
+    client = connect(settings)
+    model = client.get_registered_model(settings.model_name)
+    routing = {k: v for k, v in model.tags.items() if k in (ROUTING_SHARE_TAG, ROUTING_MODE_TAG)}
+    return {alias: str(version) for alias, version in model.aliases.items()}, routing
+
+
+def set_routing(settings: Settings, share: float, mode: str) -> None:
+    client = connect(settings)
+    client.set_registered_model_tag(settings.model_name, ROUTING_SHARE_TAG, repr(share))
+    client.set_registered_model_tag(settings.model_name, ROUTING_MODE_TAG, mode)
+
+
 def promote(settings: Settings, reason: str, who: str | None = None) -> tuple[str | None, str]:
     """Move `champion` to the challenger's version; returns (previous champion, new champion)."""
     client = configure(settings)

@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     # Two different models legitimately score differently (the demo's pair: PSI 0.45), so the default
     # targets a broken challenger (constant, inverted or rescaled scores), not a different one.
     guardrail_max_psi: float = Field(1.0, gt=0)
+    model_poll_seconds: float = Field(10.0, ge=0, description="How often each worker follows the registry's aliases and routing; 0: only on /admin/reload.")
+    predict_timeout_ms: float = Field(250.0, gt=0, description="Time limit of one prediction (a batch gets it per transaction); past it, 503.")
+    scoring_threads: int = Field(4, ge=1, le=64, description="Threads per worker that run predictions off the event loop.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="INFO writes one JSON access line per request.")
     max_batch_size: int = Field(256, ge=1)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     log_batch_size: int = Field(512, ge=1)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,10 +18,12 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipelines.settings import Settings, get_settings
+from serving import logs
 from serving.schemas import Batch, Score, Scores, Transaction, TransactionWithFeatures
 from serving.service import ScoringService
 
 log = logging.getLogger("fraudops.api")
+T = TypeVar("T")
 
 
 class BodyLimit:
@@ -92,7 +97,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service = ScoringService(settings)
         service.start()
         app.state.service = service
+        # Scoring runs on these threads, never on the event loop: a lookup stuck on a locked or
+        # unreachable store costs one thread and one 503, not the whole worker.
+        app.state.scoring = ThreadPoolExecutor(settings.scoring_threads, thread_name_prefix="scoring")
         yield
+        app.state.scoring.shutdown(wait=False, cancel_futures=True)
         service.stop()
 
     app = FastAPI(
@@ -101,7 +110,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Scores card transactions with the champion model, or the challenger for a sticky share of customers.",
         lifespan=lifespan,
     )
+    logs.configure(settings.log_level)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+
+    def observe(path: str, status: int) -> None:
+        service: ScoringService | None = getattr(app.state, "service", None)
+        if service is not None:  # unknown paths share one label: a scanner cannot grow the metric
+            service.metrics.responses.labels(path if path in known_paths else "other", str(status)).inc()
+
+    app.add_middleware(logs.RequestId, observe=observe)  # outermost: even a 413 carries its request id
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -115,14 +132,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if authorization != f"Bearer {settings.admin_token}":
             raise HTTPException(401, "admin API needs 'Authorization: Bearer <token>'")
 
-    @app.post("/predict", response_model=Score, tags=["scoring"])
-    async def predict(tx: Transaction, svc: Service) -> Score:
+    async def within_budget(request: Request, predictions: int, work: Callable[..., T], *args: object) -> T:
+        """Answer 503 when the predictions overrun `predict_timeout_ms` each, rather than hang."""
+        svc: ScoringService = request.app.state.service
         if not svc.ready:
             raise HTTPException(503, "no champion model loaded yet")
-        return svc.score(tx)
+        budget = settings.predict_timeout_ms * predictions / 1000
+        context = contextvars.copy_context()  # the request id follows the work onto the scoring thread
+        future = asyncio.get_running_loop().run_in_executor(request.app.state.scoring, context.run, work, *args)
+        try:
+            return await asyncio.wait_for(future, budget)
+        except TimeoutError:
+            svc.metrics.timeouts.inc()
+            raise HTTPException(503, f"prediction exceeded its time limit of {settings.predict_timeout_ms:g} ms") from None
+
+    @app.post("/predict", response_model=Score, tags=["scoring"])
+    async def predict(tx: Transaction, request: Request, svc: Service) -> Score:
+        return await within_budget(request, 1, svc.score, tx)
 
     @app.post("/predict/features", response_model=Score, tags=["scoring"])
-    async def predict_with_features(body: TransactionWithFeatures, svc: Service) -> Score:
+    async def predict_with_features(body: TransactionWithFeatures, request: Request, svc: Service) -> Score:
         if not svc.ready:
             raise HTTPException(503, "no champion model loaded yet")
         needed = set(svc.models["champion"].features) | set(getattr(svc.models.get("challenger"), "features", ()))
@@ -130,15 +159,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if missing:
             raise HTTPException(422, f"features: missing {', '.join(missing)}")
         values = {k: float("nan") if v is None else v for k, v in body.features.items()}
-        return svc.score_features(body.transaction, values)
+        return await within_budget(request, 1, svc.score_features, body.transaction, values)
 
     @app.post("/predict/batch", response_model=Scores, tags=["scoring"])
-    async def predict_batch(batch: Batch, svc: Service) -> Scores:
+    async def predict_batch(batch: Batch, request: Request, svc: Service) -> Scores:
         if len(batch.transactions) > settings.max_batch_size:
             raise HTTPException(413, f"transactions: at most {settings.max_batch_size} per batch, got {len(batch.transactions)}")
-        if not svc.ready:
-            raise HTTPException(503, "no champion model loaded yet")
-        return Scores(scores=[svc.score(tx) for tx in batch.transactions])
+        scores = await within_budget(request, len(batch.transactions), lambda: [svc.score(tx) for tx in batch.transactions])
+        return Scores(scores=scores)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
@@ -149,7 +177,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body = {
             "ready": svc.ready,
             "models": {alias: {"version": m.version, "source": m.source} for alias, m in svc.models.items()},
-            "challenger_share": svc.router.challenger_share,
+            **svc.routing(),
             "last_guardrail_trip": svc.last_trip,
         }
         return JSONResponse(body, status_code=200 if svc.ready else 503)
@@ -160,17 +188,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/admin/routing", dependencies=[Depends(admin)], tags=["admin"])
     async def get_routing(svc: Service) -> dict[str, object]:
-        return {"challenger_share": svc.router.challenger_share, "mode": svc.router.mode}
+        return svc.routing()
 
     @app.put("/admin/routing", dependencies=[Depends(admin)], tags=["admin"])
     async def set_routing(body: Routing, svc: Service) -> dict[str, object]:
-        previous = {"challenger_share": svc.router.challenger_share, "mode": svc.router.mode}
-        if body.challenger_share is not None:
-            svc.router.set_share(body.challenger_share)
-        if body.mode is not None:
-            svc.router.mode = body.mode
-        current = {"challenger_share": svc.router.challenger_share, "mode": svc.router.mode}
-        log.warning("routing changed: %s -> %s", previous, current)
+        try:
+            previous, current = svc.set_routing(body.challenger_share, body.mode)
+        except Exception as exc:
+            raise HTTPException(503, f"the registry holds the routing and cannot be written now: {exc}") from exc
         return {"previous": previous, **current}
 
     @app.post("/admin/reload", dependencies=[Depends(admin)], tags=["admin"])
@@ -196,4 +221,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def rollback(body: Promotion, svc: Service) -> dict[str, str | None]:
         return move_champion("rollback", body, svc)
 
+    known_paths = {getattr(route, "path", "") for route in app.routes}
     return app

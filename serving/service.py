@@ -12,13 +12,14 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from pipelines import registry
 from pipelines.settings import Settings
 from serving import models
 from serving.guardrails import Guardrail, Limits
 from serving.models import LoadedModel
 from serving.online import OnlineFeatures
 from serving.predlog import PredictionLog
-from serving.router import Router
+from serving.router import Mode, Router
 from serving.schemas import Score, Transaction
 
 log = logging.getLogger("fraudops.service")
@@ -29,7 +30,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("fraudops_predictions_total", "Scored transactions", ["variant"], registry=r)
+        self.responses = Counter("fraudops_http_responses_total", "HTTP answers by route and status", ["path", "status"], registry=r)
+        self.requests = Counter("fraudops_predictions_total", "Scored transactions; shadow scores are logged, never returned", ["variant", "mode"], registry=r)
         self.latency = Histogram(
             "fraudops_prediction_seconds", "Time to score one transaction", ["variant"], registry=r,
             buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
@@ -41,6 +43,7 @@ class Metrics:
         self.degraded = Counter("fraudops_degraded_total", "Answers without the online store", registry=r)
         self.log_dropped = Gauge("fraudops_prediction_log_dropped", "Prediction records dropped", registry=r)
         self.log_depth = Gauge("fraudops_prediction_log_queue", "Prediction records waiting", registry=r)
+        self.timeouts = Counter("fraudops_prediction_timeouts_total", "Predictions answered 503 for overrunning their time limit", registry=r)
         self.guardrail_trips = Counter("fraudops_guardrail_trips_total", "Times the challenger was cut to zero", registry=r)
         self.model_version = Gauge("fraudops_model_version", "Loaded model version", ["alias"], registry=r)
 
@@ -65,13 +68,18 @@ class ScoringService:
         ))
         self.last_trip: str | None = None
         self._shadow = threading.Thread(target=self._shadow_loop, name="shadow-scoring", daemon=True)
+        self._stopping = threading.Event()
+        self._poller = threading.Thread(target=self._poll_loop, name="registry-poll", daemon=True)
 
     def start(self) -> None:
         self.reload()
         self.log.start()
         self._shadow.start()
+        if self.settings.model_poll_seconds > 0:
+            self._poller.start()
 
     def stop(self) -> None:
+        self._stopping.set()
         self.shadow_queue.put(None)
         self._shadow.join()
         self.log.close()
@@ -83,19 +91,74 @@ class ScoringService:
             if challenger is not None:
                 self._score_with(challenger, "challenger", tx, values, [], False, started, shadow=True)
 
-    def reload(self) -> dict[str, str | None]:
-        """Load each alias in the background of serving and swap it in whole: a request holds the model
-        it started with, and a version that fails to load leaves the current one in place."""
-        for alias in ALIASES:
-            loaded = models.load(self.settings, alias)
-            with self._lock:
-                if loaded is not None:
-                    self.models = {**self.models, alias: loaded}
-                elif alias == "challenger":
-                    self.models = {k: v for k, v in self.models.items() if k != alias}
+    def _poll_loop(self) -> None:
+        while not self._stopping.wait(self.settings.model_poll_seconds):
+            try:
+                self.sync()
+            except Exception as exc:  # registry unreachable: keep serving what is loaded
+                log.warning("following the registry failed (%s); serving what is loaded", exc)
+
+    def _load(self, alias: str) -> None:
+        """Load in the background of serving and swap in whole: a request holds the model it started
+        with, and a version that fails to load or to score leaves the current one in place."""
+        loaded = models.load(self.settings, alias)
+        with self._lock:
             if loaded is not None:
-                self.metrics.model_version.labels(alias).set(float(loaded.version))
+                self.models = {**self.models, alias: loaded}
+            elif alias == "challenger":
+                self.models = {k: v for k, v in self.models.items() if k != alias}
+        if loaded is not None:
+            self.metrics.model_version.labels(alias).set(float(loaded.version))
+
+    def versions(self) -> dict[str, str | None]:
         return {alias: m.version for alias, m in self.models.items()}
+
+    def reload(self) -> dict[str, str | None]:
+        """Load both aliases afresh (start-up, admin reload), then adopt the shared routing."""
+        for alias in ALIASES:
+            self._load(alias)
+        try:
+            self._adopt(registry.serving_state(self.settings)[1])
+        except Exception as exc:
+            log.warning("reading the shared routing failed (%s); keeping share %s", exc, self.router.challenger_share)
+        return self.versions()
+
+    def sync(self) -> dict[str, str | None]:
+        """Follow the registry, as every worker and replica does on its own: load an alias whose version
+        moved (or that is served from the disk cache), drop a removed challenger, adopt routing that
+        another worker, a guardrail or an operator set."""
+        aliases, routing = registry.serving_state(self.settings)
+        for alias in ALIASES:
+            current = self.models.get(alias)
+            if current is None or current.version != aliases.get(alias) or current.source == "cache":
+                if alias in aliases or current is not None:
+                    self._load(alias)
+        self._adopt(routing)
+        return self.versions()
+
+    def routing(self) -> dict[str, object]:
+        return {"challenger_share": self.router.challenger_share, "mode": self.router.mode}
+
+    def set_routing(self, share: float | None = None, mode: Mode | None = None) -> tuple[dict[str, object], dict[str, object]]:
+        """Change the split for every worker: written to the registry first (if that fails, nothing
+        changes), applied here at once, picked up by the other workers at their next poll."""
+        previous = self.routing()
+        share = self.router.challenger_share if share is None else share
+        mode = self.router.mode if mode is None else mode
+        registry.set_routing(self.settings, share, mode)
+        self.router.set_share(share)
+        self.router.mode = mode
+        log.warning("routing changed: %s -> %s", previous, self.routing())
+        return previous, self.routing()
+
+    def _adopt(self, routing: dict[str, str]) -> None:
+        previous = self.routing()
+        if registry.ROUTING_SHARE_TAG in routing:
+            self.router.set_share(float(routing[registry.ROUTING_SHARE_TAG]))
+        if routing.get(registry.ROUTING_MODE_TAG) in ("canary", "shadow"):
+            self.router.mode = routing[registry.ROUTING_MODE_TAG]  # type: ignore[assignment]
+        if self.routing() != previous:
+            log.warning("routing adopted from the registry: %s -> %s", previous, self.routing())
 
     @property
     def ready(self) -> bool:
@@ -144,6 +207,14 @@ class ScoringService:
             self.metrics.guardrail_trips.inc()
             log.error("guardrail tripped: %s; challenger share %s -> 0", reason, previous)
             self.last_trip = reason
+            # every other worker must stop too: share 0 goes to the registry, off the request path
+            threading.Thread(target=self._publish_trip, name="guardrail-publish", daemon=True).start()
+
+    def _publish_trip(self) -> None:
+        try:
+            registry.set_routing(self.settings, 0.0, self.router.mode)
+        except Exception as exc:
+            log.error("publishing the guardrail trip to the registry failed (%s); only this worker stopped", exc)
 
     def _score_with(self, model: LoadedModel, variant: str, tx: Transaction, values: dict[str, float], missing: list[str],
                     degraded: bool, started: float, shadow: bool = False) -> Score:
@@ -165,7 +236,7 @@ class ScoringService:
 
     def _observe(self, tx: Transaction, answer: Score, features: dict[str, float], elapsed: float, shadow: bool) -> None:
         m = self.metrics
-        m.requests.labels(answer.variant).inc()
+        m.requests.labels(answer.variant, "shadow" if shadow else "answered").inc()
         m.latency.labels(answer.variant).observe(elapsed)
         m.scores.labels(answer.variant).observe(answer.score)
         if answer.features_missing:

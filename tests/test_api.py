@@ -96,13 +96,36 @@ def test_health_readiness_and_metrics(client) -> None:
     assert "fraudops_predictions_total" in metrics and 'fraudops_model_version{alias="champion"} 1.0' in metrics
 
 
-def test_admin_needs_its_token(client) -> None:
-    assert client.get("/admin/routing").status_code == 401
-    auth = {"Authorization": "Bearer s3cret"}
-    assert client.put("/admin/routing", json={"challenger_share": 0.0}, headers=auth).json()["challenger_share"] == 0.0
-    assert client.post("/predict", json=TX).json()["variant"] == "champion"
-    assert client.put("/admin/routing", json={"challenger_share": 2}, headers=auth).status_code == 422
-    client.put("/admin/routing", json={"challenger_share": 0.5}, headers=auth)
+def test_admin_needs_its_token(registry_copy) -> None:
+    with TestClient(create_app(registry_copy.model_copy(update={"admin_token": "s3cret", "challenger_share": 0.5}))) as c:
+        assert c.get("/admin/routing").status_code == 401
+        auth = {"Authorization": "Bearer s3cret"}
+        assert c.put("/admin/routing", json={"challenger_share": 0.0}, headers=auth).json()["challenger_share"] == 0.0
+        assert c.post("/predict", json=TX).json()["variant"] == "champion"
+        assert c.put("/admin/routing", json={"challenger_share": 2}, headers=auth).status_code == 422
+
+
+def test_every_worker_follows_routing_and_aliases_set_on_another(registry_copy) -> None:
+    """uvicorn's workers (and compose replicas) each hold their own state: an admin call reaches one
+    of them, and the others must follow through the registry."""
+    import time
+
+    settings = registry_copy.model_copy(update={"admin_token": "t", "model_poll_seconds": 0.2, "challenger_share": 0.1})
+    auth = {"Authorization": "Bearer t"}
+    with TestClient(create_app(settings)) as a, TestClient(create_app(settings)) as b:
+        a.put("/admin/routing", json={"challenger_share": 0.7, "mode": "shadow"}, headers=auth)
+        a.post("/admin/promote", json={"reason": "canary is better"}, headers=auth)
+
+        def followed() -> bool:
+            state = b.get("/readyz").json()
+            routing = b.get("/admin/routing", headers=auth).json()
+            return state["models"]["champion"]["version"] == "2" and routing == {"challenger_share": 0.7, "mode": "shadow"}
+
+        deadline = time.monotonic() + 10
+        while not followed() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert followed()
+        assert "challenger" not in b.get("/readyz").json()["models"]  # promoted: no challenger left
 
 
 def test_admin_is_off_without_a_token(trained) -> None:
@@ -181,3 +204,56 @@ def test_admin_promote_and_rollback_hot_swap_the_champion(registry_copy) -> None
         assert c.get("/readyz").json()["models"]["champion"]["version"] == "2"
         back = c.post("/admin/rollback", json={"reason": "alert fired"}, headers=auth).json()
         assert (back["champion"], back["loaded_champion"]) == ("1", "1")
+
+
+def test_a_prediction_stuck_on_a_locked_store_answers_503_within_its_limit(registry_copy) -> None:
+    """A materialization holding the SQLite online store's write lock makes reads wait; the caller
+    gets a 503 at the time limit, and the worker keeps answering once the lock is gone."""
+    import sqlite3
+    import time
+
+    settings = registry_copy.model_copy(update={"predict_timeout_ms": 300.0})
+    with TestClient(create_app(settings)) as c:
+        assert c.post("/predict", json=TX).status_code == 200
+        lock = sqlite3.connect(settings.feast_dir / "online.db", isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            started = time.perf_counter()
+            stuck = c.post("/predict", json={**TX, "transaction_id": "stuck"})
+            waited = time.perf_counter() - started
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        assert stuck.status_code == 503 and "300 ms" in stuck.json()["detail"]
+        assert waited < 2.0
+        assert c.post("/predict", json={**TX, "transaction_id": "after"}).status_code == 200
+        assert "fraudops_prediction_timeouts_total 1.0" in c.get("/metrics").text
+
+
+def test_logs_are_json_lines_that_carry_the_request_id(registry_copy) -> None:
+    import io
+    import logging
+
+    from serving.logs import JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    with TestClient(create_app(registry_copy.model_copy(update={"admin_token": "t"}))) as c:
+        logging.getLogger("fraudops").addHandler(handler)
+        try:
+            answer = c.post("/predict", json=TX, headers={"X-Request-ID": "req-42"})
+            c.put("/admin/routing", json={"challenger_share": 0.3}, headers={"Authorization": "Bearer t", "X-Request-ID": "ops-7"})
+            bad = c.post("/predict", json={**TX, "amount": -1}, headers={"X-Request-ID": "not ok!"})
+            metrics = c.get("/metrics").text
+        finally:
+            logging.getLogger("fraudops").removeHandler(handler)
+    assert answer.headers["x-request-id"] == "req-42"
+    generated = bad.headers["x-request-id"]
+    assert generated != "not ok!" and len(generated) == 32  # a malformed id is replaced, not echoed
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    requests = {line["request_id"]: line for line in lines if line["logger"] == "fraudops.access"}
+    assert requests["req-42"]["status"] == 200 and requests[generated]["status"] == 422
+    assert any(line["logger"] == "fraudops.service" and line.get("request_id") == "ops-7" and "routing changed" in line["message"] for line in lines)
+    assert 'fraudops_http_responses_total{path="/predict",status="422"} 1.0' in metrics
+    assert 'fraudops_predictions_total{mode="answered",variant=' in metrics

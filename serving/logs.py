@@ -1,0 +1,86 @@
+"""Structured logs: one JSON object per line, each carrying the id of the request it belongs to, so a
+log search for one id shows the access line, the scoring warnings and the admin changes together."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+access = logging.getLogger("fraudops.access")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        rid = request_id.get()
+        if rid is not None:
+            entry["request_id"] = rid
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure(level: str) -> None:
+    """JSON lines on stderr for everything under `fraudops`; idempotent, since each worker and each
+    app built in a test calls it."""
+    root = logging.getLogger("fraudops")
+    root.setLevel(level.upper())
+    if not any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        formatter = JsonFormatter()
+        formatter.converter = time.gmtime
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+        root.propagate = False
+
+
+class RequestId:
+    """Take the caller's `X-Request-ID` when it is well formed, else make one; return it on the answer,
+    bind it to the logs of this request, and write one access line per request."""
+
+    def __init__(self, app: ASGIApp, observe: Callable[[str, int], None] | None = None) -> None:
+        self.app, self.observe = app, observe
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        rid = given if _CLIENT_ID.match(given) else uuid.uuid4().hex
+        token = request_id.set(rid)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if self.observe is not None:
+                self.observe(scope["path"], status)
+            if access.isEnabledFor(logging.INFO):
+                access.info("request", extra={"fields": {
+                    "method": scope["method"], "path": scope["path"], "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                }})
+            request_id.reset(token)
