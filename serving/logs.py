@@ -4,13 +4,15 @@ log search for one id shows the access line, the scoring warnings and the admin 
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import re
 import sys
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime, timezone
+
+import orjson
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,7 +24,7 @@ access = logging.getLogger("fraudops.access")
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -33,7 +35,7 @@ class JsonFormatter(logging.Formatter):
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["error"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return orjson.dumps(entry, default=str).decode()
 
 
 def configure(level: str) -> None:
@@ -43,9 +45,7 @@ def configure(level: str) -> None:
     root.setLevel(level.upper())
     if not any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
         handler = logging.StreamHandler(sys.stderr)
-        formatter = JsonFormatter()
-        formatter.converter = time.gmtime
-        handler.setFormatter(formatter)
+        handler.setFormatter(JsonFormatter())
         root.addHandler(handler)
         root.propagate = False
 

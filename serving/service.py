@@ -218,8 +218,7 @@ class ScoringService:
 
     def _score_with(self, model: LoadedModel, variant: str, tx: Transaction, values: dict[str, float], missing: list[str],
                     degraded: bool, started: float, shadow: bool = False) -> Score:
-        row = np.array([[values[name] for name in model.features]])
-        score = float(model.score(row)[0])
+        score = model.score_one(np.array([values[name] for name in model.features]))
         elapsed = time.perf_counter() - started
         answer = Score(
             transaction_id=tx.transaction_id,

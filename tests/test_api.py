@@ -155,10 +155,11 @@ def test_hot_path_scores_equal_the_mlflow_pyfunc_model(trained) -> None:
     model = load_from_registry(trained, "champion")
     tx = read_transactions(trained.transactions_dir, "timestamp >= TIMESTAMP '2025-05-05'").head(300)
     frame = historical_features(open_store(trained), trained.feature_service, tx)
-    fast = model.score(frame[list(model.features)].to_numpy(np.float64))
+    matrix = frame[list(model.features)].to_numpy(np.float64)
     pyfunc = mlflow.pyfunc.load_model(f"models:/{trained.model_name}@champion")
     reference = np.asarray(pyfunc.predict(frame[list(model.features)])).ravel()
-    np.testing.assert_allclose(fast, reference, atol=1e-6)
+    np.testing.assert_allclose(model.score(matrix), reference, atol=1e-6)  # batches
+    np.testing.assert_allclose([model.score_one(row) for row in matrix], reference, atol=1e-6)  # the per-request path
 
 
 def test_features_passed_in_score_like_the_full_path(client) -> None:

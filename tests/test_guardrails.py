@@ -52,17 +52,18 @@ def test_a_slow_challenger_is_cut() -> None:
 
 def test_a_failing_challenger_costs_no_request_and_loses_its_share(registry_copy) -> None:
     from serving.app import create_app
-    from serving.models import LoadedModel
+    import dataclasses
 
-    class Broken:
-        def predict(self, rows, num_threads=1):
-            raise RuntimeError("corrupt model file")
+    def corrupt(row):
+        raise RuntimeError("corrupt model file")
 
     settings = registry_copy.model_copy(update={"challenger_share": 1.0, "guardrail_min_samples": 20})
     with TestClient(create_app(settings)) as c:
         svc = c.app.state.service
         good = svc.models["challenger"]
-        svc.models = {**svc.models, "challenger": LoadedModel("challenger", good.version, Broken(), good.features, good.threshold, "registry")}
+        broken = dataclasses.replace(good)
+        object.__setattr__(broken, "score_one", corrupt)  # the challenger now fails on every request
+        svc.models = {**svc.models, "challenger": broken}
         answers = [c.post("/predict", json={"transaction_id": f"g{i}", "customer_id": str(i), "terminal_id": "3",
                                             "amount": 20.0, "timestamp": "2025-05-09T10:00:00Z"}) for i in range(150)]
         assert all(a.status_code == 200 and a.json()["variant"] == "champion" for a in answers)
