@@ -13,7 +13,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
-import duckdb
 import pandas as pd
 from evidently import Report
 from evidently.metrics import ValueDrift
@@ -54,18 +53,6 @@ class DriftSummary:
     excluded: dict[str, str] = field(default_factory=dict)
     html: str | None = None
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
-
-
-def read_prediction_log(directory: Path, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
-    """Logged predictions by transaction time; DuckDB reads only the columns and rows asked for."""
-    if not any(directory.glob("*.parquet")):
-        return pd.DataFrame()
-    clauses = ["TRUE"]
-    if since is not None:
-        clauses.append(f"timestamp >= TIMESTAMP '{since.isoformat(sep=' ')}'")
-    if until is not None:
-        clauses.append(f"timestamp < TIMESTAMP '{until.isoformat(sep=' ')}'")
-    return duckdb.sql(f"SELECT * FROM read_parquet('{directory}/*.parquet') WHERE {' AND '.join(clauses)}").df()
 
 
 # Evidently's statistical tests report a p-value (drift when it is small); other methods a distance.

@@ -22,11 +22,12 @@ from features.compute import compute_features
 from features.offline import read_transactions
 from features.schema import SchemaError
 from features.store import apply, historical_features, materialize, model_features, open_store
-from monitoring.drift import DriftSummary, Reference, drift_report, read_prediction_log
+from monitoring.drift import DriftSummary, Reference, drift_report
 from pipelines import registry
 from pipelines.plots import write_plots
 from pipelines.settings import Settings
 from pipelines.training import ModelConfig, TrainResult, Windows, train, window
+from serving import predlog
 
 REFERENCE_FILE = "reference.parquet"
 
@@ -240,7 +241,7 @@ def load_references(settings: Settings) -> tuple[dict[str, Reference], list[str]
 def monitor_flow(settings: Settings | None = None, label: str = "latest", since: datetime | None = None, until: datetime | None = None) -> DriftSummary:
     settings = settings or Settings()
     references, features = load_references(settings)  # what each model was validated on
-    current = read_prediction_log(settings.predictions_dir, since, until)  # live traffic
+    current = predlog.read(settings, since, until)  # live traffic
     if current.empty:
         current = references["champion"].frame.iloc[0:0]
     summary = drift_report(references, current, features, settings.reports_dir / label, settings.drift_share,

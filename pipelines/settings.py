@@ -87,6 +87,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="INFO writes one JSON access line per request.")
     max_batch_size: int = Field(256, ge=1)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
+    prediction_log_url: str | None = Field(None, description="PostgreSQL conninfo of the prediction log; unset: Parquet parts in the state folder.")
     log_batch_size: int = Field(512, ge=1)
     log_queue_size: int = Field(100_000, ge=1)
 

@@ -1,7 +1,9 @@
 """The prediction log: every answer and every shadow score, written off the request path.
 
-Requests put a record on a bounded queue and return; a background thread writes batches as Parquet
-parts. A full queue drops the record and counts it rather than slowing authorisations down.
+Requests put a record on a bounded queue and return; a background thread writes batches to the sink:
+Parquet parts in the state folder by default, a PostgreSQL table when `prediction_log_url` is set. A
+full queue drops the record and counts it rather than slowing authorisations down. `read` gives the
+monitoring jobs the same frame from either sink.
 """
 
 from __future__ import annotations
@@ -12,30 +14,119 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
+import orjson
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.settings import Settings
+
 log = logging.getLogger("fraudops.predlog")
+
+Record = dict[str, Any]
+Sink = Callable[[list[Record]], None]
+
+# Every record has these; the rest of its keys are the model's features, whatever they are.
+COLUMNS = {
+    "transaction_id": "text", "customer_id": "text", "terminal_id": "text", "timestamp": "timestamp",
+    "score": "double precision", "is_fraud_predicted": "boolean", "variant": "text", "shadow": "boolean",
+    "model_version": "text", "features_missing": "integer", "degraded": "boolean", "latency_ms": "double precision",
+}
+TABLE = "prediction_log"
+
+
+class ParquetSink:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, batch: list[Record]) -> None:
+        name = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
+        partial = self.directory / f".{name}.tmp"
+        try:
+            pq.write_table(pa.Table.from_pylist(batch), partial)
+            os.replace(partial, self.directory / name)  # readers never see half a part
+        finally:
+            partial.unlink(missing_ok=True)
+
+
+class PostgresSink:
+    """One row per record: the fixed columns, and the features as JSONB, so a new feature set needs no
+    migration. Written with COPY, one transaction per batch: a batch lands whole or not at all."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self.url = url
+        self._connect = psycopg.connect
+        self._conn: Any = None
+        columns = ", ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} ({columns}, features jsonb NOT NULL, logged_at timestamptz NOT NULL DEFAULT now())")
+            conn.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_timestamp ON {TABLE} (timestamp)")
+
+    def __call__(self, batch: list[Record]) -> None:
+        if self._conn is None or self._conn.closed:
+            self._conn = self._connect(self.url)
+        try:
+            with self._conn.transaction(), self._conn.cursor() as cursor:
+                with cursor.copy(f"COPY {TABLE} ({', '.join(COLUMNS)}, features) FROM STDIN") as copy:
+                    for record in batch:
+                        features = {k: v for k, v in record.items() if k not in COLUMNS}
+                        copy.write_row([*(record.get(name) for name in COLUMNS), orjson.dumps(features).decode()])
+        except Exception:
+            self._conn.close()  # reconnect for the next batch
+            raise
+
+
+def sink_for(settings: Settings) -> Sink:
+    return PostgresSink(settings.prediction_log_url) if settings.prediction_log_url else ParquetSink(settings.predictions_dir)
+
+
+def read(settings: Settings, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
+    """Logged predictions by transaction time, one column per feature, from whichever sink is set."""
+    clauses = ["TRUE"]
+    if since is not None:
+        clauses.append(f"timestamp >= TIMESTAMP '{since.isoformat(sep=' ')}'")
+    if until is not None:
+        clauses.append(f"timestamp < TIMESTAMP '{until.isoformat(sep=' ')}'")
+    where = " AND ".join(clauses)
+    if settings.prediction_log_url:
+        import psycopg
+
+        with psycopg.connect(settings.prediction_log_url) as conn, conn.cursor() as cursor:
+            cursor.execute(f"SELECT {', '.join(COLUMNS)}, features::text FROM {TABLE} WHERE {where} ORDER BY timestamp")
+            rows = cursor.fetchall()
+        frame = pd.DataFrame([row[:-1] for row in rows], columns=list(COLUMNS))
+        features = pd.DataFrame([orjson.loads(row[-1]) for row in rows], index=frame.index, dtype="float64")
+        return pd.concat([frame, features], axis=1)
+    directory = settings.predictions_dir
+    if not any(directory.glob("*.parquet")):
+        return pd.DataFrame()
+    # DuckDB reads only the rows asked for
+    return duckdb.sql(f"SELECT * FROM read_parquet('{directory}/*.parquet', union_by_name=true) WHERE {where}").df()
 
 
 class PredictionLog:
-    def __init__(self, directory: Path, batch_size: int, max_queue: int, flush_seconds: float = 1.0) -> None:
-        self.directory = directory
+    def __init__(self, sink: Sink, batch_size: int, max_queue: int, flush_seconds: float = 1.0) -> None:
+        self.sink = sink
         self.batch_size = batch_size
         self.flush_seconds = flush_seconds
-        self.queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=max_queue)
+        self.queue: queue.Queue[Record | None] = queue.Queue(maxsize=max_queue)
         self.dropped = 0
         self.written = 0
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
 
     def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
         self._thread.start()
 
-    def put(self, record: dict[str, Any]) -> bool:
+    def put(self, record: Record) -> bool:
         try:
             self.queue.put_nowait(record)
             return True
@@ -49,7 +140,7 @@ class PredictionLog:
         self._thread.join()
 
     def _run(self) -> None:
-        batch: list[dict[str, Any]] = []
+        batch: list[Record] = []
         deadline = time.monotonic() + self.flush_seconds
         while True:
             try:
@@ -67,16 +158,12 @@ class PredictionLog:
             if time.monotonic() >= deadline:
                 deadline = time.monotonic() + self.flush_seconds
 
-    def _write(self, batch: list[dict[str, Any]]) -> None:
+    def _write(self, batch: list[Record]) -> None:
         if not batch:
             return
-        name = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
-        partial = self.directory / f".{name}.tmp"
         try:
-            pq.write_table(pa.Table.from_pylist(batch), partial)
-            os.replace(partial, self.directory / name)
+            self.sink(batch)
             self.written += len(batch)
-        except Exception:  # the writer must survive a bad batch; the count shows the loss
+        except Exception:  # the writer must survive a bad batch or a lost connection; the count shows the loss
             log.exception("writing %d prediction records failed", len(batch))
             self.dropped += len(batch)
-            partial.unlink(missing_ok=True)

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from pipelines import registry
 from pipelines.settings import Settings
-from serving import models
+from serving import models, predlog
 from serving.guardrails import Guardrail, Limits
 from serving.models import LoadedModel
 from serving.online import OnlineFeatures
@@ -56,7 +56,7 @@ class ScoringService:
         self.models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
         self.online = OnlineFeatures(settings)
-        self.log = PredictionLog(settings.predictions_dir, settings.log_batch_size, settings.log_queue_size)
+        self.log = PredictionLog(predlog.sink_for(settings), settings.log_batch_size, settings.log_queue_size)
         # Shadow scoring runs on its own thread from a bounded queue: a slow challenger can only drop
         # shadow scores (counted), never delay an answer.
         self.shadow_queue: queue.Queue[tuple[Transaction, dict[str, float], float] | None] = queue.Queue(maxsize=settings.log_queue_size)

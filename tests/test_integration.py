@@ -101,3 +101,28 @@ def test_training_flow_tracks_and_registers_in_postgres(registry_copy, tmp_path,
     assert run.data.tags["feature_service"] == "fraud_detection_v1"
     assert run.data.metrics["test_roc_auc"] == pytest.approx(result["test_roc_auc"])
     assert (tmp_path / "mlartifacts").is_dir()  # artifacts under the state folder, not in the cwd
+
+
+def test_prediction_log_in_postgres_holds_every_answer(registry_copy, database) -> None:
+    """With prediction_log_url set, the API logs to a PostgreSQL table and monitoring reads it back
+    with one column per feature, as from the Parquet parts."""
+    from fastapi.testclient import TestClient
+
+    from serving import predlog
+    from serving.app import create_app
+
+    url = database.replace("postgresql+psycopg://", "postgresql://")
+    settings = registry_copy.model_copy(update={"prediction_log_url": url, "challenger_share": 0.5})
+    n = 73
+    with TestClient(create_app(settings)) as client:
+        for i in range(n):
+            tx = {"transaction_id": f"pg-{i}", "customer_id": str(i), "terminal_id": str(i), "amount": 10.0 + i,
+                  "timestamp": "2025-05-09T10:00:00Z"}
+            assert client.post("/predict", json=tx).status_code == 200
+    logged = predlog.read(settings)  # the app has shut down: the writer flushed on the way out
+    assert sorted(logged["transaction_id"]) == sorted(f"pg-{i}" for i in range(n))
+    assert set(logged["variant"]) == {"champion", "challenger"}
+    assert logged["customer_tx_count_7d"].dtype == "float64"
+    sent = {f"pg-{i}": 10.0 + i for i in range(n)}
+    assert all(sent[t] == a for t, a in zip(logged["transaction_id"], logged["amount"]))  # features, row by row
+    assert not (settings.predictions_dir.exists() and any(settings.predictions_dir.glob("*.parquet")))  # nothing went to Parquet

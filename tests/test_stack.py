@@ -34,5 +34,5 @@ def test_every_fraudops_variable_in_compose_is_a_setting() -> None:
 
 def test_init_script_creates_a_database_per_service() -> None:
     sql = (REPO_ROOT / "infra" / "postgres" / "init.sql").read_text()
-    for database in ("mlflow", "prefect", "feast"):
+    for database in ("mlflow", "prefect", "feast", "predictions"):
         assert f"CREATE DATABASE {database};" in sql

@@ -1,5 +1,6 @@
 -- One PostgreSQL, one database per concern: MLflow's tracking store, Prefect's orchestration state,
--- Feast's registry. Run once by the postgres image on an empty volume.
+-- Feast's registry, and the API's prediction log. Run once by the postgres image on an empty volume.
 CREATE DATABASE mlflow;
 CREATE DATABASE prefect;
 CREATE DATABASE feast;
+CREATE DATABASE predictions;
