@@ -217,13 +217,20 @@ def monitor(
     since: Annotated[Optional[datetime], typer.Option(help="Only predictions for transactions at or after this time.")] = None,
     until: Annotated[Optional[datetime], typer.Option(help="Only predictions for transactions before this time.")] = None,
 ) -> None:
-    """Evidently data and prediction drift of the prediction log against the champion's reference."""
+    """Drift of the prediction log against each model's reference, quality where labels have arrived,
+    and a retrain on the latest labelled windows when either calls for one (FRAUDOPS_RETRAIN_ON_DRIFT)."""
     s = settings()
     prepare(s)
     from pipelines.flows import monitor_flow
 
-    summary = monitor_flow(s, label, since, until)
-    console.print(f"verdict: [bold]{summary.verdict}[/] over {summary.current_rows:,} predictions; report {summary.html}")
+    outcome = monitor_flow(s, label, since, until)
+    drift = outcome.drift
+    console.print(f"drift verdict: [bold]{drift.verdict}[/] over {drift.current_rows:,} predictions; report {drift.html}")
+    for q in outcome.quality.values():
+        console.print(f"quality of {q.variant} v{q.version} on {q.labelled_rows:,} labelled predictions: precision {q.precision:.3f}, "
+                      f"recall {q.recall:.3f}, AP {q.average_precision:.3f} (shipped {q.shipped_average_precision:.3f}), cost {q.expected_cost:,.0f}")
+    if outcome.retrain is not None:
+        console.print(f"retrained because {'; '.join(outcome.reasons)}: version {outcome.retrain['version']} as {outcome.retrain['alias']}")
 
 
 @app.command()

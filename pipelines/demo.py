@@ -62,6 +62,17 @@ def running_api(settings: Settings, timeout: float = 120.0) -> Iterator[subproce
         process.wait(timeout=30)
 
 
+def wait_for_challenger(settings: Settings, version: str, timeout: float = 60.0) -> str | None:
+    """The API follows the registry on its own (model_poll_seconds): wait until it serves `version`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        models = httpx.get(f"{settings.api_url}/readyz", timeout=5.0).json()["models"]
+        if models.get("challenger", {}).get("version") == version:
+            return version
+        time.sleep(0.5)
+    return None
+
+
 def run(settings: Settings, console: Console) -> dict[str, object]:
     started = time.monotonic()
     prepare(settings, quiet=True)
@@ -125,8 +136,20 @@ def run(settings: Settings, console: Console) -> dict[str, object]:
             time.sleep(1.5)  # let the prediction log's writer flush its last batch
             with console.status(f"[6/6] monitoring the {period} period"):
                 verdicts[period] = monitor_flow(settings, period, first, first + timedelta(days=PRODUCTION_DAYS))
-            console.print(f"[green]✓[/] {period} period: drift verdict [bold]{verdicts[period].verdict}[/] "
-                          f"({verdicts[period].drifted_share:.0%} of features drifted)")
+            outcome = verdicts[period]
+            console.print(f"[green]✓[/] {period} period: drift verdict [bold]{outcome.verdict}[/] "
+                          f"({outcome.drift.drifted_share:.0%} of features drifted)")
+            for q in outcome.quality.values():
+                console.print(f"[green]✓[/] labels arrived for {q.labelled_rows:,} {q.variant} predictions: AP {q.average_precision:.3f} "
+                              f"(shipped with {q.shipped_average_precision:.3f}), precision {q.precision:.3f}, recall {q.recall:.3f}")
+            if outcome.retrain is not None and outcome.retrain["version"] is None:
+                console.print(f"[yellow]![/] the monitor retrained, and the candidate failed the gate: {outcome.retrain['gate']}")
+            elif outcome.retrain is not None:
+                console.print(f"[green]✓[/] the monitor retrained: version {outcome.retrain['version']} is the {outcome.retrain['alias']} "
+                              f"(AP {outcome.retrain['test_average_precision']:.3f}); why: {'; '.join(outcome.reasons)}")
+                with console.status("waiting for the API to follow the registry"):
+                    summary["canary"] = wait_for_challenger(settings, str(outcome.retrain["version"]))
+                console.print(f"[green]✓[/] the API serves challenger v{summary['canary']} to {settings.challenger_share:.0%} of customers")
 
     table = Table(title=f"fraudops demo finished in {time.monotonic() - started:.0f}s")
     table.add_column("what")
@@ -140,10 +163,11 @@ def run(settings: Settings, console: Console) -> dict[str, object]:
                       f"CP@{k} {result[f'{prefix}_card_precision_at_{k}']:.3f} · cost {result[f'{prefix}_expected_cost']:,.0f} "
                       f"(no model: {trained['champion']['test_cost_of_no_model']:,.0f})")
     for period, verdict in verdicts.items():
-        table.add_row(f"drift, {period} period", f"{verdict.verdict}: {os.path.relpath(verdict.html)}")
+        table.add_row(f"drift, {period} period", f"{verdict.verdict}: {os.path.relpath(str(verdict.drift.html))}")
     table.add_row("MLflow UI", "make mlflow-ui  →  http://127.0.0.1:5000")
     table.add_row("API docs", f"make serve  →  {settings.api_url}/docs")
     table.add_row("prediction log", os.path.relpath(settings.predictions_dir))
     console.print(table)
-    summary.update(trained=trained, verdicts={k: v.verdict for k, v in verdicts.items()})
+    summary.update(trained=trained, verdicts={k: v.verdict for k, v in verdicts.items()},
+                   retrained={k: v.retrain for k, v in verdicts.items() if v.retrain is not None})
     return summary

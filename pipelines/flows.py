@@ -9,8 +9,8 @@ import hashlib
 import json
 import re
 import tempfile
-from dataclasses import asdict
-from datetime import datetime, timedelta
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import mlflow
@@ -22,7 +22,8 @@ from features.compute import compute_features
 from features.offline import read_transactions
 from features.schema import SchemaError
 from features.store import apply, historical_features, materialize, model_features, open_store
-from monitoring.drift import DriftSummary, Reference, drift_report
+from monitoring.drift import ColumnDrift, DriftSummary, Reference, drift_report, rate_drift
+from monitoring.quality import Quality, judge, with_labels
 from pipelines import registry
 from pipelines.plots import write_plots
 from pipelines.settings import Settings
@@ -133,7 +134,8 @@ def _redacted(settings: Settings) -> dict[str, object]:
 
 
 @task
-def log_and_register(result: TrainResult, frame: pd.DataFrame, windows: Windows, fingerprint: str, settings: Settings) -> dict[str, object]:
+def log_and_register(result: TrainResult, frame: pd.DataFrame, windows: Windows, fingerprint: str, settings: Settings,
+                     trigger: str) -> dict[str, object]:
     """Log lineage, the model and its figures; register only a model that passes the gate; set the alias
     last. A failure on the way leaves no new version and every alias where it was."""
     client = registry.configure(settings)
@@ -152,6 +154,7 @@ def log_and_register(result: TrainResult, frame: pd.DataFrame, windows: Windows,
                 "train_window": f"{windows.train_start.date()}..{windows.train_end.date()}",
                 "test_window": f"{windows.test_start.date()}..{windows.test_end.date()}",
                 "fingerprint": fingerprint,
+                "trigger": trigger,
                 "gate": "passed" if passed else f"failed: test AP {ap:.3f} < {settings.min_average_precision}",
             }
         )
@@ -192,9 +195,12 @@ def fingerprint_of(frame: pd.DataFrame, features: list[str], windows: Windows, c
 
 
 @flow(name="train")
-def train_flow(settings: Settings | None = None, config: ModelConfig = ModelConfig()) -> dict[str, object]:
+def train_flow(settings: Settings | None = None, config: ModelConfig = ModelConfig(), as_of: datetime | None = None,
+               trigger: str = "manual or scheduled") -> dict[str, object]:
+    """Train and register a candidate. Windows come from the settings, or with `as_of` (a retrain the
+    monitor triggered) are the latest whose labels have arrived by then; `trigger` says why it ran."""
     settings = settings or Settings()  # a scheduled run reads its settings from the environment
-    windows = Windows.from_settings(settings)
+    windows = Windows.latest(pd.Timestamp(as_of), settings) if as_of is not None else Windows.from_settings(settings)
     folds = windows.prequential(settings.prequential_folds, settings.prequential_step_days) if config.scale_pos_weight is None else []
     first = min([windows.train_start, *(f.train_start for f in folds)])
     frame, features = build_training_set.submit(settings, first, windows.test_end).result()  # Feast point-in-time join, cached
@@ -205,7 +211,7 @@ def train_flow(settings: Settings | None = None, config: ModelConfig = ModelConf
         get_run_logger().info("model version %s already holds these inputs; nothing to do", existing)
         return {**registry.version_metrics(settings, existing), "version": existing, "alias": None, "gate": "unchanged"}
     result = train_model.submit(frame, features, windows, config, settings).result()  # select imbalance, fit, baselines, test
-    return log_and_register(result, frame, windows, fingerprint, settings)  # MLflow lineage, gate, registry
+    return log_and_register(result, frame, windows, fingerprint, settings, trigger)  # MLflow lineage, gate, registry
 
 
 def training_flow(settings: Settings) -> Flow:
@@ -218,33 +224,86 @@ def training_flow(settings: Settings) -> Flow:
     return train_flow.with_options(task_runner=DaskTaskRunner(address=settings.dask_address))
 
 
+@dataclass
+class References:
+    """What each aliased model was validated on: its reference traffic and scores, its test AP."""
+
+    frames: dict[str, Reference]
+    features: list[str]  # the champion's
+    shipped_ap: dict[str, tuple[str, float]]  # alias -> (version, test average precision)
+
+
 @task
-def load_references(settings: Settings) -> tuple[dict[str, Reference], list[str]]:
-    """Each aliased model's reference data from its MLflow run, and the champion's feature list."""
+def load_references(settings: Settings) -> References:
     client = registry.connect(settings)
-    references: dict[str, Reference] = {}
+    frames: dict[str, Reference] = {}
     features: list[str] = []
+    shipped: dict[str, tuple[str, float]] = {}
     for alias in (registry.CHAMPION, registry.CHALLENGER):
         if registry.aliased_version(client, settings.model_name, alias) is None:
             continue
         version = client.get_model_version_by_alias(settings.model_name, alias)
         path = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=f"reference/{REFERENCE_FILE}")
-        references[alias] = Reference(str(version.version), pd.read_parquet(path))
+        run = client.get_run(version.run_id)
+        frames[alias] = Reference(str(version.version), pd.read_parquet(path), float(run.data.params["threshold"]))
+        shipped[alias] = (str(version.version), float(run.data.metrics["test_average_precision"]))
         if alias == registry.CHAMPION:
-            features = json.loads(client.get_run(version.run_id).data.tags["features"])
-    if registry.CHAMPION not in references:
+            features = json.loads(run.data.tags["features"])
+    if registry.CHAMPION not in frames:
         raise ValueError(f"model {settings.model_name!r} has no champion to monitor")
-    return references, features
+    return References(frames, features, shipped)
+
+
+@dataclass
+class Monitoring:
+    """One monitor run: drift of the window, quality where labels have arrived, and what it did."""
+
+    drift: DriftSummary
+    quality: dict[str, Quality]
+    label_drift: ColumnDrift | None  # the fraud rate of labelled traffic against the reference
+    reasons: list[str]  # why a retrain is called for; empty when none is
+    retrain: dict[str, object] | None  # the triggered train flow's outcome
+
+    @property
+    def verdict(self) -> str:
+        return self.drift.verdict
 
 
 @flow(name="monitor")
-def monitor_flow(settings: Settings | None = None, label: str = "latest", since: datetime | None = None, until: datetime | None = None) -> DriftSummary:
+def monitor_flow(settings: Settings | None = None, label: str = "latest", since: datetime | None = None,
+                 until: datetime | None = None) -> Monitoring:
+    """Drift of [since, until) against each model's reference; quality of the predictions whose labels
+    have arrived by `until`; on drift or a quality drop, a retrain on the latest labelled windows."""
     settings = settings or Settings()
-    references, features = load_references(settings)  # what each model was validated on
+    references = load_references(settings)  # what each model was validated on
+    out_dir = settings.reports_dir / label
     current = predlog.read(settings, since, until)  # live traffic
     if current.empty:
-        current = references["champion"].frame.iloc[0:0]
-    summary = drift_report(references, current, features, settings.reports_dir / label, settings.drift_share,
-                           settings.min_rows, settings.max_missing_share)
-    get_run_logger().info("drift verdict %s over %d predictions", summary.verdict, summary.current_rows)
-    return summary
+        current = references.frames["champion"].frame.iloc[0:0]
+    drift = drift_report(references.frames, current, references.features, out_dir, settings.drift_share,
+                         settings.min_rows, settings.max_missing_share, settings.rate_drift_p_value)
+    as_of = until or (current["timestamp"].max() if len(current) else datetime.now(timezone.utc).replace(tzinfo=None))
+    matured_until = as_of - timedelta(days=settings.label_delay_days)
+    logged = predlog.read(settings, matured_until - timedelta(days=settings.quality_days), matured_until)
+    labelled = with_labels(logged, settings.transactions_dir, as_of, settings.label_delay_days) if len(logged) else logged
+    quality = judge(labelled, references.shipped_ap, out_dir, settings.review_fee, settings.top_k,
+                    settings.max_quality_drop, settings.min_labelled_frauds) if len(labelled) else {}
+    # A fraud wave is mostly a change in the labels: the features and scores barely move until the
+    # terminals' risk catches up, so the fraud rate of the labelled traffic is tested on its own.
+    labels = (rate_drift(labelled["is_fraud"], references.frames["champion"].frame["is_fraud"], "is_fraud", settings.rate_drift_p_value)
+              if len(labelled) >= settings.min_rows else None)
+    reasons = [f"drift verdict on {drift.current_rows:,} predictions ({drift.drifted_share:.0%} of features drifted)"] if drift.verdict == "drift" else []
+    if labels is not None and labels.drifted:
+        reasons.append(f"fraud rate of labelled traffic {labelled['is_fraud'].mean():.2%} against "
+                       f"{references.frames['champion'].frame['is_fraud'].mean():.2%} in the reference (z-test p={labels.value:.1g})")
+    reasons += [f"{q.variant} v{q.version}: live AP {q.average_precision:.3f} vs {q.shipped_average_precision:.3f} when shipped"
+                for q in quality.values() if q.dropped]
+    retrain = None
+    if reasons and settings.retrain_on_drift:
+        get_run_logger().warning("retraining: %s", "; ".join(reasons))
+        features_flow(settings)  # the newest transactions into the offline features first
+        retrain = training_flow(settings)(settings, ModelConfig(), as_of=as_of, trigger="monitor: " + "; ".join(reasons))
+    outcome = Monitoring(drift, quality, labels, reasons, retrain)
+    (out_dir / "monitor.json").write_text(json.dumps(asdict(outcome), indent=2, default=str))
+    get_run_logger().info("drift verdict %s over %d predictions; retrain: %s", drift.verdict, drift.current_rows, retrain)
+    return outcome

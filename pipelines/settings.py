@@ -95,6 +95,12 @@ class Settings(BaseSettings):
     drift_share: float = Field(0.3, gt=0.0, le=1.0)
     max_missing_share: float = Field(0.05, ge=0, le=1, description="Share of answers with defaulted features that warns.")
     min_rows: int = Field(200, ge=1, description="Fewer logged predictions than this give insufficient_data.")
+    rate_drift_p_value: float = Field(0.01, gt=0, lt=1, description="z-test level for the decision rate and the labelled fraud rate.")
+    # Quality once labels arrive (label_delay_days after the transaction), and acting on the evidence.
+    quality_days: int = Field(28, ge=1, description="Days of labelled predictions judged for quality, ending label_delay_days before now.")
+    min_labelled_frauds: int = Field(20, ge=1, description="A variant with fewer labelled frauds than this is not judged.")
+    max_quality_drop: float = Field(0.5, gt=0, lt=1, description="A live AP below (1 - this) x the AP a model shipped with is a quality drop.")
+    retrain_on_drift: bool = Field(True, description="On drift or a quality drop, the monitor flow retrains on the latest labelled windows.")
 
     @model_validator(mode="after")
     def _windows_fit(self) -> Settings:

@@ -41,6 +41,15 @@ class Windows:
         test_start = train_end + pd.Timedelta(days=settings.label_delay_days)
         return cls(start, train_end, test_start, test_start + pd.Timedelta(days=settings.test_days))
 
+    @classmethod
+    def latest(cls, as_of: pd.Timestamp, settings: Settings) -> Windows:
+        """The most recent protocol whose test labels have all arrived by `as_of`: what a retrain
+        triggered now can honestly use. The label delay bounds how fast a retrain can learn a change."""
+        test_end = pd.Timestamp(as_of).floor("D") - pd.Timedelta(days=settings.label_delay_days)
+        test_start = test_end - pd.Timedelta(days=settings.test_days)
+        train_end = test_start - pd.Timedelta(days=settings.label_delay_days)
+        return cls(train_end - pd.Timedelta(days=settings.train_days), train_end, test_start, test_end)
+
     def shifted(self, days: int) -> Windows:
         delta = pd.Timedelta(days=days)
         return Windows(self.train_start - delta, self.train_end - delta, self.test_start - delta, self.test_end - delta)

@@ -18,7 +18,7 @@ from pipelines.settings import Settings
 logging.raiseExceptions = False
 
 TINY = dict(customers=300, terminals=600, days=50, train_start_day=10, train_days=14, label_delay_days=7, test_days=7, min_rows=100,
-            prequential_folds=1, min_average_precision=0.05, min_train_frauds=5)
+            prequential_folds=1, min_average_precision=0.05, min_train_frauds=5, min_labelled_frauds=3)
 
 
 def tiny_settings(state_dir: Path, **overrides: object) -> Settings:

@@ -40,6 +40,13 @@ def test_demo_runs_end_to_end_and_catches_the_drift(tmp_path) -> None:
     drifted = {c["column"] for c in json.loads((report / "summary.json").read_text())["columns"] if c["drifted"]}
     assert "amount" in drifted
     assert any(settings.predictions_dir.glob("*.parquet"))
+    # the loop closes: drift triggers a retrain on the latest labelled windows, the API picks it up
+    assert "calm" not in summary["retrained"]
+    retrained = summary["retrained"]["drifted"]
+    assert retrained["alias"] == "challenger" and retrained["version"] == "3"
+    assert summary["canary"] == "3"
+    monitor = json.loads((report / "monitor.json").read_text())
+    assert monitor["reasons"] and monitor["reasons"][0].startswith("drift verdict")
     with pytest.raises(httpx.TransportError):  # the demo stops the API it started
         httpx.get(f"{settings.api_url}/healthz", timeout=1.0)
     assert "demo finished" in console.export_text()

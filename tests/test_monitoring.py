@@ -84,3 +84,31 @@ def test_small_variant_samples_use_a_test_with_a_p_value(tmp_path, shift, drifte
     summary = run(tmp_path, current, challenger=True)
     assert summary.prediction["challenger"].method == "ks"
     assert summary.prediction["challenger"].drifted is drifted
+
+
+def test_the_decision_rate_is_judged_per_variant(tmp_path) -> None:
+    current = live(traffic(3_000, 7))
+    current["is_fraud_predicted"] = current["score"] >= 0.5
+    calm = run(tmp_path, current)
+    assert not calm.decision_rate["champion"].drifted and calm.decision_rate["champion"].method == "z"
+    flagging = current.assign(is_fraud_predicted=np.random.default_rng(3).uniform(size=len(current)) < 0.08)
+    assert run(tmp_path, flagging).decision_rate["champion"].drifted  # the model flags far more than on its reference
+
+
+@pytest.mark.parametrize("drift, detected", [((), False), (("terminal_wave",), True)])
+def test_a_fraud_wave_shows_in_the_labels_and_a_stable_period_does_not(tmp_path, drift, detected) -> None:
+    """A wave of compromised terminals barely moves features or scores at first (terminal risk learns
+    from labels a week late), so it is caught where it shows: the fraud rate of the labelled traffic."""
+    from datetime import date
+
+    from features.offline import read_transactions
+    from features.simulator import Drift, SimulationConfig, write_simulation
+    from monitoring.drift import rate_drift
+
+    cfg = SimulationConfig(customers=1_000, terminals=2_000, days=50, start_date=date(2025, 4, 1),
+                           drift=tuple(Drift(d) for d in drift), drift_start_day=30)
+    write_simulation(cfg, tmp_path)
+    reference = read_transactions(tmp_path, "timestamp >= TIMESTAMP '2025-04-17' AND timestamp < TIMESTAMP '2025-05-01'")
+    labelled = read_transactions(tmp_path, "timestamp >= TIMESTAMP '2025-05-05' AND timestamp < TIMESTAMP '2025-05-12'")
+    result = rate_drift(labelled["is_fraud"], reference["is_fraud"], "is_fraud", p_value=0.01)
+    assert result.method == "z" and result.drifted is detected

@@ -43,6 +43,14 @@ def test_prequential_folds_end_before_the_test_window(trained) -> None:
         assert fold.test_start - fold.train_end == windows.test_start - windows.train_end  # same delay
 
 
+def test_latest_windows_use_only_labels_that_have_arrived(trained) -> None:
+    as_of = pd.Timestamp("2025-05-20 15:30")
+    windows = Windows.latest(as_of, trained)
+    assert windows.test_end == pd.Timestamp("2025-05-20") - pd.Timedelta(days=trained.label_delay_days)
+    assert windows.test_start - windows.train_end == pd.Timedelta(days=trained.label_delay_days)
+    assert (windows.train_end - windows.train_start).days == trained.train_days
+
+
 def test_run_is_logged_with_lineage_baselines_and_plots(trained) -> None:
     client = MlflowClient(trained.tracking_uri)
     version = client.get_model_version_by_alias(trained.model_name, "champion")

@@ -1,0 +1,78 @@
+"""Model quality once the labels arrive: the feedback step of the loop.
+
+Fraud labels mature days after the transaction (chargebacks, investigations), so quality is judged
+only on the part of the prediction log whose labels have arrived by `as_of`. Each variant is judged
+with the same metric code as its test window at training time, so "worse than when we shipped it" is
+a like-for-like comparison; Evidently renders the classification report for people.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+from evidently import BinaryClassification, DataDefinition, Dataset, Report
+from evidently.presets import ClassificationPreset
+
+from features.offline import read_transactions
+from pipelines.evaluation import evaluate, expected_cost
+
+
+@dataclass
+class Quality:
+    variant: str
+    version: str
+    labelled_rows: int
+    frauds: int
+    precision: float
+    recall: float
+    average_precision: float
+    expected_cost: float
+    cost_of_no_model: float
+    shipped_average_precision: float  # the model's test-window AP when it was registered
+    dropped: bool
+    html: str
+
+
+def with_labels(predictions: pd.DataFrame, transactions_dir: Path, as_of: datetime, label_delay_days: int) -> pd.DataFrame:
+    """Answered predictions (shadow scores are not decisions) whose labels have arrived by `as_of`."""
+    cutoff = as_of - timedelta(days=label_delay_days)
+    answered = predictions[~predictions["shadow"].astype(bool) & (predictions["timestamp"] < cutoff)]
+    if answered.empty:
+        return answered.assign(is_fraud=pd.Series(dtype="int64"))
+    first = answered["timestamp"].min()
+    labels = read_transactions(transactions_dir, f"timestamp >= TIMESTAMP '{first}' AND timestamp < TIMESTAMP '{cutoff}'")
+    labels = labels.assign(transaction_id=labels["transaction_id"].astype(str))[["transaction_id", "is_fraud"]]
+    return answered.merge(labels, on="transaction_id", how="inner")
+
+
+def judge(labelled: pd.DataFrame, shipped: dict[str, tuple[str, float]], out_dir: Path, review_fee: float, top_k: int,
+          max_drop: float, min_frauds: int) -> dict[str, Quality]:
+    """Per variant with at least `min_frauds` labelled frauds: its live metrics against the AP it
+    shipped with; `dropped` when live AP fell by more than `max_drop` of that."""
+    results: dict[str, Quality] = {}
+    for variant, (version, shipped_ap) in shipped.items():
+        rows = labelled[(labelled["variant"] == variant) & (labelled["model_version"] == version)]
+        if int(rows["is_fraud"].sum()) < min_frauds:
+            continue
+        frame = rows.assign(event_timestamp=rows["timestamp"])
+        flagged = frame["is_fraud_predicted"].astype(bool).to_numpy()
+        metrics = evaluate(frame, frame["score"].to_numpy(), 0.5, review_fee, top_k)  # its ranking metrics and the no-model cost
+        definition = DataDefinition(classification=[BinaryClassification(
+            target="is_fraud", prediction_labels="flagged", prediction_probas="score", pos_label=1)], numerical_columns=["score"])
+        data = frame[["is_fraud", "score"]].assign(flagged=flagged.astype(int))
+        snapshot = Report([ClassificationPreset()]).run(current_data=Dataset.from_pandas(data, data_definition=definition))
+        html = out_dir / f"quality_{variant}.html"
+        snapshot.save_html(str(html))
+        values = {m["config"]["type"].rsplit(":", 1)[-1]: m["value"] for m in snapshot.dict()["metrics"]}
+        live_ap = metrics["average_precision"]
+        results[variant] = Quality(
+            variant, version, len(frame), int(frame["is_fraud"].sum()), float(values["Precision"]), float(values["Recall"]),
+            # the cost of the decisions actually returned, each at its model's own threshold
+            live_ap, expected_cost(frame["is_fraud"].to_numpy(), frame["amount"].to_numpy(), flagged, review_fee),
+            metrics["cost_of_no_model"], shipped_ap,
+            live_ap < shipped_ap * (1 - max_drop), str(html),
+        )
+    return results
