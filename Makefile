@@ -38,6 +38,10 @@ bench: install
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///.fraudops/mlflow.db --port 5000
 
+## monitor-ui: the Evidently UI over every monitor run of the demo at http://127.0.0.1:8001
+monitor-ui: install
+	$(BIN)/evidently ui --workspace .fraudops/evidently --port 8001
+
 ## serve: run the API on embedded defaults at http://127.0.0.1:8000/docs
 serve: install
 	$(BIN)/fraudops serve
@@ -50,4 +54,4 @@ lock:
 clean:
 	rm -rf .fraudops
 
-.PHONY: help install demo test bench mlflow-ui serve lock clean
+.PHONY: help install demo test bench mlflow-ui monitor-ui serve lock clean

@@ -15,6 +15,7 @@ from typing import Literal
 
 import pandas as pd
 from evidently import Report
+from evidently.core.report import Snapshot
 from evidently.metrics import ValueDrift
 from evidently.presets import DataDriftPreset
 
@@ -106,6 +107,7 @@ def rate_drift(current: pd.Series, reference: pd.Series, column: str, p_value: f
 def drift_report(
     references: dict[str, Reference], current: pd.DataFrame, features: list[str], out_dir: Path,
     drift_share: float, min_rows: int, max_missing_share: float, rate_p_value: float = 0.01,
+    snapshots: list[Snapshot] | None = None,
 ) -> DriftSummary:
     """Data drift of all traffic against the champion's reference, prediction drift of each variant's
     scores against its own model's reference; HTML reports and a JSON summary in `out_dir`."""
@@ -122,6 +124,8 @@ def drift_report(
     html = out_dir / "report.html"
     snapshot.save_html(str(html))
     drifted_share, results = _parse(snapshot.dict())
+    kept = snapshots if snapshots is not None else []  # for the Evidently workspace's history
+    kept.append(snapshot)
 
     prediction: dict[str, ColumnDrift] = {}
     decision_rate: dict[str, ColumnDrift] = {}
@@ -135,6 +139,7 @@ def drift_report(
         method = "ks" if len(scored) <= SMALL_SAMPLE else None
         variant_snapshot = Report([ValueDrift(column="score", method=method)]).run(current_data=scored[["score"]], reference_data=reference.frame[["score"]])
         variant_snapshot.save_html(str(out_dir / f"prediction_drift_{variant}.html"))
+        kept.append(variant_snapshot)
         prediction[variant] = _parse(variant_snapshot.dict())[1][0]
         flagged = scored["is_fraud_predicted"] if "is_fraud_predicted" in scored else scored["score"] >= reference.threshold
         decision_rate[variant] = rate_drift(flagged, reference.frame["score"] >= reference.threshold, "flagged", rate_p_value)

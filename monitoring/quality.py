@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 from evidently import BinaryClassification, DataDefinition, Dataset, Report
+from evidently.core.report import Snapshot
 from evidently.presets import ClassificationPreset
 
 from features.offline import read_transactions
@@ -49,7 +50,7 @@ def with_labels(predictions: pd.DataFrame, transactions_dir: Path, as_of: dateti
 
 
 def judge(labelled: pd.DataFrame, shipped: dict[str, tuple[str, float]], out_dir: Path, review_fee: float, top_k: int,
-          max_drop: float, min_frauds: int) -> dict[str, Quality]:
+          max_drop: float, min_frauds: int, snapshots: list[Snapshot] | None = None) -> dict[str, Quality]:
     """Per variant with at least `min_frauds` labelled frauds: its live metrics against the AP it
     shipped with; `dropped` when live AP fell by more than `max_drop` of that."""
     results: dict[str, Quality] = {}
@@ -66,6 +67,8 @@ def judge(labelled: pd.DataFrame, shipped: dict[str, tuple[str, float]], out_dir
         snapshot = Report([ClassificationPreset()]).run(current_data=Dataset.from_pandas(data, data_definition=definition))
         html = out_dir / f"quality_{variant}.html"
         snapshot.save_html(str(html))
+        if snapshots is not None:
+            snapshots.append(snapshot)
         values = {m["config"]["type"].rsplit(":", 1)[-1]: m["value"] for m in snapshot.dict()["metrics"]}
         live_ap = metrics["average_precision"]
         results[variant] = Quality(

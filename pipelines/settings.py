@@ -135,6 +135,10 @@ class Settings(BaseSettings):
         return self.state_dir / "reports"
 
     @property
+    def evidently_dir(self) -> Path:
+        return self.state_dir / "evidently"
+
+    @property
     def model_cache_dir(self) -> Path:
         return self.state_dir / "model-cache"
 

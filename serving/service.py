@@ -7,11 +7,13 @@ import logging
 import queue
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from monitoring.metrics import MonitoringCollector
 from pipelines import registry
 from pipelines.settings import Settings
 from serving import models, predlog
@@ -27,9 +29,10 @@ ALIASES = ("champion", "challenger")
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, reports_dir: Path) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        r.register(MonitoringCollector(reports_dir))  # the newest monitor run, read at scrape time
         self.responses = Counter("fraudops_http_responses_total", "HTTP answers by route and status", ["path", "status"], registry=r)
         self.requests = Counter("fraudops_predictions_total", "Scored transactions; shadow scores are logged, never returned", ["variant", "mode"], registry=r)
         self.latency = Histogram(
@@ -52,7 +55,7 @@ class ScoringService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.router = Router(settings.challenger_share)
-        self.metrics = Metrics()
+        self.metrics = Metrics(settings.reports_dir)
         self.models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
         self.online = OnlineFeatures(settings)

@@ -47,6 +47,20 @@ def test_demo_runs_end_to_end_and_catches_the_drift(tmp_path) -> None:
     assert summary["canary"] == "3"
     monitor = json.loads((report / "monitor.json").read_text())
     assert monitor["reasons"] and monitor["reasons"][0].startswith("drift verdict")
+    # the newest run reaches Prometheus through the API's collector, and the Evidently UI's workspace
+    from evidently.ui.workspace import Workspace
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from monitoring.metrics import MonitoringCollector
+    from monitoring.workspace import PROJECT
+
+    registry = CollectorRegistry()
+    registry.register(MonitoringCollector(settings.reports_dir))
+    exported = generate_latest(registry).decode()
+    assert 'fraudops_drift_verdict{verdict="drift"} 1.0' in exported and "fraudops_retrain_triggered 1.0" in exported
+    workspace = Workspace(str(settings.evidently_dir))
+    project = workspace.search_project(PROJECT)[0]
+    assert len(workspace.list_runs(project.id)) >= 4  # both periods: the data drift report and a score drift report each
     with pytest.raises(httpx.TransportError):  # the demo stops the API it started
         httpx.get(f"{settings.api_url}/healthz", timeout=1.0)
     assert "demo finished" in console.export_text()

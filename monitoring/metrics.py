@@ -1,0 +1,54 @@
+"""The newest monitor run as Prometheus metrics, for dashboards and alert rules.
+
+The monitor is a batch job and Prometheus scrapes services, so the job writes its outcome to
+`reports/latest.json` (whole, by rename) and the API's /metrics reads it at scrape time through this
+collector: no push gateway, and the figures are exactly those of the last report.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+LATEST = "latest.json"
+VERDICTS = ("ok", "warn", "drift", "insufficient_data")
+
+
+class MonitoringCollector(Collector):
+    def __init__(self, reports_dir: Path) -> None:
+        self.path = reports_dir / LATEST
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            run = json.loads(self.path.read_text())
+            stamp = self.path.stat().st_mtime
+        except (OSError, ValueError):  # no monitor run yet: no monitoring metrics, not an error
+            return
+        drift = run["drift"]
+        yield GaugeMetricFamily("fraudops_monitor_last_run_timestamp_seconds", "When the newest monitor run finished", value=stamp)
+        verdict = GaugeMetricFamily("fraudops_drift_verdict", "1 for the newest run's verdict", labels=["verdict"])
+        for name in VERDICTS:
+            verdict.add_metric([name], 1.0 if drift["verdict"] == name else 0.0)
+        yield verdict
+        yield GaugeMetricFamily("fraudops_drifted_feature_share", "Share of features drifted against the champion's reference", value=drift["drifted_share"])
+        yield GaugeMetricFamily("fraudops_missing_feature_share", "Share of answers with defaulted features", value=drift["missing_share"])
+        for key, name, text in (("prediction", "fraudops_score_drifted", "Score distribution drifted, per variant"),
+                                ("decision_rate", "fraudops_decision_rate_drifted", "Share flagged drifted, per variant")):
+            family = GaugeMetricFamily(name, text, labels=["variant"])
+            for variant, column in drift[key].items():
+                family.add_metric([variant], 1.0 if column["drifted"] else 0.0)
+            yield family
+        quality = GaugeMetricFamily("fraudops_live_average_precision", "AP on predictions whose labels arrived, per variant", labels=["variant"])
+        shipped = GaugeMetricFamily("fraudops_shipped_average_precision", "AP on the test window when registered, per variant", labels=["variant"])
+        for variant, q in run["quality"].items():
+            quality.add_metric([variant], q["average_precision"])
+            shipped.add_metric([variant], q["shipped_average_precision"])
+        yield quality
+        yield shipped
+        if run["label_drift"] is not None:
+            yield GaugeMetricFamily("fraudops_label_drifted", "Fraud rate of labelled traffic drifted", value=1.0 if run["label_drift"]["drifted"] else 0.0)
+        yield GaugeMetricFamily("fraudops_retrain_triggered", "The newest run triggered a retrain", value=0.0 if run["retrain"] is None else 1.0)
