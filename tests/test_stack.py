@@ -36,3 +36,23 @@ def test_init_script_creates_a_database_per_service() -> None:
     sql = (REPO_ROOT / "infra" / "postgres" / "init.sql").read_text()
     for database in ("mlflow", "prefect", "feast", "predictions"):
         assert f"CREATE DATABASE {database};" in sql
+
+
+def test_mlflow_server_refuses_the_default_admin_password(tmp_path) -> None:
+    """The compose command of the MLflow service, run by sh as compose would (after interpolation),
+    with a stand-in `mlflow` that records how it was called."""
+    service = yaml.safe_load(COMPOSE.read_text())["services"]["mlflow"]
+    script = service["command"][2].replace("$$", "$")
+    fake = tmp_path / "mlflow"
+    fake.write_text('#!/bin/sh\necho "$@" > "$CALLED"\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "POSTGRES_PASSWORD": "pg", "CALLED": str(tmp_path / "called")}
+    refused = subprocess.run(["sh", "-c", script], env={**env, "MLFLOW_ADMIN_PASSWORD": "password1234"}, capture_output=True, text=True)
+    assert refused.returncode == 1 and "default admin password" in refused.stderr
+    assert not (tmp_path / "called").exists()
+    started = subprocess.run(["sh", "-c", script.replace("/tmp/basic_auth.ini", str(tmp_path / "auth.ini"))],
+                             env={**env, "MLFLOW_ADMIN_PASSWORD": "s3cret"}, capture_output=True, text=True)
+    assert started.returncode == 0, started.stderr
+    assert "--app-name basic-auth" in (tmp_path / "called").read_text()
+    auth = (tmp_path / "auth.ini").read_text()
+    assert "admin_password = s3cret" in auth and "mlflow_auth" in auth
