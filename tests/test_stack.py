@@ -56,3 +56,13 @@ def test_mlflow_server_refuses_the_default_admin_password(tmp_path) -> None:
     assert "--app-name basic-auth" in (tmp_path / "called").read_text()
     auth = (tmp_path / "auth.ini").read_text()
     assert "admin_password = s3cret" in auth and "mlflow_auth" in auth
+
+
+def test_github_workflow_matches_the_workflow_schema() -> None:
+    workflow = REPO_ROOT / ".github" / "workflows" / "ci.yml"
+    checker = Path(sys.executable).parent / "check-jsonschema"
+    result = subprocess.run([str(checker), "--builtin-schema", "vendor.github-workflows", str(workflow)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    jobs = yaml.safe_load(workflow.read_text())["jobs"]
+    steps = [step.get("run", "") for step in jobs["test"]["steps"]]
+    assert "make test" in steps and set(jobs["test"]["services"]) == {"postgres", "redis"}
