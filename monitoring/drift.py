@@ -52,6 +52,8 @@ class DriftSummary:
     prediction: dict[str, ColumnDrift] = field(default_factory=dict)  # score drift per variant
     decision_rate: dict[str, ColumnDrift] = field(default_factory=dict)  # share flagged, per variant
     missing_share: float = 0.0  # answers with at least one defaulted feature
+    out_of_range: dict[str, float] = field(default_factory=dict)  # share outside the reference's range, per feature
+    new_values: dict[str, list[float]] = field(default_factory=dict)  # unseen values of few-valued features
     columns: list[ColumnDrift] = field(default_factory=list)
     excluded: dict[str, str] = field(default_factory=dict)
     html: str | None = None
@@ -94,6 +96,32 @@ def _parse(snapshot_dict: dict) -> tuple[float, list[ColumnDrift]]:
     return drifted_share, results
 
 
+CATEGORY_LIMIT = 10  # a feature with at most this many distinct reference values is treated as categorical
+
+
+def value_checks(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str]) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Data quality that drift tests do not see: values outside anything the model was validated on
+    (a distance can stay small while 1% of amounts are ten times the reference maximum), and new
+    values of categorical features (a flag that was 0/1 and now is 2)."""
+    out_of_range: dict[str, float] = {}
+    new_values: dict[str, list[float]] = {}
+    for column in columns:
+        seen = reference[column].dropna()
+        live = current[column].dropna()
+        if seen.empty or live.empty:
+            continue
+        known = seen.unique()
+        if len(known) <= CATEGORY_LIMIT:
+            unseen = sorted(set(live.unique()) - set(known))
+            if unseen:
+                new_values[column] = [float(v) for v in unseen[:CATEGORY_LIMIT]]
+            continue
+        share = float(((live < seen.min()) | (live > seen.max())).mean())
+        if share > 0:
+            out_of_range[column] = share
+    return out_of_range, new_values
+
+
 def rate_drift(current: pd.Series, reference: pd.Series, column: str, p_value: float) -> ColumnDrift:
     """Drift of a rare 0/1 rate (decisions, frauds): a two-proportion z-test. Evidently's default for a
     binary column at this size is a Jensen-Shannon distance with a 0.1 cut, blind to 1.1% -> 3.0%."""
@@ -107,7 +135,7 @@ def rate_drift(current: pd.Series, reference: pd.Series, column: str, p_value: f
 def drift_report(
     references: dict[str, Reference], current: pd.DataFrame, features: list[str], out_dir: Path,
     drift_share: float, min_rows: int, max_missing_share: float, rate_p_value: float = 0.01,
-    snapshots: list[Snapshot] | None = None,
+    snapshots: list[Snapshot] | None = None, max_out_of_range_share: float = 0.01,
 ) -> DriftSummary:
     """Data drift of all traffic against the champion's reference, prediction drift of each variant's
     scores against its own model's reference; HTML reports and a JSON summary in `out_dir`."""
@@ -120,6 +148,7 @@ def drift_report(
     # Drift tests drop nulls, so the share of answers with defaulted features is checked on its own.
     missing_share = float((current["features_missing"] > 0).mean()) if "features_missing" in current else 0.0
     columns, excluded = _usable(champion, current, features)
+    out_of_range, new_values = value_checks(champion, current, [f for f in features if f in current])
     snapshot = Report([DataDriftPreset(columns=columns, drift_share=drift_share)]).run(current_data=current[columns], reference_data=champion[columns])
     html = out_dir / "report.html"
     snapshot.save_html(str(html))
@@ -145,10 +174,11 @@ def drift_report(
         decision_rate[variant] = rate_drift(flagged, reference.frame["score"] >= reference.threshold, "flagged", rate_p_value)
 
     verdict: Verdict = "ok"
-    if missing_share > max_missing_share:
+    if missing_share > max_missing_share or new_values or any(v > max_out_of_range_share for v in out_of_range.values()):
         verdict = "warn"
     if drifted_share >= drift_share or any(c.drifted for c in [*prediction.values(), *decision_rate.values()]):
         verdict = "drift"
-    summary = DriftSummary(verdict, len(current), len(champion), drifted_share, prediction, decision_rate, missing_share, results, excluded, str(html))
+    summary = DriftSummary(verdict, len(current), len(champion), drifted_share, prediction, decision_rate, missing_share,
+                           out_of_range, new_values, results, excluded, str(html))
     (out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
     return summary

@@ -286,7 +286,8 @@ def monitor_flow(settings: Settings | None = None, label: str = "latest", since:
         current = references.frames["champion"].frame.iloc[0:0]
     snapshots: list[Snapshot] = []
     drift = drift_report(references.frames, current, references.features, out_dir, settings.drift_share,
-                         settings.min_rows, settings.max_missing_share, settings.rate_drift_p_value, snapshots)
+                         settings.min_rows, settings.max_missing_share, settings.rate_drift_p_value, snapshots,
+                         settings.max_out_of_range_share)
     as_of = until or (current["timestamp"].max() if len(current) else datetime.now(timezone.utc).replace(tzinfo=None))
     matured_until = as_of - timedelta(days=settings.label_delay_days)
     logged = predlog.read(settings, matured_until - timedelta(days=settings.quality_days), matured_until)

@@ -94,6 +94,7 @@ class Settings(BaseSettings):
     # Monitoring verdict: share of drifted features above which the dataset counts as drifted.
     drift_share: float = Field(0.3, gt=0.0, le=1.0)
     max_missing_share: float = Field(0.05, ge=0, le=1, description="Share of answers with defaulted features that warns.")
+    max_out_of_range_share: float = Field(0.01, ge=0, le=1, description="Share of a feature's live values outside its reference range that warns.")
     min_rows: int = Field(200, ge=1, description="Fewer logged predictions than this give insufficient_data.")
     rate_drift_p_value: float = Field(0.01, gt=0, lt=1, description="z-test level for the decision rate and the labelled fraud rate.")
     # Quality once labels arrive (label_delay_days after the transaction), and acting on the evidence.

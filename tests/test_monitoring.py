@@ -112,3 +112,15 @@ def test_a_fraud_wave_shows_in_the_labels_and_a_stable_period_does_not(tmp_path,
     labelled = read_transactions(tmp_path, "timestamp >= TIMESTAMP '2025-05-05' AND timestamp < TIMESTAMP '2025-05-12'")
     result = rate_drift(labelled["is_fraud"], reference["is_fraud"], "is_fraud", p_value=0.01)
     assert result.method == "z" and result.drifted is detected
+
+
+def test_out_of_range_values_and_new_categories_warn(tmp_path) -> None:
+    calm = run(tmp_path, live(traffic(3_000, 7)))
+    assert not calm.new_values and all(share < 0.01 for share in calm.out_of_range.values())
+    current = live(traffic(3_000, 7))
+    current.loc[:34, "amount"] = traffic(5_000, 0)["amount"].max() * 1.02  # 1.2% just beyond the reference: too few to move a drift test
+    current.loc[:4, "is_night"] = 2.0  # a flag with a value it never had
+    summary = run(tmp_path, current)
+    assert summary.out_of_range["amount"] >= 35 / 3_000 and not any(c.drifted for c in summary.columns)
+    assert summary.new_values == {"is_night": [2.0]}
+    assert summary.verdict == "warn"
