@@ -53,7 +53,7 @@ class DriftSummary:
     decision_rate: dict[str, ColumnDrift] = field(default_factory=dict)  # share flagged, per variant
     missing_share: float = 0.0  # answers with at least one defaulted feature
     out_of_range: dict[str, float] = field(default_factory=dict)  # share outside the reference's range, per feature
-    new_values: dict[str, list[float]] = field(default_factory=dict)  # unseen values of few-valued features
+    new_values: dict[str, list[float]] = field(default_factory=dict)  # values other than 0/1 in a flag
     columns: list[ColumnDrift] = field(default_factory=list)
     excluded: dict[str, str] = field(default_factory=dict)
     html: str | None = None
@@ -96,13 +96,11 @@ def _parse(snapshot_dict: dict) -> tuple[float, list[ColumnDrift]]:
     return drifted_share, results
 
 
-CATEGORY_LIMIT = 10  # a feature with at most this many distinct reference values is treated as categorical
-
-
 def value_checks(reference: pd.DataFrame, current: pd.DataFrame, columns: list[str]) -> tuple[dict[str, float], dict[str, list[float]]]:
     """Data quality that drift tests do not see: values outside anything the model was validated on
     (a distance can stay small while 1% of amounts are ten times the reference maximum), and new
-    values of categorical features (a flag that was 0/1 and now is 2)."""
+    values of the 0/1 flags (a flag that now says 2). The features here have no other categories:
+    a sparse ratio such as a 1-day terminal risk takes few values and is still numeric."""
     out_of_range: dict[str, float] = {}
     new_values: dict[str, list[float]] = {}
     for column in columns:
@@ -110,11 +108,10 @@ def value_checks(reference: pd.DataFrame, current: pd.DataFrame, columns: list[s
         live = current[column].dropna()
         if seen.empty or live.empty:
             continue
-        known = seen.unique()
-        if len(known) <= CATEGORY_LIMIT:
-            unseen = sorted(set(live.unique()) - set(known))
+        if set(seen.unique()) <= {0, 1}:
+            unseen = sorted(set(live.unique()) - {0, 1})
             if unseen:
-                new_values[column] = [float(v) for v in unseen[:CATEGORY_LIMIT]]
+                new_values[column] = [float(v) for v in unseen[:10]]
             continue
         share = float(((live < seen.min()) | (live > seen.max())).mean())
         if share > 0:
