@@ -164,7 +164,13 @@ def run(settings: Settings, console: Console) -> dict[str, object]:
                       f"(no model: {trained['champion']['test_cost_of_no_model']:,.0f})")
     for period, verdict in verdicts.items():
         table.add_row(f"drift, {period} period", f"{verdict.verdict}: {os.path.relpath(str(verdict.drift.html))}")
+    for period, outcome in verdicts.items():
+        if outcome.retrain is not None:
+            served = "served by the canary" if summary.get("canary") else "not served"
+            table.add_row(f"retrain after the {period} period", f"v{outcome.retrain['version']}: {outcome.retrain['gate']}, {served}; "
+                          f"why in {os.path.relpath(settings.reports_dir / period / 'monitor.json')}")
     table.add_row("MLflow UI", "make mlflow-ui  →  http://127.0.0.1:5000")
+    table.add_row("Evidently UI (every monitor run)", "make monitor-ui  →  http://127.0.0.1:8001")
     table.add_row("API docs", f"make serve  →  {settings.api_url}/docs")
     table.add_row("prediction log", os.path.relpath(settings.predictions_dir))
     console.print(table)

@@ -147,6 +147,7 @@ def log_and_register(result: TrainResult, frame: pd.DataFrame, windows: Windows,
     example = frame[features].head(5).astype("float64")  # counts may be missing online: doubles, not ints
     ap = result.metrics["test_average_precision"]
     passed = ap >= settings.min_average_precision
+    gate = "passed" if passed else f"failed: test AP {ap:.3f} < min_average_precision {settings.min_average_precision}"
     with mlflow.start_run(run_name=f"lightgbm-{result.config.num_leaves}-leaves") as run:
         mlflow.log_params({**asdict(result.config), "threshold": result.threshold, "train_rows": result.train_rows})
         mlflow.log_metrics({**result.metrics, **result.selection})
@@ -159,7 +160,7 @@ def log_and_register(result: TrainResult, frame: pd.DataFrame, windows: Windows,
                 "test_window": f"{windows.test_start.date()}..{windows.test_end.date()}",
                 "fingerprint": fingerprint,
                 "trigger": trigger,
-                "gate": "passed" if passed else f"failed: test AP {ap:.3f} < {settings.min_average_precision}",
+                "gate": gate,
             }
         )
         mlflow.log_dict(_redacted(settings), "settings.json")
@@ -177,7 +178,7 @@ def log_and_register(result: TrainResult, frame: pd.DataFrame, windows: Windows,
             reference = Path(tmp) / REFERENCE_FILE
             result.reference.to_parquet(reference, index=False)
             mlflow.log_artifact(str(reference), artifact_path="reference")
-    outcome: dict[str, object] = {"run_id": run.info.run_id, "version": None, "alias": None, "gate": "passed" if passed else "failed", **result.metrics}
+    outcome: dict[str, object] = {"run_id": run.info.run_id, "version": None, "alias": None, "gate": gate, **result.metrics}
     if not passed:
         return outcome
     version = mlflow.register_model(info.model_uri, settings.model_name, tags={"fingerprint": fingerprint}).version

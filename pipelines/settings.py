@@ -49,7 +49,10 @@ class Settings(BaseSettings):
     prequential_folds: int = Field(2, ge=1, description="Shifted validation folds for model selection.")
     prequential_step_days: int = Field(7, ge=1)
     max_false_positive_rate: float = Field(0.01, gt=0, lt=1, description="Recall is reported at this false-positive rate.")
-    min_average_precision: float = Field(0.2, ge=0, le=1, description="Promotion gate: a candidate below this is not registered.")
+    # A floor that catches a broken candidate, not a contest: AP depends on the test window's fraud
+    # rate (the demo's windows range from 0.5% to 1%), and a challenger proves itself against the
+    # champion on live traffic, behind the canary's guardrails, before anyone promotes it.
+    min_average_precision: float = Field(0.1, ge=0, le=1, description="Promotion gate: a candidate below this is not registered.")
     min_train_frauds: int = Field(20, ge=1, description="Data check: fewer frauds than this in the train window fails the run.")
     review_fee: float = Field(5.0, ge=0, description="Cost of one false alarm (an analyst's review).")
     top_k: int = Field(100, ge=1, description="Daily review capacity: cards an analyst team can check per day.")
