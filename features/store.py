@@ -83,4 +83,4 @@ def latest_snapshot(settings: Settings) -> datetime:
     import duckdb
 
     path = settings.features_dir / "customer_features.parquet"
-    return duckdb.sql(f"SELECT MAX(event_timestamp) FROM read_parquet('{path}')").fetchone()[0]
+    return duckdb.sql(f"SELECT MAX(event_timestamp) FROM read_parquet('{path}')").fetchall()[0][0]
