@@ -1,0 +1,177 @@
+"""The compose stack as native processes: each service's command and environment are read from
+docker-compose.yml, with the compose hosts mapped to this machine and a fresh database per
+`CREATE DATABASE` of infra/postgres/init.sql. Then bootstrap, a second training, promote, serve and
+monitor run across the MLflow server (basic auth, PostgreSQL), the Prefect server (PostgreSQL), the
+Feast registry (PostgreSQL) and online store (Redis), and the prediction log (PostgreSQL), and each
+store is checked. What compose would run is what runs here, so the two cannot silently diverge."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from pipelines.settings import REPO_ROOT
+from tests.conftest import TINY, require_service
+
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
+SECRETS = {"POSTGRES_PASSWORD": "unused-with-trust-auth", "FRAUDOPS_ADMIN_TOKEN": "admin-token",
+           "MLFLOW_ADMIN_PASSWORD": "not-the-default", "MLFLOW_SECRET_KEY": "k", "GRAFANA_ADMIN_PASSWORD": "g"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Stack:
+    """Compose's names mapped to this machine: databases with a suffix, hosts to 127.0.0.1, ports free."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+        self.tmp = tmp
+        self.suffix = uuid.uuid4().hex[:8]
+        self.databases = re.findall(r"CREATE DATABASE (\w+);", (REPO_ROOT / "infra" / "postgres" / "init.sql").read_text())
+        self.ports = {"mlflow": free_port(), "prefect-server": free_port(), "api": free_port()}
+
+    def localize(self, text: str) -> str:
+        text = re.sub(r"\$\{(\w+)(:\?[^}]*)?\}", lambda m: SECRETS[m.group(1)], str(text)).replace("$$", "$")
+        for database in sorted(self.databases, key=len, reverse=True):
+            text = re.sub(rf"@postgres:5432/{database}\b", f"@127.0.0.1:5432/{database}_{self.suffix}", text)
+        text = text.replace("redis:6379", "127.0.0.1:6379,db=11").replace("/state", str(self.tmp / "state"))
+        text = text.replace("/tmp/basic_auth.ini", str(self.tmp / "basic_auth.ini"))
+        for service, port in self.ports.items():
+            text = text.replace(f"http://{service}:", f"http://127.0.0.1:{port}#:")
+        text = re.sub(r"#:\d+", "", text)
+        return text.replace("0.0.0.0", "127.0.0.1")
+
+    def env(self, service: str) -> dict[str, str]:
+        variables = {k: self.localize(v) for k, v in (self.compose["services"][service].get("environment") or {}).items()}
+        return {**os.environ, **variables, "PATH": f"{BIN}:{os.environ['PATH']}", "PREFECT_HOME": str(self.tmp / f"prefect-{service}")}
+
+    def command(self, service: str, port_flag: str | None = None) -> list[str]:
+        command = self.compose["services"][service]["command"]
+        command = ["sh", "-c", command] if isinstance(command, str) else list(command)
+        command = [self.localize(part) for part in command]
+        if port_flag is not None:  # the service's own port, free on this machine
+            port = str(self.ports[service])
+            command = [re.sub(rf"{port_flag} \d+", f"{port_flag} {port}", part) for part in command]
+            command = [port if prev == port_flag else part for prev, part in zip(["", *command], command)]
+        return command
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    require_service("PostgreSQL", "127.0.0.1", 5432)
+    require_service("Redis", "127.0.0.1", 6379)
+    import psycopg
+    import redis
+
+    stack = Stack(tmp_path)
+    (tmp_path / "state").mkdir()
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        for database in stack.databases:
+            conn.execute(f'CREATE DATABASE "{database}_{stack.suffix}"')
+    redis.Redis(host="127.0.0.1", port=6379, db=11).flushdb()
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        stack.start = lambda service, flag: processes.append(subprocess.Popen(  # type: ignore[attr-defined]
+            stack.command(service, flag), env=stack.env(service), stdout=open(tmp_path / f"{service}.log", "wb"), stderr=subprocess.STDOUT))
+        yield stack
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=30)
+        redis.Redis(host="127.0.0.1", port=6379, db=11).flushdb()
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+            for database in stack.databases:
+                conn.execute(f'DROP DATABASE IF EXISTS "{database}_{stack.suffix}" WITH (FORCE)')
+
+
+def wait_for(url: str, log: Path, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2.0).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not up in {timeout:.0f}s:\n{log.read_text()[-3000:]}")
+
+
+def test_compose_services_run_natively_end_to_end(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp = stack.tmp
+    stack.start("mlflow", "--port")  # type: ignore[attr-defined]
+    stack.start("prefect-server", "--port")  # type: ignore[attr-defined]
+    wait_for(f"http://127.0.0.1:{stack.ports['mlflow']}/health", tmp / "mlflow.log")
+    wait_for(f"http://127.0.0.1:{stack.ports['prefect-server']}/api/health", tmp / "prefect-server.log")
+
+    tiny = {f"FRAUDOPS_{k.upper()}": str(v) for k, v in TINY.items()}
+    env = {**stack.env("bootstrap"), **tiny}
+
+    def run(command: list[str] | str) -> str:
+        shell = ["sh", "-c", command] if isinstance(command, str) else command
+        done = subprocess.run(shell, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"{command}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        return done.stdout
+
+    run(stack.command("bootstrap")[2])  # simulate, feast apply, materialize, train: the first champion
+    run(["fraudops", "train", "--num-leaves", "15"])  # a challenger
+    run(["fraudops", "promote", "--reason", "native stack test"])
+
+    api_env = {**stack.env("api"), **tiny, "FRAUDOPS_MODEL_POLL_SECONDS": "1"}
+    api = subprocess.Popen(stack.command("api", "--port"), env=api_env, stdout=open(tmp / "api.log", "wb"), stderr=subprocess.STDOUT)
+    try:
+        base = f"http://127.0.0.1:{stack.ports['api']}"
+        wait_for(f"{base}/readyz", tmp / "api.log")
+        assert httpx.get(f"{base}/readyz").json()["models"]["champion"] == {"version": "2", "source": "registry"}
+        n = 250
+        for i in range(n):
+            tx = {"transaction_id": f"n{i}", "customer_id": str(i % 300), "terminal_id": str(i % 600), "amount": 20.0 + i % 50,
+                  "timestamp": "2025-05-09T10:00:00Z"}
+            answer = httpx.post(f"{base}/predict", json=tx, timeout=10.0)
+            assert answer.status_code == 200, answer.text
+        assert not answer.json()["degraded"]  # features came from Redis
+    finally:
+        api.terminate()
+        api.wait(timeout=30)  # the prediction log flushes on the way out
+    monitored = run(["fraudops", "monitor", "--label", "native"])
+    assert "drift verdict" in monitored
+
+    # every store holds what the run put there
+    import psycopg
+    import redis
+    from mlflow import MlflowClient
+
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(key, env[key])
+    client = MlflowClient(env["FRAUDOPS_MLFLOW_TRACKING_URI"])
+    model = client.get_registered_model("fraud-detector")
+    assert model.aliases["champion"] == "2"  # the monitor may have retrained a new challenger on top
+    assert client.get_model_version("fraud-detector", "2").tags["promoted_reason"] == "native stack test"
+    with pytest.raises(Exception):  # basic auth is on: no credentials, no registry
+        httpx.get(f"{env['FRAUDOPS_MLFLOW_TRACKING_URI']}/api/2.0/mlflow/registered-models/get", params={"name": "fraud-detector"}).raise_for_status()
+    with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/predictions_{stack.suffix}") as conn:
+        assert conn.execute("SELECT count(*) FROM prediction_log").fetchone()[0] == n
+    with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/feast_{stack.suffix}") as conn:
+        assert conn.execute("SELECT count(*) FROM feature_views").fetchone()[0] >= 2
+    assert redis.Redis(host="127.0.0.1", port=6379, db=11).dbsize() > 0
+    prefect = f"http://127.0.0.1:{stack.ports['prefect-server']}/api"
+    flows = {f["id"]: f["name"] for f in httpx.post(f"{prefect}/flows/filter", json={}).json()}
+    runs = httpx.post(f"{prefect}/flow_runs/filter", json={}).json()
+    completed = {flows[r["flow_id"]] for r in runs if r["state_type"] == "COMPLETED"}
+    assert {"features", "train", "monitor"} <= completed  # the flows ran against the Prefect server
