@@ -31,8 +31,14 @@ test: install
 	$(BIN)/python -m pytest -q
 
 ## bench: measure every part beside a peer in the same run (tables; JSON with BENCH_JSON=path)
-bench: install
+bench: install bench-tools
 	$(BIN)/fraudops bench $(if $(BENCH_JSON),--json $(BENCH_JSON))
+
+# The serving section's load generators, from Debian's packages (installed when running as root).
+bench-tools:
+	@command -v wrk >/dev/null && command -v hey >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk hey >/dev/null; } || \
+	  { echo "make bench needs wrk and hey (Debian packages wrk and hey) for its serving section"; exit 1; }
 
 ## mlflow-ui: browse runs and the model registry of the demo at http://127.0.0.1:5000
 mlflow-ui: install
@@ -54,4 +60,4 @@ lock:
 clean:
 	rm -rf .fraudops
 
-.PHONY: help install demo test bench mlflow-ui monitor-ui serve lock clean
+.PHONY: help install demo test bench bench-tools mlflow-ui monitor-ui serve lock clean
