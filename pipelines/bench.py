@@ -19,7 +19,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.runtime import quiet_stdout, service_available
+from pipelines.runtime import quiet_stdout, service_available, wait_until_up
 from pipelines.settings import Settings
 
 REDIS_URL = "127.0.0.1:6379,db=9"
@@ -205,22 +205,6 @@ def _hey(url: str, body: str, seconds: int, rate: int) -> tuple[float, float, fl
     return achieved, p50, p99
 
 
-def _wait(url: str, process: object, timeout: float = 180.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:  # type: ignore[attr-defined]
-            raise RuntimeError(f"server for {url} exited early")
-        try:
-            if httpx.get(url, timeout=1.0).status_code < 500:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not ready in {timeout:.0f}s")
-
-
 def serving_section(settings: Settings, scale: str, repeat: int) -> Section:
     """Our API as users call it, with features passed in, `mlflow models serve` at equal work, and a
     constant ASGI app, each at the same worker count, loaded by wrk from this machine."""
@@ -270,7 +254,7 @@ def serving_section(settings: Settings, scale: str, repeat: int) -> Section:
         for name, command in commands.items():
             processes[name] = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for name, process in processes.items():
-            _wait(f"http://127.0.0.1:{ports[name]}{health[name]}", process)
+            wait_until_up(f"http://127.0.0.1:{ports[name]}{health[name]}", process, timeout=180.0)
         time.sleep(3)
         body_full = "string.format('{\"transaction_id\":\"t%d\",\"customer_id\":\"%d\",\"terminal_id\":\"%d\",\"amount\":%d.5,\"timestamp\":\"" + transaction["timestamp"] + "\"}', counter, counter % " + str(s.customers) + ", counter % " + str(s.terminals) + ", counter % 300)"
         body_features = "'" + json.dumps({"transaction": transaction, "features": json.loads(row_json)}).replace("'", "\\'") + "'"

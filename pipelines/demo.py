@@ -20,7 +20,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.runtime import prepare, quiet_stdout
+from pipelines.runtime import prepare, quiet_stdout, wait_until_up
 from pipelines.settings import Settings
 
 PRODUCTION_DAYS = 2  # days replayed per period: enough rows for a drift test, quick on 2 cores
@@ -44,18 +44,7 @@ def running_api(settings: Settings, timeout: float = 120.0) -> Iterator[subproce
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, env=settings_env(settings), stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"the API exited with {process.returncode}; see {log_path}")
-            try:
-                if httpx.get(f"{settings.api_url}/readyz", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the API was not ready within {timeout:.0f}s; see {log_path}")
-            time.sleep(0.3)
+        wait_until_up(f"{settings.api_url}/readyz", process, timeout, log_path)
         yield process
     finally:
         process.terminate()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import tempfile
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ from monitoring.metrics import LATEST
 from monitoring.quality import Quality, judge, with_labels
 from pipelines import registry
 from pipelines.plots import write_plots
+from pipelines.runtime import write_atomically
 from pipelines.settings import Settings
 from pipelines.training import ModelConfig, TrainResult, Windows, train, window
 from serving import predlog
@@ -314,8 +314,6 @@ def monitor_flow(settings: Settings | None = None, label: str = "latest", since:
     workspace.record(settings.evidently_dir, label, snapshots)  # history for the Evidently UI
     text = json.dumps(asdict(outcome), indent=2, default=str)
     (out_dir / "monitor.json").write_text(text)
-    partial = settings.reports_dir / ".latest.json.tmp"  # what /metrics exports: the newest run, whole
-    partial.write_text(text)
-    os.replace(partial, settings.reports_dir / LATEST)
+    write_atomically(settings.reports_dir / LATEST, text)  # what /metrics exports: the newest run, whole
     get_run_logger().info("drift verdict %s over %d predictions; retrain: %s", drift.verdict, drift.current_rows, retrain)
     return outcome

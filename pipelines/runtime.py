@@ -7,9 +7,11 @@ import io
 import logging
 import os
 import socket
+import subprocess
+import time
 import warnings
-
 from collections.abc import Iterator
+from pathlib import Path
 
 from pipelines.settings import Settings
 
@@ -46,6 +48,35 @@ def service_available(host: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write beside, then rename over: a reader (the API's scrape, a starting worker) sees the old
+    file or the new one, never half of one."""
+    partial = path.with_name(f".{path.name}.tmp")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+def wait_until_up(url: str, process: subprocess.Popen[bytes] | None = None, timeout: float = 120.0, log: Path | None = None) -> None:
+    """Poll `url` until the server answers below 500 (a /readyz says 503 until its models are
+    loaded); fail at once if `process` exits, and show the end of its `log` when it does not come up."""
+    import httpx
+
+    def failure(reason: str) -> str:
+        return f"{url}: {reason}" + (f"; see {log}:\n{log.read_text(errors='replace')[-3000:]}" if log is not None else "")
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(failure(f"the server exited with {process.returncode}"))
+        try:
+            if httpx.get(url, timeout=2.0).status_code < 500:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(failure(f"not up within {timeout:.0f}s"))
 
 
 @contextlib.contextmanager

@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
-import os
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 
+from pipelines.runtime import write_atomically
 from pipelines.settings import Settings
 
 log = logging.getLogger("fraudops.models")
@@ -86,9 +86,7 @@ def _write_cache(settings: Settings, model: LoadedModel) -> None:
     target.mkdir(parents=True, exist_ok=True)
     meta = {"version": model.version, "features": list(model.features), "threshold": model.threshold}
     for name, text in (("model.txt", model.booster.model_to_string()), ("meta.json", json.dumps(meta))):
-        partial = target / f".{name}.tmp"
-        partial.write_text(text)
-        os.replace(partial, target / name)
+        write_atomically(target / name, text)
 
 
 def load_cached(settings: Settings, alias: str) -> LoadedModel | None:

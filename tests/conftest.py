@@ -10,6 +10,7 @@ import pytest
 
 import logging
 import shutil
+import socket
 
 from pipelines.runtime import prepare, service_available
 from pipelines.settings import Settings
@@ -23,6 +24,12 @@ TINY = dict(customers=300, terminals=600, days=50, train_start_day=10, train_day
 
 def tiny_settings(state_dir: Path, **overrides: object) -> Settings:
     return Settings(state_dir=state_dir, **{**TINY, **overrides})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def require_service(name: str, host: str, port: int) -> None:

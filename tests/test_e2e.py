@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import httpx
 import pytest
 from rich.console import Console
 
 from pipelines.demo import run
-from tests.conftest import tiny_settings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import free_port, tiny_settings
 
 
 @pytest.mark.e2e

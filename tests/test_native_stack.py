@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,18 +20,13 @@ import pytest
 import yaml
 
 from pipelines.settings import REPO_ROOT
-from tests.conftest import TINY, require_service
+from pipelines.runtime import wait_until_up
+from tests.conftest import TINY, free_port, require_service
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
 SECRETS = {"POSTGRES_PASSWORD": "unused-with-trust-auth", "FRAUDOPS_ADMIN_TOKEN": "admin-token",
            "MLFLOW_ADMIN_PASSWORD": "not-the-default", "MLFLOW_SECRET_KEY": "k", "GRAFANA_ADMIN_PASSWORD": "g"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Stack:
@@ -45,6 +38,18 @@ class Stack:
         self.suffix = uuid.uuid4().hex[:8]
         self.databases = re.findall(r"CREATE DATABASE (\w+);", (REPO_ROOT / "infra" / "postgres" / "init.sql").read_text())
         self.ports = {"mlflow": free_port(), "prefect-server": free_port(), "api": free_port()}
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, service: str, port_flag: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """The service's compose command on its own port, logging to `<service>.log`."""
+        with open(self.log(service), "wb") as log:
+            process = subprocess.Popen(self.command(service, port_flag), env={**self.env(service), **(extra_env or {})},
+                                       stdout=log, stderr=subprocess.STDOUT)
+        self.processes.append(process)
+        return process
+
+    def log(self, service: str) -> Path:
+        return self.tmp / f"{service}.log"
 
     def localize(self, text: str) -> str:
         text = re.sub(r"\$\{(\w+)(:\?[^}]*)?\}", lambda m: SECRETS[m.group(1)], str(text)).replace("$$", "$")
@@ -85,15 +90,12 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         for database in stack.databases:
             conn.execute(f'CREATE DATABASE "{database}_{stack.suffix}"')
     redis.Redis(host="127.0.0.1", port=6379, db=11).flushdb()
-    processes: list[subprocess.Popen[bytes]] = []
     try:
-        stack.start = lambda service, flag: processes.append(subprocess.Popen(  # type: ignore[attr-defined]
-            stack.command(service, flag), env=stack.env(service), stdout=open(tmp_path / f"{service}.log", "wb"), stderr=subprocess.STDOUT))
         yield stack
     finally:
-        for process in processes:
+        for process in stack.processes:
             process.terminate()
-        for process in processes:
+        for process in stack.processes:
             process.wait(timeout=30)
         redis.Redis(host="127.0.0.1", port=6379, db=11).flushdb()
         with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
@@ -101,24 +103,11 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
                 conn.execute(f'DROP DATABASE IF EXISTS "{database}_{stack.suffix}" WITH (FORCE)')
 
 
-def wait_for(url: str, log: Path, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2.0).status_code < 500:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} not up in {timeout:.0f}s:\n{log.read_text()[-3000:]}")
-
-
 def test_compose_services_run_natively_end_to_end(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
-    tmp = stack.tmp
-    stack.start("mlflow", "--port")  # type: ignore[attr-defined]
-    stack.start("prefect-server", "--port")  # type: ignore[attr-defined]
-    wait_for(f"http://127.0.0.1:{stack.ports['mlflow']}/health", tmp / "mlflow.log")
-    wait_for(f"http://127.0.0.1:{stack.ports['prefect-server']}/api/health", tmp / "prefect-server.log")
+    servers = {"mlflow": "/health", "prefect-server": "/api/health"}
+    started = {service: stack.start(service, "--port") for service in servers}  # both boot at once
+    for service, health in servers.items():
+        wait_until_up(f"http://127.0.0.1:{stack.ports[service]}{health}", started[service], log=stack.log(service))
 
     tiny = {f"FRAUDOPS_{k.upper()}": str(v) for k, v in TINY.items()}
     env = {**stack.env("bootstrap"), **tiny}
@@ -133,11 +122,10 @@ def test_compose_services_run_natively_end_to_end(stack: Stack, monkeypatch: pyt
     run(["fraudops", "train", "--num-leaves", "15"])  # a challenger
     run(["fraudops", "promote", "--reason", "native stack test"])
 
-    api_env = {**stack.env("api"), **tiny, "FRAUDOPS_MODEL_POLL_SECONDS": "1"}
-    api = subprocess.Popen(stack.command("api", "--port"), env=api_env, stdout=open(tmp / "api.log", "wb"), stderr=subprocess.STDOUT)
+    api = stack.start("api", "--port", {**tiny, "FRAUDOPS_MODEL_POLL_SECONDS": "1"})
     try:
         base = f"http://127.0.0.1:{stack.ports['api']}"
-        wait_for(f"{base}/readyz", tmp / "api.log")
+        wait_until_up(f"{base}/readyz", api, log=stack.log("api"))
         assert httpx.get(f"{base}/readyz").json()["models"]["champion"] == {"version": "2", "source": "registry"}
         n = 250
         for i in range(n):
