@@ -3,18 +3,22 @@ trained pipeline reused by the tests that need models."""
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
+import socket
+import tempfile
 from pathlib import Path
 
 import pytest
 
-import logging
-import shutil
-import socket
-
 from pipelines.runtime import prepare, service_available
 from pipelines.settings import Settings
 
+# Prefect reads its settings once, when it is first imported, and some test modules import it at
+# collection: the process-wide set-up (its home, its 90 s start-up limit) has to come before that.
+# Without it the ephemeral server got Prefect's default 20 s to start, too little on a slow machine.
+prepare(Settings(state_dir=Path(tempfile.mkdtemp(prefix="fraudops-tests-"))))
 # Prefect stops its temporary server at interpreter exit, after pytest closed the captured streams.
 logging.raiseExceptions = False
 
