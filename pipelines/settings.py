@@ -85,9 +85,11 @@ class Settings(BaseSettings):
     # targets a broken challenger (constant, inverted or rescaled scores), not a different one.
     guardrail_max_psi: float = Field(1.0, gt=0)
     model_poll_seconds: float = Field(10.0, ge=0, description="How often each worker follows the registry's aliases and routing; 0: only on /admin/reload.")
-    predict_timeout_ms: float = Field(250.0, gt=0, description="Time limit of one prediction (a batch gets it per transaction); past it, 503.")
+    predict_timeout_ms: float = Field(250.0, gt=0, description="Time limit of one prediction that reads the online store (a batch gets it per transaction); past it, 503.")
     scoring_threads: int = Field(4, ge=1, le=64, description="Threads per worker that run predictions off the event loop.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="INFO writes one JSON access line per request.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="INFO writes JSON access lines (see access_log_sample).")
+    access_log_sample: float = Field(0.01, ge=0, le=1, description="Share of successful requests that get an access line; every other answer gets one always. The prediction log and /metrics count every request.")
+    opentelemetry: bool = Field(False, description="FastAPI's native OpenTelemetry traces and metrics, for an OTel SDK configured in the process; off, a request skips the check for one.")
     max_batch_size: int = Field(256, ge=1)
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     prediction_log_url: str | None = Field(None, description="PostgreSQL conninfo of the prediction log; unset: Parquet parts in the state folder.")

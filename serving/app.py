@@ -2,30 +2,27 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipelines.settings import Settings, get_settings
 from serving import logs
-from serving.schemas import Batch, Score, Scores, Transaction, TransactionWithFeatures
+from serving.lane import ScoringLane, document, validation_detail, within_budget
+from serving.schemas import Batch, Scores
 from serving.service import ScoringService
 
 log = logging.getLogger("fraudops.api")
-T = TypeVar("T")
-M = TypeVar("M", bound=BaseModel)
 
 
 class BodyLimit:
@@ -74,27 +71,6 @@ async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
-def parse(model: type[M], body: bytes) -> M:
-    """The hot routes validate the raw body in one pass of pydantic-core, with the same rules and the
-    same 422 as a FastAPI body parameter, but without json.loads, dependency solving and response
-    re-validation, which cost more than the lookup and the model together (`make bench`)."""
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
-
-
-def body_schema(model: type[BaseModel]) -> dict[str, object]:
-    """The OpenAPI request body of a route that parses its own body (nested models are components)."""
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-    schema.pop("$defs", None)
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
-def answer(score: Score) -> Response:
-    return Response(score.model_dump_json(), media_type="application/json")
-
-
 def _service(request: Request) -> ScoringService:
     return request.app.state.service
 
@@ -120,8 +96,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service = ScoringService(settings)
         service.start()
         app.state.service = service
-        # Scoring runs on these threads, never on the event loop: a lookup stuck on a locked or
-        # unreachable store costs one thread and one 503, not the whole worker.
         app.state.scoring = ThreadPoolExecutor(settings.scoring_threads, thread_name_prefix="scoring")
         # Everything loaded so far (Feast, MLflow, the models) lives as long as the worker: freezing it
         # keeps the collector from walking it on every full collection, which stalled requests for
@@ -137,8 +111,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Scores card transactions with the champion model, or the challenger for a sticky share of customers.",
         lifespan=lifespan,
+        telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
     logs.configure(settings.log_level)
+    app.add_middleware(ScoringLane, state=app.state, settings=settings)  # innermost: limit, id and log still apply
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
     def observe(path: str, status: int) -> None:
@@ -146,13 +122,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if service is not None:  # unknown paths share one label: a scanner cannot grow the metric
             service.metrics.responses.labels(path if path in known_paths else "other", str(status)).inc()
 
-    app.add_middleware(logs.RequestId, observe=observe)  # outermost: even a 413 carries its request id
+    app.add_middleware(logs.RequestId, observe=observe, sample=settings.access_log_sample)  # outermost: even a 413 carries its request id
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # Name the field and the rule; leave out the echoed input, which may be NaN or huge.
-        detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-        return JSONResponse({"detail": detail}, status_code=422)
+        return JSONResponse({"detail": validation_detail(exc)}, status_code=422)
 
     def admin(authorization: Annotated[str | None, Header()] = None) -> None:
         if not settings.admin_token:
@@ -160,43 +134,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if authorization != f"Bearer {settings.admin_token}":
             raise HTTPException(401, "admin API needs 'Authorization: Bearer <token>'")
 
-    async def within_budget(request: Request, predictions: int, work: Callable[..., T], *args: object) -> T:
-        """Answer 503 when the predictions overrun `predict_timeout_ms` each, rather than hang."""
-        svc: ScoringService = request.app.state.service
-        if not svc.ready:
-            raise HTTPException(503, "no champion model loaded yet")
-        budget = settings.predict_timeout_ms * predictions / 1000
-        context = contextvars.copy_context()  # the request id follows the work onto the scoring thread
-        future = asyncio.get_running_loop().run_in_executor(request.app.state.scoring, context.run, work, *args)
-        try:
-            return await asyncio.wait_for(future, budget)
-        except TimeoutError:
-            svc.metrics.timeouts.inc()
-            raise HTTPException(503, f"prediction exceeded its time limit of {settings.predict_timeout_ms:g} ms") from None
-
-    @app.post("/predict", response_model=Score, tags=["scoring"], openapi_extra=body_schema(Transaction))
-    async def predict(request: Request) -> Response:
-        tx = parse(Transaction, await request.body())
-        return answer(await within_budget(request, 1, request.app.state.service.score, tx))
-
-    @app.post("/predict/features", response_model=Score, tags=["scoring"], openapi_extra=body_schema(TransactionWithFeatures))
-    async def predict_with_features(request: Request) -> Response:
-        body = parse(TransactionWithFeatures, await request.body())
-        svc: ScoringService = request.app.state.service
-        if not svc.ready:
-            raise HTTPException(503, "no champion model loaded yet")
-        needed = set(svc.models["champion"].features) | set(getattr(svc.models.get("challenger"), "features", ()))
-        missing = sorted(needed - set(body.features))
-        if missing:
-            raise HTTPException(422, f"features: missing {', '.join(missing)}")
-        values = {k: float("nan") if v is None else v for k, v in body.features.items()}
-        return answer(await within_budget(request, 1, svc.score_features, body.transaction, values))
-
     @app.post("/predict/batch", response_model=Scores, tags=["scoring"])
     async def predict_batch(batch: Batch, request: Request, svc: Service) -> Scores:
         if len(batch.transactions) > settings.max_batch_size:
             raise HTTPException(413, f"transactions: at most {settings.max_batch_size} per batch, got {len(batch.transactions)}")
-        scores = await within_budget(request, len(batch.transactions), lambda: [svc.score(tx) for tx in batch.transactions])
+        scores = await within_budget(request.app.state, settings, len(batch.transactions), lambda: [svc.score(tx) for tx in batch.transactions])
         return Scores(scores=scores)
 
     @app.get("/healthz", tags=["operations"])
@@ -252,5 +194,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def rollback(body: Promotion, svc: Service) -> dict[str, str | None]:
         return move_champion("rollback", body, svc)
 
-    known_paths = {getattr(route, "path", "") for route in app.routes}
+    document(app)
+    known_paths = {getattr(route, "path", "") for route in app.routes} | set(ScoringLane.paths)
     return app

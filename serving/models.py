@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +26,10 @@ log = logging.getLogger("fraudops.models")
 
 class SingleRowPredictor:
     """One row through LightGBM's C API for exactly that (LGBM_BoosterPredictForMatSingleRowFast). Its
-    configuration is prepared once per model, so a request pays for walking the trees and not for
-    Booster.predict's per-call set-up, which took more time than the trees (`make bench`)."""
+    configuration, input and output buffers are prepared once per model, so a request pays for walking
+    the trees and not for Booster.predict's per-call set-up, which took more time than the trees
+    (`make bench`). The call holds the GIL: it lasts microseconds, and handing the GIL over and back
+    around it (as lightgbm's own ctypes handle does) let a busy background thread stall requests."""
 
     def __init__(self, booster: lgb.Booster, n_features: int) -> None:
         from lightgbm.basic import _C_API_DTYPE_FLOAT64, _C_API_PREDICT_NORMAL, _LIB, _c_str, _safe_call
@@ -41,21 +44,22 @@ class SingleRowPredictor:
             ctypes.c_int(_C_API_DTYPE_FLOAT64), ctypes.c_int32(n_features), _c_str("num_threads=1"), ctypes.byref(self._config),
         ))
         weakref.finalize(self, _LIB.LGBM_FastConfigFree, self._config)
-        self._out = np.zeros(1)
-        self._out_len = ctypes.c_int64(0)
-        self._lock = threading.Lock()  # one configuration and one output buffer: one row at a time
+        self._predict = ctypes.PyDLL(_LIB._name).LGBM_BoosterPredictForMatSingleRowFast
+        self._row, self._out, self._out_len = np.zeros(n_features), np.zeros(1), ctypes.c_int64(0)
+        self._args = (self._config, self._row.ctypes.data_as(ctypes.c_void_p), ctypes.byref(self._out_len),
+                      self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_double)))
+        self._lock = threading.Lock()  # one configuration and one pair of buffers: one row at a time
 
-    def __call__(self, row: np.ndarray) -> float:
-        from lightgbm.basic import _LIB, _safe_call
-
-        row = np.ascontiguousarray(row, dtype=np.float64)
-        if row.shape != (self._n,):
-            raise ValueError(f"expected {self._n} features, got shape {row.shape}")
+    def __call__(self, row: Sequence[float] | np.ndarray) -> float:
+        """The score of one row of `n_features` values in the model's feature order."""
+        if len(row) != self._n:
+            raise ValueError(f"expected {self._n} features, got {len(row)}")
         with self._lock:
-            _safe_call(_LIB.LGBM_BoosterPredictForMatSingleRowFast(
-                self._config, row.ctypes.data_as(ctypes.c_void_p), ctypes.byref(self._out_len),
-                self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
-            ))
+            self._row[:] = row
+            if self._predict(*self._args) != 0:
+                from lightgbm.basic import _LIB
+
+                raise lgb.basic.LightGBMError(_LIB.LGBM_GetLastError().decode())
             return float(self._out[0])
 
 

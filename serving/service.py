@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from monitoring.metrics import MonitoringCollector
@@ -221,7 +220,7 @@ class ScoringService:
 
     def _score_with(self, model: LoadedModel, variant: str, tx: Transaction, values: dict[str, float], missing: list[str],
                     degraded: bool, started: float, shadow: bool = False) -> Score:
-        score = model.score_one(np.array([values[name] for name in model.features]))
+        score = model.score_one([values[name] for name in model.features])
         elapsed = time.perf_counter() - started
         answer = Score(
             transaction_id=tx.transaction_id,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -10,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.app import create_app
+from serving.logs import _CLIENT_ID
 
 TX = {"transaction_id": "tx-1", "customer_id": "12", "terminal_id": "34", "amount": 42.5, "timestamp": "2025-05-09T10:00:00Z"}
 
@@ -76,6 +79,21 @@ def test_body_limit_is_enforced_by_the_app(client) -> None:
     assert answer.status_code == 413
     chunked = client.post("/predict", content=iter([b"{" + b" " * 70_000 + b"}"]), headers={"content-type": "application/json"})
     assert chunked.status_code == 413
+
+
+def test_scoring_routes_answer_like_the_rest_of_the_api(client) -> None:
+    """They are served ahead of FastAPI's routing (serving/lane.py): same documentation, same errors."""
+    wrong_method = client.get("/predict")
+    assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
+    assert wrong_method.headers["x-request-id"]
+    documented = client.get("/openapi.json").json()
+    for path, body in (("/predict", "Transaction"), ("/predict/features", "TransactionWithFeatures")):
+        post = documented["paths"][path]["post"]
+        assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/" + body)
+        assert post["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/Score")
+        assert body in documented["components"]["schemas"]
+    not_json = client.post("/predict/features", content=b"{oops", headers={"content-type": "application/json"})
+    assert not_json.status_code == 422 and not_json.json()["detail"][0]["type"] == "json_invalid"
 
 
 def test_batch_scores_each_and_has_a_maximum(client, trained) -> None:
@@ -231,30 +249,47 @@ def test_a_prediction_stuck_on_a_locked_store_answers_503_within_its_limit(regis
         assert "fraudops_prediction_timeouts_total 1.0" in c.get("/metrics").text
 
 
-def test_logs_are_json_lines_that_carry_the_request_id(registry_copy) -> None:
+@contextmanager
+def captured_logs() -> Iterator[list[dict]]:
+    """The JSON lines the fraudops loggers write while the block runs, parsed when it ends."""
     import io
     import logging
 
     from serving.logs import JsonFormatter
 
-    stream = io.StringIO()
+    stream, lines = io.StringIO(), []
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
-    with TestClient(create_app(registry_copy.model_copy(update={"admin_token": "t"}))) as c:
-        logging.getLogger("fraudops").addHandler(handler)
-        try:
-            answer = c.post("/predict", json=TX, headers={"X-Request-ID": "req-42"})
-            c.put("/admin/routing", json={"challenger_share": 0.3}, headers={"Authorization": "Bearer t", "X-Request-ID": "ops-7"})
-            bad = c.post("/predict", json={**TX, "amount": -1}, headers={"X-Request-ID": "not ok!"})
-            metrics = c.get("/metrics").text
-        finally:
-            logging.getLogger("fraudops").removeHandler(handler)
+    logging.getLogger("fraudops").addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logging.getLogger("fraudops").removeHandler(handler)
+        lines.extend(json.loads(line) for line in stream.getvalue().splitlines())
+
+
+def test_logs_are_json_lines_that_carry_the_request_id(registry_copy) -> None:
+    with TestClient(create_app(registry_copy.model_copy(update={"admin_token": "t", "access_log_sample": 1.0}))) as c, captured_logs() as lines:
+        answer = c.post("/predict", json=TX, headers={"X-Request-ID": "req-42"})
+        second = c.post("/predict", json={**TX, "transaction_id": "tx-2"})
+        c.put("/admin/routing", json={"challenger_share": 0.3}, headers={"Authorization": "Bearer t", "X-Request-ID": "ops-7"})
+        bad = c.post("/predict", json={**TX, "amount": -1}, headers={"X-Request-ID": "not ok!"})
+        metrics = c.get("/metrics").text
     assert answer.headers["x-request-id"] == "req-42"
     generated = bad.headers["x-request-id"]
-    assert generated != "not ok!" and len(generated) == 32  # a malformed id is replaced, not echoed
-    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert generated != "not ok!" and _CLIENT_ID.match(generated)  # a malformed id is replaced, not echoed
+    assert second.headers["x-request-id"] not in (generated, "req-42")
     requests = {line["request_id"]: line for line in lines if line["logger"] == "fraudops.access"}
     assert requests["req-42"]["status"] == 200 and requests[generated]["status"] == 422
     assert any(line["logger"] == "fraudops.service" and line.get("request_id") == "ops-7" and "routing changed" in line["message"] for line in lines)
     assert 'fraudops_http_responses_total{path="/predict",status="422"} 1.0' in metrics
     assert 'fraudops_predictions_total{mode="answered",variant=' in metrics
+
+
+def test_unsampled_successes_get_no_access_line_but_every_refusal_does(trained) -> None:
+    with TestClient(create_app(trained.model_copy(update={"access_log_sample": 0.0}))) as c, captured_logs() as lines:
+        for i in range(5):
+            assert c.post("/predict", json={**TX, "transaction_id": f"ok-{i}"}).status_code == 200
+        assert c.post("/predict", json={**TX, "amount": -1}).status_code == 422
+        assert c.get("/nowhere").status_code == 404
+    assert sorted(line["status"] for line in lines if line["logger"] == "fraudops.access") == [404, 422]

@@ -1,0 +1,163 @@
+"""The two scoring routes as plain ASGI, ahead of FastAPI's routing.
+
+`POST /predict` and `POST /predict/features` are what the card-authorisation path calls, thousands of
+times a second. Through FastAPI each request also paid for the exception and telemetry middleware,
+route matching, a Request object and dependency solving: together more than the feature lookup and
+the model (`make bench`, serving section). Here they pay for reading the body, one pass of
+pydantic-core over it, the scoring work, and one JSON answer. The request id, the access line, the
+body limit and the response metric still wrap them (those middleware sit outside this one), the
+rules and the error bodies are FastAPI's, and `/openapi.json` documents both routes (`document`).
+Everything else goes on to FastAPI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import orjson
+from fastapi import FastAPI, HTTPException
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic.json_schema import models_json_schema
+from starlette.datastructures import State
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from pipelines.settings import Settings
+from serving.schemas import Score, Transaction, TransactionWithFeatures
+from serving.service import ScoringService
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+JSON = [(b"content-type", b"application/json")]
+
+
+def parse(model: type[M], body: bytes) -> M:
+    """Validate the raw body in one pass, with the rules and the error locations of a FastAPI body."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+
+
+def validation_detail(exc: RequestValidationError) -> list[dict[str, Any]]:
+    """Name the field and the rule; leave out the echoed input, which may be NaN or huge."""
+    return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+
+
+async def within_budget(state: State, settings: Settings, predictions: int, work: Callable[..., T], *args: object) -> T:
+    """Run scoring on the worker's scoring threads, never on the event loop, and answer 503 when the
+    predictions overrun `predict_timeout_ms` each: a lookup stuck on a locked or unreachable store
+    costs one thread and one 503, not the whole worker."""
+    service: ScoringService = state.service
+    if not service.ready:
+        raise HTTPException(503, "no champion model loaded yet")
+    budget = settings.predict_timeout_ms * predictions / 1000
+    context = contextvars.copy_context()  # the request id follows the work onto the scoring thread
+    future = asyncio.get_running_loop().run_in_executor(state.scoring, context.run, work, *args)
+    try:
+        return await asyncio.wait_for(future, budget)
+    except TimeoutError:
+        service.metrics.timeouts.inc()
+        raise HTTPException(503, f"prediction exceeded its time limit of {settings.predict_timeout_ms:g} ms") from None
+
+
+class ScoringLane:
+    """Answers the scoring routes itself; passes every other request on to `app`."""
+
+    paths = ("/predict", "/predict/features")
+
+    def __init__(self, app: ASGIApp, state: State, settings: Settings) -> None:
+        self.app, self.state, self.settings = app, state, settings
+        self.routes: dict[str, Callable[[bytes], Awaitable[Score]]] = dict(zip(self.paths, (self.predict, self.predict_features)))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = self.routes.get(scope["path"]) if scope["type"] == "http" else None
+        if route is None:
+            return await self.app(scope, receive, send)
+        if scope["method"] != "POST":
+            return await _send(send, 405, orjson.dumps({"detail": "Method Not Allowed"}), [(b"allow", b"POST")])
+        body = await _read_body(receive)
+        if body is None:  # the client left, or the body limit already answered 413
+            return
+        try:
+            status, payload, headers = 200, (await route(body)).model_dump_json().encode(), []
+        except RequestValidationError as exc:
+            status, payload, headers = 422, orjson.dumps({"detail": validation_detail(exc)}), []
+        except HTTPException as exc:
+            status, payload = exc.status_code, orjson.dumps({"detail": exc.detail})
+            headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (exc.headers or {}).items()]
+        await _send(send, status, payload, headers)
+
+    async def predict(self, body: bytes) -> Score:
+        tx = parse(Transaction, body)
+        return await within_budget(self.state, self.settings, 1, self.state.service.score, tx)
+
+    async def predict_features(self, body: bytes) -> Score:
+        """Scored on the event loop itself: with the features in the request there is no I/O to wait
+        for and nothing that could hang (the trees take microseconds), so the time limit and the hop
+        to a scoring thread, which cost more than the work, are left out."""
+        request = parse(TransactionWithFeatures, body)
+        service: ScoringService = self.state.service
+        if not service.ready:
+            raise HTTPException(503, "no champion model loaded yet")
+        needed = set(service.models["champion"].features) | set(getattr(service.models.get("challenger"), "features", ()))
+        missing = sorted(needed - set(request.features))
+        if missing:
+            raise HTTPException(422, f"features: missing {', '.join(missing)}")
+        values = {k: float("nan") if v is None else v for k, v in request.features.items()}
+        return service.score_features(request.transaction, values)
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _send(send: Send, status: int, payload: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    length = [(b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": [*JSON, *length, *headers]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def document(app: FastAPI) -> None:
+    """Add the lane's routes to the app's OpenAPI document, as FastAPI would have written them, so
+    clients, the docs page and the schemathesis fuzz test see one API."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        _, definitions = models_json_schema(
+            [(m, "validation") for m in (Transaction, TransactionWithFeatures)] + [(Score, "serialization")],
+            ref_template="#/components/schemas/{model}",
+        )
+        schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions.get("$defs", {}))
+        for path, model, summary in (
+            ("/predict", Transaction, "Score a transaction with online features: lookup, routing, model, log"),
+            ("/predict/features", TransactionWithFeatures, "Score a transaction with features the caller brings: routing, model, log"),
+        ):
+            schema["paths"][path] = {"post": {
+                "tags": ["scoring"],
+                "summary": summary,
+                "operationId": "predict" + path.replace("/", "_"),
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}},
+                "responses": {
+                    "200": {"description": "The score and the decision", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Score"}}}},
+                    "422": {"description": "Validation Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}}},
+                    "503": {"description": "No model loaded yet, or the prediction overran its time limit"},
+                },
+            }}
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
