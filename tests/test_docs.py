@@ -1,0 +1,94 @@
+"""The docs are a worked answer people will run: every command, setting, file, test and link they
+name must exist, or a reader follows them into an error."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import typer
+
+from pipelines.cli import app
+from pipelines.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PAGES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+CODE = re.compile(r"```(?!mermaid)[^\n]*\n(.*?)```|```mermaid\n.*?```|`([^`\n]+)`", re.S)  # diagrams are not code
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+PATH = re.compile(r"^(?:\.github|\.ci|docs|features|infra|monitoring|pipelines|serving|tests)/[\w./-]*[\w/]$|^[\w-]+\.(?:toml|yml|md)$")
+MAKE_TARGET = re.compile(r"^([a-z][\w-]*):", re.M)
+
+
+def code_of(page: Path) -> list[str]:
+    return [block or span for block, span in CODE.findall(page.read_text())]
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    return {slug(h) for h in re.findall(r"^#+ (.+)$", page.read_text(), re.M)}
+
+
+@pytest.fixture(scope="module")
+def cli() -> object:
+    return typer.main.get_command(app)  # a click-style group (typer carries its own copy of click)
+
+
+def test_there_is_a_page_per_step_of_the_answer() -> None:
+    steps = sorted(p.name for p in (REPO_ROOT / "docs").glob("0*.md"))
+    assert [name[:2] for name in steps] == [f"0{i}" for i in range(1, 10)]
+    index = (REPO_ROOT / "docs" / "README.md").read_text()
+    assert all(f"({name})" in index for name in [*steps, "glossary.md"]), "the index links every page"
+    assert "```mermaid" in index and "```mermaid" in (REPO_ROOT / "README.md").read_text()
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_command_named_exists(page: Path, cli: object) -> None:
+    targets = set(MAKE_TARGET.findall((REPO_ROOT / "Makefile").read_text()))
+    for code in code_of(page):
+        for target in re.findall(r"\bmake ([a-z][\w-]*)", code):
+            assert target in targets, f"{page.name}: `make {target}` is not a Makefile target"
+        for line in code.splitlines():
+            for invocation in re.findall(r"\bfraudops ((?:[a-z][\w-]* ?)+(?:[^`&|;]*))", line):
+                command = cli
+                for word in invocation.split():
+                    if word.startswith("--"):
+                        options = {o for p in command.params for o in p.opts} | {"--help"}
+                        assert word.split("=")[0] in options, f"{page.name}: `fraudops {invocation}`: no option {word}"
+                    elif hasattr(command, "commands"):  # a group: the word names a subcommand
+                        assert word in command.commands, f"{page.name}: `fraudops {invocation}`: no command {word!r}"
+                        command = command.commands[word]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_setting_named_exists(page: Path) -> None:
+    for name in re.findall(r"\bFRAUDOPS_([A-Z][A-Z0-9_]*)", page.read_text()):
+        if name.endswith("_"):  # a family, such as FRAUDOPS_GUARDRAIL_*
+            assert any(f.startswith(name.lower()) for f in Settings.model_fields), f"{page.name}: no setting FRAUDOPS_{name}*"
+        else:
+            assert name.lower() in Settings.model_fields, f"{page.name}: FRAUDOPS_{name} is not a setting"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_file_test_and_link_named_exists(page: Path) -> None:
+    for code in code_of(page):
+        for token in code.split():
+            path, _, name = token.strip("`,.:;()").partition("::")
+            if not PATH.match(path) or "*" in path or "<" in path:
+                continue
+            assert (REPO_ROOT / path).exists(), f"{page.name}: {path} does not exist"
+            if name:
+                source = (REPO_ROOT / path).read_text()
+                assert re.search(rf"^\s*(?:async )?(?:def|class) {re.escape(name)}\b", source, re.M), f"{page.name}: no {name} in {path}"
+    for target in LINK.findall(page.read_text()):
+        if target.startswith(("http://", "https://", "mailto:")):
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        assert linked.exists(), f"{page.name}: link to {target} is broken"
+        if anchor and linked.suffix == ".md":
+            assert anchor in anchors(linked), f"{page.name}: {linked.name} has no heading #{anchor}"
