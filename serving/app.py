@@ -138,7 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def predict_batch(batch: Batch, request: Request, svc: Service) -> Scores:
         if len(batch.transactions) > settings.max_batch_size:
             raise HTTPException(413, f"transactions: at most {settings.max_batch_size} per batch, got {len(batch.transactions)}")
-        scores = await within_budget(request.app.state, settings, len(batch.transactions), lambda: [svc.score(tx) for tx in batch.transactions])
+        scores = await within_budget(request.app.state, settings, len(batch.transactions), lambda deadline: [svc.score(tx, deadline) for tx in batch.transactions])
         return Scores(scores=scores)
 
     @app.get("/healthz", tags=["operations"])

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -50,13 +52,15 @@ def validation_detail(exc: RequestValidationError) -> list[dict[str, Any]]:
 async def within_budget(state: State, settings: Settings, predictions: int, work: Callable[..., T], *args: object) -> T:
     """Run scoring on the worker's scoring threads, never on the event loop, and answer 503 when the
     predictions overrun `predict_timeout_ms` each: a lookup stuck on a locked or unreachable store
-    costs one thread and one 503, not the whole worker."""
+    costs one thread and one 503, not the whole worker. `work` gets the deadline as a keyword, so
+    that a prediction that finishes after its 503 is not logged as an answer."""
     service: ScoringService = state.service
     if not service.ready:
         raise HTTPException(503, "no champion model loaded yet")
     budget = settings.predict_timeout_ms * predictions / 1000
+    job = functools.partial(work, *args, deadline=time.perf_counter() + budget)
     context = contextvars.copy_context()  # the request id follows the work onto the scoring thread
-    future = asyncio.get_running_loop().run_in_executor(state.scoring, context.run, work, *args)
+    future = asyncio.get_running_loop().run_in_executor(state.scoring, context.run, job)
     try:
         return await asyncio.wait_for(future, budget)
     except TimeoutError:

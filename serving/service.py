@@ -166,10 +166,13 @@ class ScoringService:
     def ready(self) -> bool:
         return "champion" in self.models
 
-    def score(self, tx: Transaction) -> Score:
-        """The full path: route, online features, model, log."""
+    def score(self, tx: Transaction, deadline: float | None = None) -> Score:
+        """The full path: route, online features, model, log. Past `deadline` (a `perf_counter` time)
+        after the lookup, the caller has had its 503 already: nothing is scored or logged."""
         started = time.perf_counter()
         lookup = self.online.lookup(tx.customer_id, tx.terminal_id, tx.amount, int(tx.timestamp.timestamp()))
+        if deadline is not None and time.perf_counter() > deadline:
+            raise TimeoutError(f"transaction {tx.transaction_id}: the time limit passed during the feature lookup")
         return self._answer(tx, lookup.values, lookup.missing, lookup.degraded, started)
 
     def score_features(self, tx: Transaction, features: dict[str, float]) -> Score:

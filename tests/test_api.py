@@ -227,7 +227,8 @@ def test_admin_promote_and_rollback_hot_swap_the_champion(registry_copy) -> None
 
 def test_a_prediction_stuck_on_a_locked_store_answers_503_within_its_limit(registry_copy) -> None:
     """A materialization holding the SQLite online store's write lock makes reads wait; the caller
-    gets a 503 at the time limit, and the worker keeps answering once the lock is gone."""
+    gets a 503 at the time limit, the worker keeps answering once the lock is gone, and the stuck
+    prediction, finishing after its 503, is not logged as an answer."""
     import sqlite3
     import time
 
@@ -247,6 +248,7 @@ def test_a_prediction_stuck_on_a_locked_store_answers_503_within_its_limit(regis
         assert waited < 2.0
         assert c.post("/predict", json={**TX, "transaction_id": "after"}).status_code == 200
         assert "fraudops_prediction_timeouts_total 1.0" in c.get("/metrics").text
+    assert sorted(pd.read_parquet(settings.predictions_dir)["transaction_id"]) == ["after", "tx-1"]
 
 
 @contextmanager
