@@ -28,7 +28,7 @@ demo: install
 
 ## test: run the test suite (integration tests use the local PostgreSQL and Redis; mandatory when CI=true)
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=12
 
 ## bench: measure every part beside a peer in the same run (tables; JSON with BENCH_JSON=path)
 bench: install bench-tools
