@@ -49,14 +49,20 @@ def validation_detail(exc: RequestValidationError) -> list[dict[str, Any]]:
     return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
 
 
+def ready_service(state: State) -> ScoringService:
+    """The worker's service, or a 503 while it has no champion to answer with."""
+    service: ScoringService = state.service
+    if not service.ready:
+        raise HTTPException(503, "no champion model loaded yet")
+    return service
+
+
 async def within_budget(state: State, settings: Settings, predictions: int, work: Callable[..., T], *args: object) -> T:
     """Run scoring on the worker's scoring threads, never on the event loop, and answer 503 when the
     predictions overrun `predict_timeout_ms` each: a lookup stuck on a locked or unreachable store
     costs one thread and one 503, not the whole worker. `work` gets the deadline as a keyword, so
     that a prediction that finishes after its 503 is not logged as an answer."""
-    service: ScoringService = state.service
-    if not service.ready:
-        raise HTTPException(503, "no champion model loaded yet")
+    service = ready_service(state)
     budget = settings.predict_timeout_ms * predictions / 1000
     job = functools.partial(work, *args, deadline=time.perf_counter() + budget)
     context = contextvars.copy_context()  # the request id follows the work onto the scoring thread
@@ -104,9 +110,7 @@ class ScoringLane:
         for and nothing that could hang (the trees take microseconds), so the time limit and the hop
         to a scoring thread, which cost more than the work, are left out."""
         request = parse(TransactionWithFeatures, body)
-        service: ScoringService = self.state.service
-        if not service.ready:
-            raise HTTPException(503, "no champion model loaded yet")
+        service = ready_service(self.state)
         needed = set(service.models["champion"].features) | set(getattr(service.models.get("challenger"), "features", ()))
         missing = sorted(needed - set(request.features))
         if missing:
