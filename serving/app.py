@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
+import orjson
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -18,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipelines.settings import Settings, get_settings
 from serving import logs
-from serving.lane import ScoringLane, document, validation_detail, within_budget
+from serving.lane import ScoringLane, document, send_json, validation_detail, within_budget
 from serving.schemas import Batch, Scores
 from serving.service import ScoringService
 
@@ -63,12 +64,7 @@ class BodyLimit:
                 raise
 
     async def _reject(self, send: Send) -> None:
-        response = JSONResponse({"detail": f"request body exceeds {self.limit} bytes"}, status_code=413)
-        await response({"type": "http"}, _no_receive, send)
-
-
-async def _no_receive() -> Message:
-    return {"type": "http.disconnect"}
+        await send_json(send, 413, orjson.dumps({"detail": f"request body exceeds {self.limit} bytes"}))
 
 
 def _service(request: Request) -> ScoringService:

@@ -16,7 +16,7 @@ import asyncio
 import contextvars
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -88,7 +88,7 @@ class ScoringLane:
         if route is None:
             return await self.app(scope, receive, send)
         if scope["method"] != "POST":
-            return await _send(send, 405, orjson.dumps({"detail": "Method Not Allowed"}), [(b"allow", b"POST")])
+            return await send_json(send, 405, orjson.dumps({"detail": "Method Not Allowed"}), [(b"allow", b"POST")])
         body = await _read_body(receive)
         if body is None:  # the client left, or the body limit already answered 413
             return
@@ -99,7 +99,7 @@ class ScoringLane:
         except HTTPException as exc:
             status, payload = exc.status_code, orjson.dumps({"detail": exc.detail})
             headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (exc.headers or {}).items()]
-        await _send(send, status, payload, headers)
+        await send_json(send, status, payload, headers)
 
     async def predict(self, body: bytes) -> Score:
         tx = parse(Transaction, body)
@@ -130,7 +130,8 @@ async def _read_body(receive: Receive) -> bytes | None:
             return b"".join(chunks)
 
 
-async def _send(send: Send, status: int, payload: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+async def send_json(send: Send, status: int, payload: bytes, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+    """One JSON answer from plain ASGI: the lane's and the body limit's."""
     length = [(b"content-length", str(len(payload)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": [*JSON, *length, *headers]})
     await send({"type": "http.response.body", "body": payload})
