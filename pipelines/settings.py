@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     guardrail_max_psi: float = Field(1.0, gt=0)
     model_poll_seconds: float = Field(10.0, ge=0, description="How often each worker follows the registry's aliases and routing; 0: only on /admin/reload.")
     predict_timeout_ms: float = Field(250.0, gt=0, description="Time limit of one prediction that reads the online store (a batch gets it per transaction); past it, 503.")
+    online_timeout_ms: float = Field(100.0, gt=0, description="Longest wait for one online-store read (Redis socket timeout, SQLite busy timeout); past it the answer uses the defaults and is flagged degraded. Keep it under predict_timeout_ms, so that an outage degrades answers instead of failing them.")
+    online_retry_seconds: float = Field(5.0, ge=0, description="After a failed online-store read, answers skip the store (defaults, degraded) for this long before one of them tries it again.")
     scoring_threads: int = Field(4, ge=1, le=64, description="Threads per worker that run predictions off the event loop.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="INFO writes JSON access lines (see access_log_sample).")
     access_log_sample: float = Field(0.01, ge=0, le=1, description="Share of successful requests that get an access line; every other answer gets one always. The prediction log and /metrics count every request.")

@@ -4,11 +4,18 @@ request-time features computed by the same function as Feast's on-demand view of
 The views are read through Feast's provider rather than `get_online_features` with the on-demand
 view: the lookup is several times faster (`fraudops bench`), and parity holds because both sides call
 `features.logic.request_features`; the parity tests compare the two paths.
+
+A store that fails or stops answering must not take the API with it: every read gives up after
+`online_timeout_ms`, and after a failure the store is skipped for `online_retry_seconds` (a circuit
+breaker), so an outage costs one slow answer per retry period, not one per request. Meanwhile answers
+use the defaults and say `degraded`.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass
 
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
@@ -32,6 +39,41 @@ class Lookup:
     degraded: bool
 
 
+class Breaker:
+    """Closed: every lookup reads the store. Open (after a failure): lookups skip it until the retry
+    time, when exactly one of them tries again; its success closes the breaker, its failure re-opens
+    it for another period."""
+
+    def __init__(self, retry_seconds: float) -> None:
+        self.retry_seconds = retry_seconds
+        self.retry_at: float | None = None  # monotonic time of the next try; None while closed
+        self._lock = threading.Lock()
+
+    @property
+    def open(self) -> bool:
+        return self.retry_at is not None
+
+    def allow(self) -> bool:
+        if self.retry_at is None:
+            return True
+        with self._lock:
+            now = time.monotonic()
+            if now < self.retry_at:
+                return False
+            self.retry_at = now + self.retry_seconds  # this caller tries; the others keep skipping
+            return True
+
+    def failed(self, exc: Exception) -> None:
+        if self.retry_at is None:
+            log.warning("online store read failed (%s): answering with default features for %g s", exc, self.retry_seconds)
+        self.retry_at = time.monotonic() + self.retry_seconds
+
+    def succeeded(self) -> None:
+        if self.retry_at is not None:
+            log.info("online store answering again")
+            self.retry_at = None
+
+
 class OnlineFeatures:
     def __init__(self, settings: Settings) -> None:
         self.store = open_store(settings)
@@ -45,6 +87,25 @@ class OnlineFeatures:
         ]
         self.names = [name for _, _, names in self.reads for name in names]
         self.provider = self.store._get_provider()  # Feast's own online-store read, without the response assembly
+        self.breaker = Breaker(settings.online_retry_seconds)
+        self._bound_reads(settings.online_timeout_ms / 1000)
+
+    def _bound_reads(self, seconds: float) -> None:
+        """Make each read give up after `seconds`, in the store's own terms. Here, not in the shared
+        feature_store.yaml: materialization writes in large batches and must not get serving's limit."""
+        online = self.store.config.online_store
+        if online.type == "redis":  # Feast builds its client from this string
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            given = online.connection_string
+            extra = [f"{key}={seconds}" for key in ("socket_timeout", "socket_connect_timeout") if f"{key}=" not in given]
+            online.connection_string = ",".join([given, *extra])
+            # redis-py retries a timed-out command three times with backoff: 6 s, not 0.2, measured
+            # against a Redis that never answers. Serving answers degraded instead of retrying.
+            self.provider.online_store._get_client(online).set_retry(Retry(NoBackoff(), 0))
+        else:  # SQLite waits for a writer's lock this long, instead of Python's default 5 s
+            self.provider.online_store._get_conn(self.store.config).execute(f"PRAGMA busy_timeout = {max(1, round(seconds * 1000))}")
 
     def _read(self, keys: dict[str, str]) -> dict[str, float | None]:
         raw: dict[str, float | None] = {}
@@ -59,12 +120,16 @@ class OnlineFeatures:
         return raw
 
     def lookup(self, customer_id: str, terminal_id: str, amount: float, unix_seconds: int) -> Lookup:
-        degraded = False
-        try:
-            raw = self._read({"customer_id": customer_id, "terminal_id": terminal_id})
-        except Exception as exc:  # an online-store outage degrades the answer, it never fails it
-            log.warning("online store read failed: %s", exc)
-            raw, degraded = dict.fromkeys(self.names), True
+        raw: dict[str, float | None] | None = None
+        if self.breaker.allow():
+            try:
+                raw = self._read({"customer_id": customer_id, "terminal_id": terminal_id})
+                self.breaker.succeeded()
+            except Exception as exc:  # an online-store outage degrades the answer, it never fails it
+                self.breaker.failed(exc)
+        degraded = raw is None
+        if raw is None:
+            raw = dict.fromkeys(self.names)
         missing = [name for name, value in raw.items() if value is None]
         values = {name: DEFAULT_VALUE if value is None else value for name, value in raw.items()}
         extra = request_features([amount], [unix_seconds], [values["customer_mean_amount_30d"]])

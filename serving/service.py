@@ -43,6 +43,7 @@ class Metrics:
         )
         self.missing = Counter("fraudops_features_missing_total", "Answers with defaulted features", registry=r)
         self.degraded = Counter("fraudops_degraded_total", "Answers without the online store", registry=r)
+        self.online_skipped = Gauge("fraudops_online_store_skipped", "1 while answers skip a failing online store (online_retry_seconds)", registry=r)
         self.log_dropped = Gauge("fraudops_prediction_log_dropped", "Prediction records dropped", registry=r)
         self.log_depth = Gauge("fraudops_prediction_log_queue", "Prediction records waiting", registry=r)
         self.timeouts = Counter("fraudops_prediction_timeouts_total", "Predictions answered 503 for overrunning their time limit", registry=r)
@@ -58,6 +59,7 @@ class ScoringService:
         self.models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
         self.online = OnlineFeatures(settings)
+        self.metrics.online_skipped.set_function(lambda: float(self.online.breaker.open))
         self.log = PredictionLog(predlog.sink_for(settings), settings.log_batch_size, settings.log_queue_size)
         # Shadow scoring runs on its own thread from a bounded queue: a slow challenger can only drop
         # shadow scores (counted), never delay an answer.

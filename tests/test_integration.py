@@ -3,7 +3,10 @@ Feast's SQL registry in Postgres, its online store in Redis, MLflow's backend st
 
 from __future__ import annotations
 
+import socket
+import threading
 import uuid
+from collections.abc import Iterator
 from datetime import date, datetime
 
 import pytest
@@ -84,6 +87,66 @@ def test_redis_outage_degrades_instead_of_failing(tmp_path, redis_db) -> None:
     broken = settings.model_copy(update={"feast_redis_url": "127.0.0.1:1"})  # nothing listens there
     got = OnlineFeatures(broken).lookup("1", "1", 10.0, 1_746_000_000)
     assert got.degraded and got.values["customer_tx_count_7d"] == 0.0
+
+
+@pytest.fixture
+def hung_server() -> Iterator[tuple[int, list[bytes]]]:
+    """A TCP server that takes connections and reads requests but never answers, as a hung Redis or a
+    black-holed network does; yields its port and the requests it received."""
+    received: list[bytes] = []
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def drain(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(65536):
+                received.append(data)
+
+    def accept() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:  # closed: the test is over
+                return
+            threading.Thread(target=drain, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield server.getsockname()[1], received
+    server.close()
+
+
+def test_a_hung_redis_costs_one_read_timeout_then_is_skipped_until_the_retry(tmp_path, redis_db, hung_server) -> None:
+    """The first lookup gives up at online_timeout_ms (redis-py alone would retry three times with
+    backoff), the next ones skip the store without sending it anything, and after
+    online_retry_seconds one lookup tries it again."""
+    import time
+
+    from features.simulator import SimulationConfig, write_simulation
+    from features.compute import compute_features
+    from features.store import apply
+    from serving.online import OnlineFeatures
+
+    settings = tiny_settings(tmp_path, feast_redis_url=redis_db, days=40)
+    write_simulation(SimulationConfig(customers=50, terminals=100, days=40, start_date=date(2025, 4, 1)), settings.transactions_dir)
+    compute_features(settings.transactions_dir, settings.features_dir, settings.label_delay_days)
+    apply(settings)
+    port, received = hung_server
+    online = OnlineFeatures(settings.model_copy(update={"feast_redis_url": f"127.0.0.1:{port},db=7", "online_timeout_ms": 200.0,
+                                                        "online_retry_seconds": 1.0}))
+
+    def timed_lookup() -> tuple[bool, float]:
+        started = time.perf_counter()
+        got = online.lookup("1", "1", 10.0, 1_746_000_000)
+        return got.degraded, time.perf_counter() - started
+
+    degraded, took = timed_lookup()
+    assert degraded and 0.2 <= took < 1.0
+    sent = len(received)
+    assert sent >= 1  # the read reached the server
+    degraded, took = timed_lookup()
+    assert degraded and took < 0.1 and len(received) == sent  # skipped: nothing sent
+    time.sleep(1.1)
+    degraded, took = timed_lookup()
+    assert degraded and took >= 0.2 and len(received) > sent  # the retry tried the store again
 
 
 def test_training_flow_tracks_and_registers_in_postgres(registry_copy, tmp_path, database) -> None:
