@@ -148,6 +148,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "models": {alias: {"version": m.version, "source": m.source} for alias, m in svc.models.items()},
             **svc.routing(),
             "last_guardrail_trip": svc.last_trip,
+            # answers go on without the store (degraded), so this informs; it does not fail readiness
+            "online_store": "skipped until the next retry" if svc.online.breaker.open else "ok",
         }
         return JSONResponse(body, status_code=200 if svc.ready else 503)
 

@@ -275,6 +275,7 @@ def test_a_locked_store_degrades_within_its_read_timeout_and_is_skipped_until_th
         try:
             (first, first_s), (second, second_s) = timed_predict("first"), timed_predict("second")
             skipped = c.get("/metrics").text
+            ready = c.get("/readyz")
         finally:
             lock.execute("ROLLBACK")
             lock.close()
@@ -282,9 +283,10 @@ def test_a_locked_store_degrades_within_its_read_timeout_and_is_skipped_until_th
         assert 0.15 <= first_s < 1.0  # the store's timeout, not the time limit, not Python's 5 s
         assert second["degraded"] and second_s < 0.15  # not read: a read would have waited the timeout
         assert "fraudops_online_store_skipped 1.0" in skipped and "fraudops_degraded_total 2.0" in skipped
+        assert ready.status_code == 200 and ready.json()["online_store"] == "skipped until the next retry"
         time.sleep(1.1)
         assert not timed_predict("after")[0]["degraded"]
-        assert "fraudops_online_store_skipped 0.0" in c.get("/metrics").text
+        assert "fraudops_online_store_skipped 0.0" in c.get("/metrics").text and c.get("/readyz").json()["online_store"] == "ok"
 
 
 @contextmanager
