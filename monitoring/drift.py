@@ -132,16 +132,17 @@ def rate_drift(current: pd.Series, reference: pd.Series, column: str, p_value: f
 def drift_report(
     references: dict[str, Reference], current: pd.DataFrame, features: list[str], out_dir: Path,
     drift_share: float, min_rows: int, max_missing_share: float, rate_p_value: float = 0.01,
-    snapshots: list[Snapshot] | None = None, max_out_of_range_share: float = 0.01,
-) -> DriftSummary:
+    max_out_of_range_share: float = 0.01,
+) -> tuple[DriftSummary, list[Snapshot]]:
     """Data drift of all traffic against the champion's reference, prediction drift of each variant's
-    scores against its own model's reference; HTML reports and a JSON summary in `out_dir`."""
+    scores against its own model's reference; HTML reports and a JSON summary in `out_dir`. Also
+    returns the Evidently snapshots, for the workspace's history across runs."""
     out_dir.mkdir(parents=True, exist_ok=True)
     champion = references["champion"].frame
     if len(current) < min_rows:
         summary = DriftSummary("insufficient_data", len(current), len(champion))
         (out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
-        return summary
+        return summary, []
     # Drift tests drop nulls, so the share of answers with defaulted features is checked on its own.
     missing_share = float((current["features_missing"] > 0).mean()) if "features_missing" in current else 0.0
     columns, excluded = _usable(champion, current, features)
@@ -150,8 +151,7 @@ def drift_report(
     html = out_dir / "report.html"
     snapshot.save_html(str(html))
     drifted_share, results = _parse(snapshot.dict())
-    kept = snapshots if snapshots is not None else []  # for the Evidently workspace's history
-    kept.append(snapshot)
+    kept = [snapshot]
 
     prediction: dict[str, ColumnDrift] = {}
     decision_rate: dict[str, ColumnDrift] = {}
@@ -178,4 +178,4 @@ def drift_report(
     summary = DriftSummary(verdict, len(current), len(champion), drifted_share, prediction, decision_rate, missing_share,
                            out_of_range, new_values, results, excluded, str(html))
     (out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
-    return summary
+    return summary, kept

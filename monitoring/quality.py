@@ -50,10 +50,12 @@ def with_labels(predictions: pd.DataFrame, transactions_dir: Path, as_of: dateti
 
 
 def judge(labelled: pd.DataFrame, shipped: dict[str, tuple[str, float]], out_dir: Path, review_fee: float, top_k: int,
-          max_drop: float, min_frauds: int, snapshots: list[Snapshot] | None = None) -> dict[str, Quality]:
+          max_drop: float, min_frauds: int) -> tuple[dict[str, Quality], list[Snapshot]]:
     """Per variant with at least `min_frauds` labelled frauds: its live metrics against the AP it
-    shipped with; `dropped` when live AP fell by more than `max_drop` of that."""
+    shipped with; `dropped` when live AP fell by more than `max_drop` of that. Also returns the
+    Evidently snapshots, for the workspace's history across runs."""
     results: dict[str, Quality] = {}
+    snapshots: list[Snapshot] = []
     for variant, (version, shipped_ap) in shipped.items():
         rows = labelled[(labelled["variant"] == variant) & (labelled["model_version"] == version)]
         if int(rows["is_fraud"].sum()) < min_frauds:
@@ -67,8 +69,7 @@ def judge(labelled: pd.DataFrame, shipped: dict[str, tuple[str, float]], out_dir
         snapshot = Report([ClassificationPreset()]).run(current_data=Dataset.from_pandas(data, data_definition=definition))
         html = out_dir / f"quality_{variant}.html"
         snapshot.save_html(str(html))
-        if snapshots is not None:
-            snapshots.append(snapshot)
+        snapshots.append(snapshot)
         values = {m["config"]["type"].rsplit(":", 1)[-1]: m["value"] for m in snapshot.dict()["metrics"]}
         live_ap = metrics["average_precision"]
         results[variant] = Quality(
@@ -78,4 +79,4 @@ def judge(labelled: pd.DataFrame, shipped: dict[str, tuple[str, float]], out_dir
             metrics["cost_of_no_model"], shipped_ap,
             live_ap < shipped_ap * (1 - max_drop), str(html),
         )
-    return results
+    return results, snapshots

@@ -370,7 +370,7 @@ def _monitor_cost(rows: int, peer: bool, out_dir: str) -> tuple[float, float, fl
         Report([DataDriftPreset(columns=MONITOR_FEATURES)]).run(current_data=current[MONITOR_FEATURES], reference_data=reference[MONITOR_FEATURES]).dict()
         verdict = "-"
     else:
-        verdict = drift_report({"champion": Reference("1", reference, 0.1)}, current, MONITOR_FEATURES, Path(out_dir), 0.3, 200, 0.05).verdict
+        verdict = drift_report({"champion": Reference("1", reference, 0.1)}, current, MONITOR_FEATURES, Path(out_dir), 0.3, 200, 0.05)[0].verdict
     return time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, baseline, verdict
 
 

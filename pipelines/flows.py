@@ -16,7 +16,6 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-from evidently.core.report import Snapshot
 from mlflow.models import infer_signature
 from prefect import Flow, flow, get_run_logger, task
 
@@ -290,16 +289,15 @@ def monitor_flow(settings: Settings | None = None, label: str = "latest", since:
     current = predlog.read(settings, since, until)  # live traffic
     if current.empty:
         current = references.frames["champion"].frame.iloc[0:0]
-    snapshots: list[Snapshot] = []
-    drift = drift_report(references.frames, current, references.features, out_dir, settings.drift_share,
-                         settings.min_rows, settings.max_missing_share, settings.rate_drift_p_value, snapshots,
-                         settings.max_out_of_range_share)
+    drift, snapshots = drift_report(references.frames, current, references.features, out_dir, settings.drift_share,
+                                    settings.min_rows, settings.max_missing_share, settings.rate_drift_p_value,
+                                    settings.max_out_of_range_share)
     as_of = until or (current["timestamp"].max() if len(current) else datetime.now(timezone.utc).replace(tzinfo=None))
     matured_until = as_of - timedelta(days=settings.label_delay_days)
     logged = predlog.read(settings, matured_until - timedelta(days=settings.quality_days), matured_until)
     labelled = with_labels(logged, settings.transactions_dir, as_of, settings.label_delay_days) if len(logged) else logged
-    quality = judge(labelled, references.shipped_ap, out_dir, settings.review_fee, settings.top_k,
-                    settings.max_quality_drop, settings.min_labelled_frauds, snapshots) if len(labelled) else {}
+    quality, quality_snapshots = judge(labelled, references.shipped_ap, out_dir, settings.review_fee, settings.top_k,
+                                       settings.max_quality_drop, settings.min_labelled_frauds) if len(labelled) else ({}, [])
     # A fraud wave is mostly a change in the labels: the features and scores barely move until the
     # terminals' risk catches up, so the fraud rate of the labelled traffic is tested on its own.
     labels = (rate_drift(labelled["is_fraud"], references.frames["champion"].frame["is_fraud"], "is_fraud", settings.rate_drift_p_value)
@@ -316,7 +314,7 @@ def monitor_flow(settings: Settings | None = None, label: str = "latest", since:
         features_flow(settings)  # the newest transactions into the offline features first
         retrain = training_flow(settings)(settings, ModelConfig(), as_of=as_of, trigger="monitor: " + "; ".join(reasons))
     outcome = Monitoring(drift, quality, labels, reasons, retrain)
-    workspace.record(settings.evidently_dir, label, snapshots)  # history for the Evidently UI
+    workspace.record(settings.evidently_dir, label, snapshots + quality_snapshots)  # history for the Evidently UI
     text = json.dumps(asdict(outcome), indent=2, default=str)
     (out_dir / "monitor.json").write_text(text)
     write_atomically(settings.reports_dir / LATEST, text)  # what /metrics exports: the newest run, whole

@@ -35,7 +35,8 @@ def run(tmp_path, current: pd.DataFrame, challenger: bool = False, **overrides):
     if challenger:
         references["challenger"] = Reference("2", traffic(5_000, 1))
     options = dict(drift_share=0.3, min_rows=200, max_missing_share=0.05) | overrides
-    return drift_report(references, current, FEATURES, tmp_path, **options)
+    summary, _ = drift_report(references, current, FEATURES, tmp_path, **options)
+    return summary
 
 
 def test_same_distribution_is_ok(tmp_path) -> None:
