@@ -58,6 +58,9 @@ class ScoringService:
         self.metrics = Metrics(settings.reports_dir)
         self.models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
+        if settings.online_timeout_ms >= settings.predict_timeout_ms:
+            log.warning("online_timeout_ms %g is not under predict_timeout_ms %g: a hung online store will answer 503, not degraded",
+                        settings.online_timeout_ms, settings.predict_timeout_ms)
         self.online = OnlineFeatures(settings)
         self.metrics.online_skipped.set_function(lambda: float(self.online.breaker.open))
         self.log = PredictionLog(predlog.sink_for(settings), settings.log_batch_size, settings.log_queue_size)

@@ -234,7 +234,7 @@ def test_a_prediction_stuck_on_a_locked_store_answers_503_within_its_limit(regis
     import time
 
     settings = registry_copy.model_copy(update={"predict_timeout_ms": 300.0, "online_timeout_ms": 5_000.0})
-    with TestClient(create_app(settings)) as c:
+    with captured_logs() as lines, TestClient(create_app(settings)) as c:
         assert c.post("/predict", json=TX).status_code == 200
         lock = sqlite3.connect(settings.feast_dir / "online.db", isolation_level=None)
         lock.execute("BEGIN EXCLUSIVE")
@@ -250,6 +250,7 @@ def test_a_prediction_stuck_on_a_locked_store_answers_503_within_its_limit(regis
         assert c.post("/predict", json={**TX, "transaction_id": "after"}).status_code == 200
         assert "fraudops_prediction_timeouts_total 1.0" in c.get("/metrics").text
     assert sorted(pd.read_parquet(settings.predictions_dir)["transaction_id"]) == ["after", "tx-1"]
+    assert any("is not under predict_timeout_ms" in line["message"] for line in lines)  # the set-up was warned about
 
 
 def test_a_locked_store_degrades_within_its_read_timeout_and_is_skipped_until_the_retry(registry_copy) -> None:
