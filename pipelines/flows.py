@@ -10,8 +10,8 @@ import json
 import re
 import tempfile
 from dataclasses import asdict, dataclass
-from importlib.metadata import version as installed_version
 from datetime import datetime, timedelta, timezone
+from importlib.metadata import version as installed_version
 from pathlib import Path
 
 import mlflow

@@ -225,26 +225,34 @@ def test_admin_promote_and_rollback_hot_swap_the_champion(registry_copy) -> None
         assert (back["champion"], back["loaded_champion"]) == ("1", "1")
 
 
+@contextmanager
+def locked_online_store(settings) -> Iterator[None]:
+    """Hold the SQLite online store's write lock, as a materialization committing does: reads wait."""
+    import sqlite3
+
+    lock = sqlite3.connect(settings.feast_dir / "online.db", isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        yield
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+
+
 def test_a_prediction_stuck_on_a_locked_store_answers_503_within_its_limit(registry_copy) -> None:
     """A materialization holding the SQLite online store's write lock makes reads wait; with a store
     that may wait longer than a prediction may take, the caller gets a 503 at the time limit, the
     worker keeps answering once the lock is gone, and the stuck prediction, finishing after its 503,
     is not logged as an answer."""
-    import sqlite3
     import time
 
     settings = registry_copy.model_copy(update={"predict_timeout_ms": 300.0, "online_timeout_ms": 5_000.0})
     with captured_logs() as lines, TestClient(create_app(settings)) as c:
         assert c.post("/predict", json=TX).status_code == 200
-        lock = sqlite3.connect(settings.feast_dir / "online.db", isolation_level=None)
-        lock.execute("BEGIN EXCLUSIVE")
-        try:
+        with locked_online_store(settings):
             started = time.perf_counter()
             stuck = c.post("/predict", json={**TX, "transaction_id": "stuck"})
             waited = time.perf_counter() - started
-        finally:
-            lock.execute("ROLLBACK")
-            lock.close()
         assert stuck.status_code == 503 and "300 ms" in stuck.json()["detail"]
         assert waited < 2.0
         assert c.post("/predict", json={**TX, "transaction_id": "after"}).status_code == 200
@@ -258,7 +266,6 @@ def test_a_locked_store_degrades_within_its_read_timeout_and_is_skipped_until_th
     answer the timeout and answers with default features, flagged degraded; while the breaker is
     open the next answers skip the store at once (still locked, a read would wait the timeout again);
     after `online_retry_seconds` one answer reads it again, and it is back."""
-    import sqlite3
     import time
 
     settings = registry_copy.model_copy(update={"online_timeout_ms": 150.0, "online_retry_seconds": 1.0})
@@ -271,15 +278,10 @@ def test_a_locked_store_degrades_within_its_read_timeout_and_is_skipped_until_th
             return answer.json(), time.perf_counter() - started
 
         assert not timed_predict("before")[0]["degraded"]
-        lock = sqlite3.connect(settings.feast_dir / "online.db", isolation_level=None)
-        lock.execute("BEGIN EXCLUSIVE")
-        try:
+        with locked_online_store(settings):
             (first, first_s), (second, second_s) = timed_predict("first"), timed_predict("second")
             skipped = c.get("/metrics").text
             ready = c.get("/readyz")
-        finally:
-            lock.execute("ROLLBACK")
-            lock.close()
         assert first["degraded"] and "customer_tx_count_7d" in first["features_missing"]
         assert 0.15 <= first_s < 1.0  # the store's timeout, not the time limit, not Python's 5 s
         assert second["degraded"] and second_s < 0.15  # not read: a read would have waited the timeout
