@@ -67,7 +67,10 @@ class PostgresSink:
         self._connect = psycopg.connect
         self._conn: Any = None
         columns = ", ".join(f"{name} {kind}" for name, kind in COLUMNS.items())
-        with psycopg.connect(url, autocommit=True) as conn:
+        with psycopg.connect(url) as conn, conn.transaction():
+            # Every worker runs this at start-up, and `IF NOT EXISTS` alone races in the catalog: the
+            # lock, released at commit, lets one worker create the table while the others wait.
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [TABLE])
             conn.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} ({columns}, features jsonb NOT NULL, logged_at timestamptz NOT NULL DEFAULT now())")
             conn.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_timestamp ON {TABLE} (timestamp)")
 

@@ -189,3 +189,28 @@ def test_prediction_log_in_postgres_holds_every_answer(registry_copy, database) 
     sent = {f"pg-{i}": 10.0 + i for i in range(n)}
     assert all(sent[t] == a for t, a in zip(logged["transaction_id"], logged["amount"]))  # features, row by row
     assert not (settings.predictions_dir.exists() and any(settings.predictions_dir.glob("*.parquet")))  # nothing went to Parquet
+
+
+def test_workers_starting_together_all_get_the_prediction_log_table(database) -> None:
+    """Every API worker creates the table at start-up; `CREATE TABLE IF NOT EXISTS` alone races in
+    PostgreSQL's catalog, and a worker that loses fails its start-up (uvicorn then stops them all)."""
+    from serving.predlog import PostgresSink
+
+    url = database.replace("postgresql+psycopg://", "postgresql://")
+    workers = 8
+    start = threading.Barrier(workers)
+    failures: list[BaseException] = []
+
+    def boot() -> None:
+        start.wait()
+        try:
+            PostgresSink(url)
+        except BaseException as error:  # noqa: BLE001 - collected and asserted on below
+            failures.append(error)
+
+    threads = [threading.Thread(target=boot) for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
