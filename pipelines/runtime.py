@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import subprocess
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -52,10 +53,17 @@ def service_available(host: str, port: int) -> bool:
 
 def write_atomically(path: Path, text: str) -> None:
     """Write beside, then rename over: a reader (the API's scrape, a starting worker) sees the old
-    file or the new one, never half of one."""
-    partial = path.with_name(f".{path.name}.tmp")
-    partial.write_text(text)
-    os.replace(partial, path)
+    file or the new one, never half of one. The partial file's name is unique, because writers race
+    too: API workers starting together cache the same model."""
+    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)  # as a plain write would leave it, not mkstemp's 0600
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(partial, path)
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
 
 
 def wait_until_up(url: str, process: subprocess.Popen[bytes] | None = None, timeout: float = 120.0, log: Path | None = None) -> None:

@@ -131,7 +131,10 @@ def test_compose_services_run_natively_end_to_end(stack: Stack, monkeypatch: pyt
         for i in range(n):
             tx = {"transaction_id": f"n{i}", "customer_id": str(i % 300), "terminal_id": str(i % 600), "amount": 20.0 + i % 50,
                   "timestamp": "2025-05-09T10:00:00Z"}
-            answer = httpx.post(f"{base}/predict", json=tx, timeout=10.0)
+            try:
+                answer = httpx.post(f"{base}/predict", json=tx, timeout=10.0)
+            except httpx.HTTPError as error:  # a worker died: its log says why
+                raise AssertionError(stack.log("api").read_text(errors="replace")[-3000:]) from error
             assert answer.status_code == 200, answer.text
         assert not answer.json()["degraded"]  # features came from Redis
     finally:
