@@ -11,7 +11,7 @@ from datetime import date, datetime
 
 import pytest
 
-from tests.conftest import require_service, tiny_settings
+from tests.conftest import failures_when_run_together, require_service, tiny_settings
 
 pytestmark = pytest.mark.integration
 PG = ("PostgreSQL", "127.0.0.1", 5432)
@@ -191,26 +191,11 @@ def test_prediction_log_in_postgres_holds_every_answer(registry_copy, database) 
     assert not (settings.predictions_dir.exists() and any(settings.predictions_dir.glob("*.parquet")))  # nothing went to Parquet
 
 
+
 def test_workers_starting_together_all_get_the_prediction_log_table(database) -> None:
     """Every API worker creates the table at start-up; `CREATE TABLE IF NOT EXISTS` alone races in
     PostgreSQL's catalog, and a worker that loses fails its start-up (uvicorn then stops them all)."""
     from serving.predlog import PostgresSink
 
     url = database.replace("postgresql+psycopg://", "postgresql://")
-    workers = 8
-    start = threading.Barrier(workers)
-    failures: list[BaseException] = []
-
-    def boot() -> None:
-        start.wait()
-        try:
-            PostgresSink(url)
-        except BaseException as error:  # noqa: BLE001 - collected and asserted on below
-            failures.append(error)
-
-    threads = [threading.Thread(target=boot) for _ in range(workers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert failures == []
+    assert failures_when_run_together([lambda: PostgresSink(url)] * 8) == []
