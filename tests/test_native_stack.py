@@ -1,7 +1,7 @@
 """The compose stack as native processes: each service's command and environment are read from
 docker-compose.yml, with the compose hosts mapped to this machine and a fresh database per
-`CREATE DATABASE` of infra/postgres/init.sql. Then bootstrap, a second training, promote, serve and
-monitor run across the MLflow server (basic auth, PostgreSQL), the Prefect server (PostgreSQL), the
+`CREATE DATABASE` of infra/postgres/init.sql. Then bootstrap, a second training, promote, serve,
+monitor and the worker (its scheduled deployments registered, one run on demand) run across the MLflow server (basic auth, PostgreSQL), the Prefect server (PostgreSQL), the
 Feast registry (PostgreSQL) and online store (Redis), and the prediction log (PostgreSQL), and each
 store is checked. What compose would run is what runs here, so the two cannot silently diverge."""
 
@@ -11,9 +11,11 @@ import os
 import re
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -25,6 +27,7 @@ from tests.conftest import TINY, free_port, require_service
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
+T = TypeVar("T")
 SECRETS = {"POSTGRES_PASSWORD": "unused-with-trust-auth", "FRAUDOPS_ADMIN_TOKEN": "admin-token",
            "MLFLOW_ADMIN_PASSWORD": "not-the-default", "MLFLOW_SECRET_KEY": "k", "GRAFANA_ADMIN_PASSWORD": "g"}
 
@@ -40,8 +43,8 @@ class Stack:
         self.ports = {"mlflow": free_port(), "prefect-server": free_port(), "api": free_port()}
         self.processes: list[subprocess.Popen[bytes]] = []
 
-    def start(self, service: str, port_flag: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        """The service's compose command on its own port, logging to `<service>.log`."""
+    def start(self, service: str, port_flag: str | None, extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        """The service's compose command (on its own port, if it has one), logging to `<service>.log`."""
         with open(self.log(service), "wb") as log:
             process = subprocess.Popen(self.command(service, port_flag), env={**self.env(service), **(extra_env or {})},
                                        stdout=log, stderr=subprocess.STDOUT)
@@ -93,14 +96,24 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     try:
         yield stack
     finally:
-        for process in stack.processes:
+        for process in reversed(stack.processes):  # as compose stops them: what depends on a server first
             process.terminate()
-        for process in stack.processes:
             process.wait(timeout=30)
         redis.Redis(host="127.0.0.1", port=6379, db=11).flushdb()
         with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
             for database in stack.databases:
                 conn.execute(f'DROP DATABASE IF EXISTS "{database}_{stack.suffix}" WITH (FORCE)')
+
+
+def wait_for(check: Callable[[], T | None], process: subprocess.Popen[bytes], log: Path, failure: str, timeout: float = 180.0) -> T:
+    """`check()` once a second until it gives something; fail with the service's log if it exits or
+    the time runs out."""
+    deadline = time.monotonic() + timeout
+    while (found := check()) is None:
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"{failure}; see {log}:\n{log.read_text(errors='replace')[-3000:]}")
+        time.sleep(1)
+    return found
 
 
 def test_compose_services_run_natively_end_to_end(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,6 +158,20 @@ def test_compose_services_run_natively_end_to_end(stack: Stack, monkeypatch: pyt
     monitored = run(["fraudops", "monitor", "--label", "native"], FRAUDOPS_RETRAIN_ON_DRIFT="false")
     assert "drift verdict" in monitored
 
+    # the worker: registers the scheduled deployments with the Prefect server and runs what it is given
+    prefect = f"http://127.0.0.1:{stack.ports['prefect-server']}/api"
+    worker = stack.start("worker", None, {**tiny, "FRAUDOPS_RETRAIN_ON_DRIFT": "false"})
+    deployments = wait_for(lambda: {d["name"]: d for d in httpx.post(f"{prefect}/deployments/filter", json={}).json()} or None,
+                           worker, stack.log("worker"), "the worker registered no deployments")
+    assert set(deployments) == {"daily-retrain", "hourly-monitor"} and not any(d["paused"] for d in deployments.values())
+    crons = {name: [s["schedule"]["cron"] for s in d["schedules"]] for name, d in deployments.items()}
+    assert crons == {"daily-retrain": ["0 3 * * *"], "hourly-monitor": ["0 * * * *"]}
+    flow_run = httpx.post(f"{prefect}/deployments/{deployments['hourly-monitor']['id']}/create_flow_run", json={}).json()
+    final = wait_for(lambda: (state := httpx.get(f"{prefect}/flow_runs/{flow_run['id']}").json()["state_type"])
+                     in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and state or None,
+                     worker, stack.log("worker"), "the worker did not finish the monitor run it was given")
+    assert final == "COMPLETED", stack.log("worker").read_text(errors="replace")[-3000:]
+
     # every store holds what the run put there
     import psycopg
     import redis
@@ -163,7 +190,6 @@ def test_compose_services_run_natively_end_to_end(stack: Stack, monkeypatch: pyt
     with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/feast_{stack.suffix}") as conn:
         assert conn.execute("SELECT count(*) FROM feature_views").fetchone()[0] >= 2
     assert redis.Redis(host="127.0.0.1", port=6379, db=11).dbsize() > 0
-    prefect = f"http://127.0.0.1:{stack.ports['prefect-server']}/api"
     flows = {f["id"]: f["name"] for f in httpx.post(f"{prefect}/flows/filter", json={}).json()}
     runs = httpx.post(f"{prefect}/flow_runs/filter", json={}).json()
     completed = {flows[r["flow_id"]] for r in runs if r["state_type"] == "COMPLETED"}
