@@ -161,15 +161,23 @@ def test_compose_services_run_natively_end_to_end(stack: Stack, monkeypatch: pyt
     # the worker: registers the scheduled deployments with the Prefect server and runs what it is given
     prefect = f"http://127.0.0.1:{stack.ports['prefect-server']}/api"
     worker = stack.start("worker", None, {**tiny, "FRAUDOPS_RETRAIN_ON_DRIFT": "false"})
-    deployments = wait_for(lambda: {d["name"]: d for d in httpx.post(f"{prefect}/deployments/filter", json={}).json()} or None,
-                           worker, stack.log("worker"), "the worker registered no deployments")
-    assert set(deployments) == {"daily-retrain", "hourly-monitor"} and not any(d["paused"] for d in deployments.values())
+    expected = {"daily-retrain", "hourly-monitor"}
+
+    def registered() -> dict[str, dict] | None:
+        found = {d["name"]: d for d in httpx.post(f"{prefect}/deployments/filter", json={}).json()}
+        return found if expected <= set(found) else None  # the worker registers them one at a time
+
+    deployments = wait_for(registered, worker, stack.log("worker"), "the worker did not register both deployments")
+    assert set(deployments) == expected and not any(d["paused"] for d in deployments.values())
     crons = {name: [s["schedule"]["cron"] for s in d["schedules"]] for name, d in deployments.items()}
     assert crons == {"daily-retrain": ["0 3 * * *"], "hourly-monitor": ["0 * * * *"]}
     flow_run = httpx.post(f"{prefect}/deployments/{deployments['hourly-monitor']['id']}/create_flow_run", json={}).json()
-    final = wait_for(lambda: (state := httpx.get(f"{prefect}/flow_runs/{flow_run['id']}").json()["state_type"])
-                     in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and state or None,
-                     worker, stack.log("worker"), "the worker did not finish the monitor run it was given")
+
+    def finished() -> str | None:
+        state = httpx.get(f"{prefect}/flow_runs/{flow_run['id']}").json()["state_type"]
+        return state if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
+
+    final = wait_for(finished, worker, stack.log("worker"), "the worker did not finish the monitor run it was given")
     assert final == "COMPLETED", stack.log("worker").read_text(errors="replace")[-3000:]
 
     # every store holds what the run put there
