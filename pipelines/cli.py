@@ -137,6 +137,17 @@ def train(
 
 
 @app.command()
+def bootstrap() -> None:
+    """A new stack's first run: simulate (replacing), compute, register and materialize the features,
+    train the first champion. One process for what four commands would do, each paying the imports
+    again (compose's bootstrap service). Rerun on the same data, training registers nothing new."""
+    simulate(replace=True)
+    features_apply()
+    features_materialize()
+    train()
+
+
+@app.command()
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Parquet or CSV files, or folders of them.")],
     columns: Annotated[Optional[str], typer.Option(help="Rename columns: 'theirs=ours,...' or a preset: handbook.")] = None,

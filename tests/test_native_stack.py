@@ -131,7 +131,7 @@ def test_compose_services_run_natively_end_to_end(stack: Stack, monkeypatch: pyt
         assert done.returncode == 0, f"{command}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         return done.stdout
 
-    run(stack.command("bootstrap")[2])  # simulate, feast apply, materialize, train: the first champion
+    run(stack.command("bootstrap"))  # simulate, feast apply, materialize, train: the first champion
     run(["fraudops", "train", "--num-leaves", "15"])  # a challenger
     run(["fraudops", "promote", "--reason", "native stack test"])
 
