@@ -238,6 +238,7 @@ def serving_section(settings: Settings, scale: str, repeat: int) -> Section:
     windows = Windows.from_settings(s)
     tx = read_transactions(s.transactions_dir, f"timestamp >= TIMESTAMP '{windows.test_end}'").head(1)
     joined = historical_features(open_store(s), s.feature_service, tx)
+    from serving.metrics import worker_metrics_env
     from serving.models import load_from_registry
 
     model = load_from_registry(s, "champion")
@@ -260,7 +261,8 @@ def serving_section(settings: Settings, scale: str, repeat: int) -> Section:
     processes = {}
     try:
         for name, command in commands.items():
-            processes[name] = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            extra = worker_metrics_env(s, workers) if name == "ours" else {}  # as `fraudops serve` runs it
+            processes[name] = subprocess.Popen(command, env=env | extra, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for name, process in processes.items():
             wait_until_up(f"http://127.0.0.1:{ports[name]}{health[name]}", process, timeout=180.0)
         time.sleep(3)

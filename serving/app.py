@@ -13,7 +13,7 @@ import orjson
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -101,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         app.state.scoring.shutdown(wait=False, cancel_futures=True)
         service.stop()
+        service.metrics.worker_exited()
 
     app = FastAPI(
         title="fraudops scoring API",
@@ -155,7 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/metrics", tags=["operations"])
     async def metrics(svc: Service) -> Response:
-        return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(svc.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/admin/routing", dependencies=[Depends(admin)], tags=["admin"])
     async def get_routing(svc: Service) -> dict[str, object]:

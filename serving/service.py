@@ -7,16 +7,13 @@ import logging
 import queue
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-from monitoring.metrics import MonitoringCollector
 from pipelines import registry
 from pipelines.settings import Settings
 from serving import models, predlog
 from serving.guardrails import Guardrail, Limits
+from serving.metrics import Metrics
 from serving.models import LoadedModel
 from serving.online import OnlineFeatures
 from serving.predlog import PredictionLog
@@ -27,42 +24,17 @@ log = logging.getLogger("fraudops.service")
 ALIASES = ("champion", "challenger")
 
 
-class Metrics:
-    def __init__(self, reports_dir: Path) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        r.register(MonitoringCollector(reports_dir))  # the newest monitor run, read at scrape time
-        self.responses = Counter("fraudops_http_responses_total", "HTTP answers by route and status", ["path", "status"], registry=r)
-        self.requests = Counter("fraudops_predictions_total", "Scored transactions; shadow scores are logged, never returned", ["variant", "mode"], registry=r)
-        self.latency = Histogram(
-            "fraudops_prediction_seconds", "Time to score one transaction", ["variant"], registry=r,
-            buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
-        )
-        self.scores = Histogram(
-            "fraudops_score", "Fraud scores", ["variant"], registry=r, buckets=(0.01, 0.05, 0.1, 0.2, 0.5, 0.8, 0.95)
-        )
-        self.missing = Counter("fraudops_features_missing_total", "Answers with defaulted features", registry=r)
-        self.degraded = Counter("fraudops_degraded_total", "Answers without the online store", registry=r)
-        self.online_skipped = Gauge("fraudops_online_store_skipped", "1 while answers skip a failing online store (online_retry_seconds)", registry=r)
-        self.log_dropped = Gauge("fraudops_prediction_log_dropped", "Prediction records dropped", registry=r)
-        self.log_depth = Gauge("fraudops_prediction_log_queue", "Prediction records waiting", registry=r)
-        self.timeouts = Counter("fraudops_prediction_timeouts_total", "Predictions answered 503 for overrunning their time limit", registry=r)
-        self.guardrail_trips = Counter("fraudops_guardrail_trips_total", "Times the challenger was cut to zero", registry=r)
-        self.model_version = Gauge("fraudops_model_version", "Loaded model version", ["alias"], registry=r)
-
-
 class ScoringService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.router = Router(settings.challenger_share)
-        self.metrics = Metrics(settings.reports_dir)
+        self.metrics = Metrics(settings)
         self.models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
         if settings.online_timeout_ms >= settings.predict_timeout_ms:
             log.warning("online_timeout_ms %g is not under predict_timeout_ms %g: a hung online store will answer 503, not degraded",
                         settings.online_timeout_ms, settings.predict_timeout_ms)
         self.online = OnlineFeatures(settings)
-        self.metrics.online_skipped.set_function(lambda: float(self.online.breaker.open))
         self.log = PredictionLog(predlog.sink_for(settings), settings.log_batch_size, settings.log_queue_size)
         # Shadow scoring runs on its own thread from a bounded queue: a slow challenger can only drop
         # shadow scores (counted), never delay an answer.
@@ -176,6 +148,7 @@ class ScoringService:
         after the lookup, the caller has had its 503 already: nothing is scored or logged."""
         started = time.perf_counter()
         lookup = self.online.lookup(tx.customer_id, tx.terminal_id, tx.amount, int(tx.timestamp.timestamp()))
+        self.metrics.online_skipped.set(float(self.online.breaker.open))  # a breaker changes only in a lookup
         if deadline is not None and time.perf_counter() > deadline:
             raise TimeoutError(f"transaction {tx.transaction_id}: the time limit passed during the feature lookup")
         return self._answer(tx, lookup.values, lookup.missing, lookup.degraded, started)

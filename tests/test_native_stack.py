@@ -20,6 +20,7 @@ from typing import TypeVar
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines.settings import REPO_ROOT
 from pipelines.runtime import wait_until_up
@@ -150,6 +151,9 @@ def test_compose_services_run_natively_end_to_end(stack: Stack, monkeypatch: pyt
                 raise AssertionError(stack.log("api").read_text(errors="replace")[-3000:]) from error
             assert answer.status_code == 200, answer.text
         assert not answer.json()["degraded"]  # features came from Redis
+        for _ in range(6):  # each scrape reaches one of the two workers: every one must count all n
+            families = text_string_to_metric_families(httpx.get(f"{base}/metrics").text)
+            assert sum(s.value for f in families for s in f.samples if s.name == "fraudops_predictions_total") == n
     finally:
         api.terminate()
         api.wait(timeout=30)  # the prediction log flushes on the way out

@@ -1,0 +1,83 @@
+"""The API's Prometheus metrics, whole across uvicorn's workers.
+
+Each worker is its own process, and a scrape of `/metrics` reaches one of them: with per-process
+counters, Prometheus saw one worker's count, then another's, and read every drop as a counter reset.
+So a server with several workers keeps its metrics in prometheus_client's multiprocess mode: each
+worker writes its values to files in one folder (`PROMETHEUS_MULTIPROC_DIR`, which must be set before
+prometheus_client is imported, so the launcher sets it: `worker_metrics_env`), and every scrape sums
+them. Gauges say how to combine workers: a count of dropped records adds up, a model version or the
+online store's breaker takes the highest.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import multiprocess
+
+from monitoring.metrics import MonitoringCollector
+from pipelines.settings import Settings
+
+MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def worker_metrics_env(settings: Settings, workers: int) -> dict[str, str]:
+    """The environment for a server about to start its workers: an empty folder for their metrics
+    (values left by a previous server would be added to this one's). A single worker runs in the
+    launcher's process, which has imported prometheus_client already, and needs none."""
+    if workers == 1:
+        return {}
+    folder = _folder(settings)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return {MULTIPROCESS: str(folder)}
+
+
+def _folder(settings: Settings) -> Path:
+    return settings.state_dir / "prometheus"
+
+
+class Metrics:
+    def __init__(self, settings: Settings) -> None:
+        # Only our launcher's folder counts: importing Feast points the variable at a temporary folder
+        # of its own whenever it is unset, so its presence alone proves nothing.
+        self.shared = os.environ.get(MULTIPROCESS) == str(_folder(settings))
+        self.registry = CollectorRegistry()
+        self.reports = MonitoringCollector(settings.reports_dir)  # the newest monitor run, read at scrape time
+        r = self.registry
+        r.register(self.reports)
+        self.responses = Counter("fraudops_http_responses_total", "HTTP answers by route and status", ["path", "status"], registry=r)
+        self.requests = Counter("fraudops_predictions_total", "Scored transactions; shadow scores are logged, never returned", ["variant", "mode"], registry=r)
+        self.latency = Histogram(
+            "fraudops_prediction_seconds", "Time to score one transaction", ["variant"], registry=r,
+            buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5),
+        )
+        self.scores = Histogram(
+            "fraudops_score", "Fraud scores", ["variant"], registry=r, buckets=(0.01, 0.05, 0.1, 0.2, 0.5, 0.8, 0.95)
+        )
+        self.missing = Counter("fraudops_features_missing_total", "Answers with defaulted features", registry=r)
+        self.degraded = Counter("fraudops_degraded_total", "Answers without the online store", registry=r)
+        self.online_skipped = Gauge("fraudops_online_store_skipped", "1 while answers skip a failing online store (online_retry_seconds)",
+                                    registry=r, multiprocess_mode="livemax")
+        self.log_dropped = Gauge("fraudops_prediction_log_dropped", "Prediction records dropped", registry=r, multiprocess_mode="sum")
+        self.log_depth = Gauge("fraudops_prediction_log_queue", "Prediction records waiting", registry=r, multiprocess_mode="livesum")
+        self.timeouts = Counter("fraudops_prediction_timeouts_total", "Predictions answered 503 for overrunning their time limit", registry=r)
+        self.guardrail_trips = Counter("fraudops_guardrail_trips_total", "Times the challenger was cut to zero", registry=r)
+        self.model_version = Gauge("fraudops_model_version", "Loaded model version", ["alias"], registry=r, multiprocess_mode="livemax")
+
+    def exposition(self) -> bytes:
+        """What `/metrics` answers: this process's metrics, or with several workers all of theirs."""
+        if not self.shared:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+        merged.register(self.reports)
+        return generate_latest(merged)
+
+    def worker_exited(self) -> None:
+        """Drop this worker's live gauges (its queue depth, its breaker) from the sums."""
+        if self.shared:
+            multiprocess.mark_process_dead(os.getpid())
