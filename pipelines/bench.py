@@ -261,7 +261,7 @@ def serving_section(settings: Settings, scale: str, repeat: int) -> Section:
     processes = {}
     try:
         for name, command in commands.items():
-            extra = worker_metrics_env(s, workers) if name == "ours" else {}  # as `fraudops serve` runs it
+            extra = worker_metrics_env(workers) if name == "ours" else {}  # as `fraudops serve` runs it
             processes[name] = subprocess.Popen(command, env=env | extra, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for name, process in processes.items():
             wait_until_up(f"http://127.0.0.1:{ports[name]}{health[name]}", process, timeout=180.0)

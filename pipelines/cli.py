@@ -204,7 +204,7 @@ def serve(
     from serving.metrics import worker_metrics_env
 
     s = settings(api_host=host, api_port=port)
-    os.environ.update(worker_metrics_env(s, s.api_workers))  # one set of metrics across the workers
+    os.environ.update(worker_metrics_env(s.api_workers))  # one set of metrics across the workers
     # Workers build the app from the environment (the factory), so every setting reaches each of them.
     uvicorn.run("serving.app:create_app", factory=True, host=s.api_host, port=s.api_port, workers=s.api_workers, log_level="warning")
 

@@ -44,7 +44,7 @@ def running_api(settings: Settings, timeout: float = 120.0) -> Iterator[subproce
                "--port", str(settings.api_port), "--log-level", "warning"]
     log_path = settings.state_dir / "api.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, env=settings_env(settings) | worker_metrics_env(settings, settings.api_workers), stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, env=settings_env(settings) | worker_metrics_env(settings.api_workers), stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until_up(f"{settings.api_url}/readyz", process, timeout, log_path)
         yield process

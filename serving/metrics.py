@@ -12,7 +12,7 @@ online store's breaker takes the highest.
 from __future__ import annotations
 
 import os
-import shutil
+import tempfile
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -22,29 +22,21 @@ from monitoring.metrics import MonitoringCollector
 from pipelines.settings import Settings
 
 MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR"
+PREFIX = "fraudops-metrics-"
 
 
-def worker_metrics_env(settings: Settings, workers: int) -> dict[str, str]:
-    """The environment for a server about to start its workers: an empty folder for their metrics
-    (values left by a previous server would be added to this one's). A single worker runs in the
-    launcher's process, which has imported prometheus_client already, and needs none."""
-    if workers == 1:
-        return {}
-    folder = _folder(settings)
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    return {MULTIPROCESS: str(folder)}
-
-
-def _folder(settings: Settings) -> Path:
-    return settings.state_dir / "prometheus"
+def worker_metrics_env(workers: int) -> dict[str, str]:
+    """The environment for a server about to start its workers: a new, empty folder for their metrics,
+    its own even where replicas share the state folder (each replica is scraped on its own). A single
+    worker runs in the launcher's process, which has imported prometheus_client already, and needs none."""
+    return {} if workers == 1 else {MULTIPROCESS: tempfile.mkdtemp(prefix=PREFIX)}
 
 
 class Metrics:
     def __init__(self, settings: Settings) -> None:
-        # Only our launcher's folder counts: importing Feast points the variable at a temporary folder
+        # Only a launcher's folder counts: importing Feast points the variable at a temporary folder
         # of its own whenever it is unset, so its presence alone proves nothing.
-        self.shared = os.environ.get(MULTIPROCESS) == str(_folder(settings))
+        self.shared = Path(os.environ.get(MULTIPROCESS, "")).name.startswith(PREFIX)
         self.registry = CollectorRegistry()
         self.reports = MonitoringCollector(settings.reports_dir)  # the newest monitor run, read at scrape time
         r = self.registry
