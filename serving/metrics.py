@@ -19,7 +19,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client import multiprocess
 
 from monitoring.metrics import MonitoringCollector
-from pipelines.settings import Settings
 
 MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR"
 PREFIX = "fraudops-metrics-"
@@ -33,12 +32,12 @@ def worker_metrics_env(workers: int) -> dict[str, str]:
 
 
 class Metrics:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, reports_dir: Path) -> None:
         # Only a launcher's folder counts: importing Feast points the variable at a temporary folder
         # of its own whenever it is unset, so its presence alone proves nothing.
         self.shared = Path(os.environ.get(MULTIPROCESS, "")).name.startswith(PREFIX)
         self.registry = CollectorRegistry()
-        self.reports = MonitoringCollector(settings.reports_dir)  # the newest monitor run, read at scrape time
+        self.reports = MonitoringCollector(reports_dir)  # the newest monitor run, read at scrape time
         r = self.registry
         r.register(self.reports)
         self.responses = Counter("fraudops_http_responses_total", "HTTP answers by route and status", ["path", "status"], registry=r)

@@ -28,7 +28,7 @@ class ScoringService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.router = Router(settings.challenger_share)
-        self.metrics = Metrics(settings)
+        self.metrics = Metrics(settings.reports_dir)
         self.models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
         if settings.online_timeout_ms >= settings.predict_timeout_ms:

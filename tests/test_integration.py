@@ -191,7 +191,6 @@ def test_prediction_log_in_postgres_holds_every_answer(registry_copy, database) 
     assert not (settings.predictions_dir.exists() and any(settings.predictions_dir.glob("*.parquet")))  # nothing went to Parquet
 
 
-
 def test_workers_starting_together_all_get_the_prediction_log_table(database) -> None:
     """Every API worker creates the table at start-up; `CREATE TABLE IF NOT EXISTS` alone races in
     PostgreSQL's catalog, and a worker that loses fails its start-up (uvicorn then stops them all)."""
