@@ -238,7 +238,6 @@ def serving_section(settings: Settings, scale: str, repeat: int) -> Section:
     windows = Windows.from_settings(s)
     tx = read_transactions(s.transactions_dir, f"timestamp >= TIMESTAMP '{windows.test_end}'").head(1)
     joined = historical_features(open_store(s), s.feature_service, tx)
-    from serving.metrics import worker_metrics_env
     from serving.models import load_from_registry
 
     model = load_from_registry(s, "champion")
@@ -252,17 +251,18 @@ def serving_section(settings: Settings, scale: str, repeat: int) -> Section:
     env = settings_env(s) | {"MLFLOW_TRACKING_URI": s.tracking_uri, "MLFLOW_MODELS_WORKERS": str(workers)}
     bin_dir = Path(sys.executable).parent
     env["PATH"] = f"{bin_dir}:{env.get('PATH', '')}"  # mlflow starts `uvicorn` by name
+    # ours as users run it; the floor through the same launcher (a socket per worker), so the ratio
+    # compares the apps, not how connections reach the workers; mlflow as it runs itself
     commands = {
-        "ours": [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--port", str(ports["ours"]), "--workers", str(workers), "--log-level", "warning"],
+        "ours": [str(bin_dir / "fraudops"), "serve", "--port", str(ports["ours"])],
         "mlflow": [str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{s.model_name}@champion", "-p", str(ports["mlflow"]), "--env-manager", "local", "--workers", str(workers)],
-        "floor": [sys.executable, "-m", "uvicorn", "pipelines.bench:floor_app_factory", "--factory", "--port", str(ports["floor"]), "--workers", str(workers), "--log-level", "warning"],
+        "floor": [sys.executable, "-c", f"from serving.workers import serve; serve('pipelines.bench:floor_app_factory', '127.0.0.1', {ports['floor']}, {workers})"],
     }
     health = {"ours": "/readyz", "mlflow": "/ping", "floor": "/"}
     processes = {}
     try:
         for name, command in commands.items():
-            extra = worker_metrics_env(workers) if name == "ours" else {}  # as `fraudops serve` runs it
-            processes[name] = subprocess.Popen(command, env=env | extra, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            processes[name] = subprocess.Popen(command, env=env | {"FRAUDOPS_API_WORKERS": str(workers)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for name, process in processes.items():
             wait_until_up(f"http://127.0.0.1:{ports[name]}{health[name]}", process, timeout=180.0)
         time.sleep(3)

@@ -199,14 +199,13 @@ def serve(
     """Run the scoring API (OpenAPI docs at /docs), FRAUDOPS_API_WORKERS processes."""
     import os
 
-    import uvicorn
-
     from serving.metrics import worker_metrics_env
+    from serving.workers import serve as serve_app
 
     s = settings(api_host=host, api_port=port)
     os.environ.update(worker_metrics_env(s.api_workers))  # one set of metrics across the workers
     # Workers build the app from the environment (the factory), so every setting reaches each of them.
-    uvicorn.run("serving.app:create_app", factory=True, host=s.api_host, port=s.api_port, workers=s.api_workers, log_level="warning")
+    serve_app("serving.app:create_app", s.api_host, s.api_port, s.api_workers)
 
 
 @app.command()

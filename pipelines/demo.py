@@ -14,6 +14,7 @@ import sys
 import time
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from collections.abc import Iterator
 
 import httpx
@@ -37,14 +38,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 @contextmanager
 def running_api(settings: Settings, timeout: float = 120.0) -> Iterator[subprocess.Popen[bytes]]:
-    """Start the API as its own process, as production would, and wait until it is ready."""
-    from serving.metrics import worker_metrics_env
-
-    command = [sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory", "--host", settings.api_host, "--workers", str(settings.api_workers),
-               "--port", str(settings.api_port), "--log-level", "warning"]
+    """Start the API as its own process, as production would (`fraudops serve`), and wait until it is ready."""
+    command = [str(Path(sys.executable).parent / "fraudops"), "serve"]
     log_path = settings.state_dir / "api.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, env=settings_env(settings) | worker_metrics_env(settings.api_workers), stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, env=settings_env(settings), stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_until_up(f"{settings.api_url}/readyz", process, timeout, log_path)
         yield process

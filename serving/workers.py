@@ -1,0 +1,58 @@
+"""Run an ASGI app in worker processes that each listen on their own socket.
+
+uvicorn's `--workers` binds one socket in the parent and every worker accepts from it: they share one
+accept queue, and the worker that wakes first takes every connection waiting (asyncio accepts up to
+the backlog at once). Callers that keep connections open (a gateway, a load balancer, wrk) then stay
+pinned to one worker while the others idle: in `make bench`, two of three runs of `/predict` were
+served by one of its two workers, at a third of the throughput. Here each worker binds its own
+listening socket with SO_REUSEPORT, and Linux spreads new connections across the workers' sockets by
+a hash of the client address and port, as nginx's `reuse_port` does.
+
+uvicorn's supervisor still starts, health-checks, restarts and stops the workers; it hands each worker
+the parent's socket through pickling, and `ReusePortSocket` pickles as "bind a new socket to this
+address", so every worker, a restarted one too, gets a socket of its own.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+from uvicorn.supervisors import Multiprocess
+
+
+class ReusePortSocket(socket.socket):
+    """A TCP socket bound with SO_REUSEPORT that a new process receives as a new socket of its own."""
+
+    @classmethod
+    def bind_to(cls, host: str, port: int) -> ReusePortSocket:
+        sock = cls(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.set_inheritable(True)
+        return sock
+
+    def __reduce__(self) -> tuple[Callable[[str, int], ReusePortSocket], tuple[str, int]]:
+        host, port = self.getsockname()[:2]
+        return ReusePortSocket.bind_to, (host, port)
+
+
+def serve(app: str, host: str, port: int, workers: int, log_level: str = "warning") -> None:
+    """Serve the app factory `app` ("module:function"); with one worker, in this process."""
+    options: dict[str, Any] = {"factory": True, "host": host, "port": port, "workers": workers, "log_level": log_level}
+    if workers == 1 or not sys.platform.startswith("linux"):  # elsewhere SO_REUSEPORT does not spread connections
+        return uvicorn.run(app, **options)
+    # A port someone else listens on must fail here, as uvicorn would: a socket with SO_REUSEPORT would
+    # instead join any group of the same user's sockets on that port and quietly share its traffic.
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise SystemExit(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    # The parent's socket only holds the port: it never listens, so it is never given a connection.
+    Multiprocess(uvicorn.Config(app, **options), sockets=[ReusePortSocket.bind_to(host, port)]).run()
