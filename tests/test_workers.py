@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 
@@ -41,7 +42,10 @@ def server() -> Iterator[int]:
     port = free_port()
     process = launch(port)
     try:
-        wait_until_up(f"http://127.0.0.1:{port}/", process, timeout=60.0)
+        wait_until_up(f"http://127.0.0.1:{port}/", process, timeout=60.0)  # one worker is up
+        deadline = time.monotonic() + 20.0
+        while listening_sockets(port) < WORKERS and time.monotonic() < deadline:  # and then all of them
+            time.sleep(0.05)
         yield port
     finally:
         process.terminate()
@@ -86,6 +90,35 @@ def test_connections_opened_at_once_spread_over_the_workers(server: int) -> None
     assert len(served) == WORKERS, served
     # the kernel hashes each connection to a worker: for a fair coin, 96 of 256 or fewer is 1 in 30,000
     assert min(served.values()) >= 96, served
+
+
+def test_a_worker_that_dies_is_replaced_by_one_with_its_own_socket(server: int) -> None:
+    """uvicorn's supervisor restarts a dead worker with the parent's socket: here that means binding a
+    new one, so the replacement must be listening and taking connections again."""
+    import signal
+
+    def workers_answering() -> set[str]:
+        answered = set()
+        for _ in range(32):
+            try:
+                with socket.create_connection(("127.0.0.1", server)) as sock:
+                    answered.add(worker_of(sock))
+            except (OSError, IndexError):  # a connection queued at the dying worker is reset
+                pass
+        return answered
+
+    before = workers_answering()
+    assert len(before) == WORKERS
+    victim = min(before)
+    os.kill(int(victim), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = workers_answering()
+        if len(now) == WORKERS and victim not in now:
+            break
+    assert len(now) == WORKERS and victim not in now, (before, now)
+    assert listening_sockets(server) == WORKERS
 
 
 def test_a_port_already_in_use_fails_the_start_instead_of_sharing_it() -> None:
