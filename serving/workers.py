@@ -10,7 +10,9 @@ a hash of the client address and port, as nginx's `reuse_port` does.
 
 uvicorn's supervisor still starts, health-checks, restarts and stops the workers; it hands each worker
 the parent's socket through pickling, and `ReusePortSocket` pickles as "bind a new socket to this
-address", so every worker, a restarted one too, gets a socket of its own.
+address", so every worker, a restarted one too, gets a socket of its own. The price: connections
+waiting in a worker's own queue when it stops (a crash, a restart on SIGHUP) are reset instead of
+going to another worker, where a shared queue would have kept them; clients retry a reset connection.
 """
 
 from __future__ import annotations
