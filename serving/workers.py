@@ -12,7 +12,8 @@ uvicorn's supervisor still starts, health-checks, restarts and stops the workers
 the parent's socket through pickling, and `ReusePortSocket` pickles as "bind a new socket to this
 address", so every worker, a restarted one too, gets a socket of its own. The price: connections
 waiting in a worker's own queue when it stops (a crash, a restart on SIGHUP) are reset instead of
-going to another worker, where a shared queue would have kept them; clients retry a reset connection.
+going to another worker, where a shared queue would have kept them: a handful of callers see a reset
+connection during a restart under load.
 """
 
 from __future__ import annotations
