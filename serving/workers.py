@@ -59,3 +59,11 @@ def serve(app: str, host: str, port: int, workers: int, log_level: str = "warnin
             raise SystemExit(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     # The parent's socket only holds the port: it never listens, so it is never given a connection.
     Multiprocess(uvicorn.Config(app, **options), sockets=[ReusePortSocket.bind_to(host, port)]).run()
+
+
+def listening(port: int) -> int:
+    """Sockets listening on `port` on this host (IPv4), whichever process holds them: how a caller
+    tells that every worker is taking connections, where a health check reaches only one."""
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    return sum(1 for row in rows if int(row[1].split(":")[1], 16) == port and row[3] == "0A")  # 0A: LISTEN

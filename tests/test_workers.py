@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from pipelines.runtime import wait_until_up
-from serving.workers import ReusePortSocket
+from serving.workers import ReusePortSocket, listening
 from tests.conftest import free_port
 
 WORKERS = 2
@@ -44,19 +44,12 @@ def server() -> Iterator[int]:
     try:
         wait_until_up(f"http://127.0.0.1:{port}/", process, timeout=60.0)  # one worker is up
         deadline = time.monotonic() + 20.0
-        while listening_sockets(port) < WORKERS and time.monotonic() < deadline:  # and then all of them
+        while listening(port) < WORKERS and time.monotonic() < deadline:  # and then all of them
             time.sleep(0.05)
         yield port
     finally:
         process.terminate()
         process.wait(timeout=30)
-
-
-def listening_sockets(port: int) -> int:
-    """Sockets listening on the port (state 0A in /proc/net/tcp), whichever process holds them."""
-    with open("/proc/net/tcp") as table:
-        rows = [line.split() for line in table.readlines()[1:]]
-    return sum(1 for row in rows if int(row[1].split(":")[1], 16) == port and row[3] == "0A")
 
 
 def worker_of(sock: socket.socket) -> str:
@@ -69,7 +62,7 @@ def worker_of(sock: socket.socket) -> str:
 
 def test_each_worker_listens_on_a_socket_of_its_own(server: int) -> None:
     # uvicorn's own --workers share one listening socket
-    assert listening_sockets(server) == WORKERS
+    assert listening(server) == WORKERS
 
 
 def test_connections_opened_at_once_spread_over_the_workers(server: int) -> None:
@@ -118,7 +111,7 @@ def test_a_worker_that_dies_is_replaced_by_one_with_its_own_socket(server: int) 
         if len(now) == WORKERS and victim not in now:
             break
     assert len(now) == WORKERS and victim not in now, (before, now)
-    assert listening_sockets(server) == WORKERS
+    assert listening(server) == WORKERS
 
 
 def test_a_port_already_in_use_fails_the_start_instead_of_sharing_it() -> None:
