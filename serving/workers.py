@@ -27,12 +27,16 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 class ReusePortSocket(socket.socket):
     """A TCP socket bound with SO_REUSEPORT that a new process receives as a new socket of its own."""
 
     @classmethod
     def bind_to(cls, host: str, port: int) -> ReusePortSocket:
-        sock = cls(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock = cls(_family(host), socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
@@ -51,7 +55,7 @@ def serve(app: str, host: str, port: int, workers: int, log_level: str = "warnin
         return uvicorn.run(app, **options)
     # A port someone else listens on must fail here, as uvicorn would: a socket with SO_REUSEPORT would
     # instead join any group of the same user's sockets on that port and quietly share its traffic.
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
