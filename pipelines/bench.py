@@ -239,7 +239,7 @@ def serving_section(settings: Settings, scale: str, repeat: int) -> Section:
     tx = read_transactions(s.transactions_dir, f"timestamp >= TIMESTAMP '{windows.test_end}'").head(1)
     joined = historical_features(open_store(s), s.feature_service, tx)
     from serving.models import load_from_registry
-    from serving.workers import listening
+    from serving.workers import wait_listening
 
     model = load_from_registry(s, "champion")
     row = {name: float(joined[name].iloc[0]) for name in model.features}
@@ -267,11 +267,8 @@ def serving_section(settings: Settings, scale: str, repeat: int) -> Section:
         for name, process in processes.items():
             wait_until_up(f"http://127.0.0.1:{ports[name]}{health[name]}", process, timeout=180.0)
         # a health check reaches one worker; a connection made before the other listens stays with the first
-        deadline = time.monotonic() + 180.0
-        while any(listening(ports[name]) < workers for name in ("ours", "floor")):
-            if time.monotonic() > deadline:
-                raise TimeoutError("not every worker of our API and the constant app is listening")
-            time.sleep(0.2)
+        for name in ("ours", "floor"):
+            wait_listening(ports[name], workers, timeout=180.0)
         time.sleep(3)
         body_full = "string.format('{\"transaction_id\":\"t%d\",\"customer_id\":\"%d\",\"terminal_id\":\"%d\",\"amount\":%d.5,\"timestamp\":\"" + transaction["timestamp"] + "\"}', counter, counter % " + str(s.customers) + ", counter % " + str(s.terminals) + ", counter % 300)"
         body_features = "'" + json.dumps({"transaction": transaction, "features": json.loads(row_json)}).replace("'", "\\'") + "'"

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from pipelines.runtime import wait_until_up
-from serving.workers import ReusePortSocket, listening
+from serving.workers import ReusePortSocket, listening, wait_listening
 from tests.conftest import free_port
 
 WORKERS = 2
@@ -43,9 +43,7 @@ def server() -> Iterator[int]:
     process = launch(port)
     try:
         wait_until_up(f"http://127.0.0.1:{port}/", process, timeout=60.0)  # one worker is up
-        deadline = time.monotonic() + 20.0
-        while listening(port) < WORKERS and time.monotonic() < deadline:  # and then all of them
-            time.sleep(0.05)
+        wait_listening(port, WORKERS, timeout=20.0)  # and then all of them
         yield port
     finally:
         process.terminate()
