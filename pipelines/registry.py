@@ -7,7 +7,10 @@ canary share. Only `promote` moves `champion`, and it records who and why on the
 from __future__ import annotations
 
 import getpass
+import logging
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import mlflow
@@ -17,6 +20,7 @@ from pipelines.settings import Settings
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+log = logging.getLogger("fraudops.registry")
 
 
 def connect(settings: Settings) -> MlflowClient:
@@ -71,6 +75,35 @@ def set_routing(settings: Settings, share: float, mode: str) -> None:
     client.set_registered_model_tag(settings.model_name, ROUTING_MODE_TAG, mode)
 
 
+@contextmanager
+def all_or_nothing(client: MlflowClient, name: str, version: str) -> Iterator[None]:
+    """Undo a change that fails part-way: the registry has no transactions, and a promotion is several
+    calls. A half-done one would leave both aliases on one version, and a retry would then record that
+    version as replacing itself, so rollback would have nowhere to go. On failure, the aliases and the
+    tags of `version` are put back as they were, and the failure is raised."""
+    aliases = dict(client.get_registered_model(name).aliases)
+    tags = dict(client.get_model_version(name, version).tags)
+    try:
+        yield
+    except Exception:
+        try:
+            now = dict(client.get_registered_model(name).aliases)
+            for alias in (CHAMPION, CHALLENGER):
+                if alias in aliases and now.get(alias) != aliases[alias]:
+                    client.set_registered_model_alias(name, alias, aliases[alias])
+                elif alias not in aliases and alias in now:
+                    client.delete_registered_model_alias(name, alias)
+            for key, value in client.get_model_version(name, version).tags.items():
+                if key not in tags:
+                    client.delete_model_version_tag(name, version, key)
+                elif value != tags[key]:
+                    client.set_model_version_tag(name, version, key, tags[key])
+        except Exception as undo:
+            log.error("undoing a failed change of model %s failed too (%s): aliases were %s, version %s's tags were %s",
+                      name, undo, aliases, version, tags)
+        raise
+
+
 def promote(settings: Settings, reason: str, who: str | None = None) -> tuple[str | None, str]:
     """Move `champion` to the challenger's version; returns (previous champion, new champion)."""
     client = configure(settings)
@@ -80,10 +113,11 @@ def promote(settings: Settings, reason: str, who: str | None = None) -> tuple[st
     previous = aliased_version(client, settings.model_name, CHAMPION)
     who = who or getpass.getuser()
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    for key, value in {"promoted_by": who, "promoted_reason": reason, "promoted_at": stamp, "replaced_version": str(previous)}.items():
-        client.set_model_version_tag(settings.model_name, challenger, key, value)
-    client.set_registered_model_alias(settings.model_name, CHAMPION, challenger)
-    client.delete_registered_model_alias(settings.model_name, CHALLENGER)
+    with all_or_nothing(client, settings.model_name, challenger):
+        for key, value in {"promoted_by": who, "promoted_reason": reason, "promoted_at": stamp, "replaced_version": str(previous)}.items():
+            client.set_model_version_tag(settings.model_name, challenger, key, value)
+        client.set_registered_model_alias(settings.model_name, CHAMPION, challenger)
+        client.delete_registered_model_alias(settings.model_name, CHALLENGER)
     return previous, challenger
 
 
@@ -111,7 +145,8 @@ def rollback(settings: Settings, reason: str, who: str | None = None) -> tuple[s
     if replaced in (None, "None"):
         raise ValueError(f"version {current} was not promoted over another version: nothing to roll back to")
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    for key, value in {"rolled_back_by": who or getpass.getuser(), "rolled_back_reason": reason, "rolled_back_at": stamp}.items():
-        client.set_model_version_tag(settings.model_name, current, key, value)
-    client.set_registered_model_alias(settings.model_name, CHAMPION, replaced)
+    with all_or_nothing(client, settings.model_name, current):
+        for key, value in {"rolled_back_by": who or getpass.getuser(), "rolled_back_reason": reason, "rolled_back_at": stamp}.items():
+            client.set_model_version_tag(settings.model_name, current, key, value)
+        client.set_registered_model_alias(settings.model_name, CHAMPION, replaced)
     return current, replaced

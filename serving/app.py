@@ -182,6 +182,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             previous, new = getattr(registry, action)(settings, body.reason, who="admin-api")
         except ValueError as exc:
             raise HTTPException(409, str(exc)) from exc
+        except Exception as exc:  # the registry failed part-way: `all_or_nothing` put it back
+            raise HTTPException(503, f"the registry could not be changed now, so nothing was: {exc}") from exc
         log.warning("%s: champion version %s -> %s: %s", action, previous, new, body.reason)
         return {"previous_champion": previous, "champion": new, **{f"loaded_{k}": v for k, v in svc.reload().items()}}
 

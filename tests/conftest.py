@@ -97,3 +97,19 @@ def registry_copy(trained: Settings, tmp_path: Path) -> Settings:
         shutil.copytree(trained.state_dir / folder, tmp_path / folder)
     shutil.copy(trained.state_dir / "mlflow.db", tmp_path / "mlflow.db")
     return trained.model_copy(update={"state_dir": tmp_path})
+
+
+def fail_first_call(monkeypatch, method: str) -> None:
+    """The registry drops the first `method` call, as a lost connection would; the rest go through."""
+    from mlflow import MlflowClient
+
+    real = getattr(MlflowClient, method)
+    calls: list[tuple] = []
+
+    def flaky(self, *args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise ConnectionError(f"registry unreachable during {method}")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, method, flaky)

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from serving.app import create_app
 from serving.logs import _CLIENT_ID
+from tests.conftest import fail_first_call
 
 TX = {"transaction_id": "tx-1", "customer_id": "12", "terminal_id": "34", "amount": 42.5, "timestamp": "2025-05-09T10:00:00Z"}
 
@@ -223,6 +224,16 @@ def test_admin_promote_and_rollback_hot_swap_the_champion(registry_copy) -> None
         assert c.get("/readyz").json()["models"]["champion"]["version"] == "2"
         back = c.post("/admin/rollback", json={"reason": "alert fired"}, headers=auth).json()
         assert (back["champion"], back["loaded_champion"]) == ("1", "1")
+
+
+def test_a_promotion_the_registry_drops_answers_503_and_changes_nothing(registry_copy, monkeypatch) -> None:
+    settings = registry_copy.model_copy(update={"admin_token": "t"})
+    with TestClient(create_app(settings)) as c:
+        fail_first_call(monkeypatch, "delete_registered_model_alias")
+        answer = c.post("/admin/promote", json={"reason": "canary is better"}, headers={"Authorization": "Bearer t"})
+        assert answer.status_code == 503 and "nothing was" in answer.json()["detail"]
+        assert {alias: m["version"] for alias, m in c.get("/readyz").json()["models"].items()} == {"champion": "1", "challenger": "2"}
+        assert c.post("/admin/reload", headers={"Authorization": "Bearer t"}).json() == {"champion": "1", "challenger": "2"}
 
 
 @contextmanager

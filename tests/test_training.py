@@ -9,6 +9,7 @@ from mlflow import MlflowClient
 
 from pipelines.evaluation import card_precision_at_k, cost_optimal_threshold, expected_cost, recall_at_fpr
 from pipelines.training import ModelConfig, Windows
+from tests.conftest import fail_first_call
 
 
 def test_card_precision_counts_cards_per_day() -> None:
@@ -111,6 +112,40 @@ def test_promote_moves_champion_and_records_why(registry_copy) -> None:
     assert tags["promoted_by"] == "tester" and tags["promoted_reason"] == "better cost on the canary"
     with pytest.raises(ValueError, match="no 'challenger'"):
         promote(registry_copy, reason="again")
+
+
+@pytest.mark.parametrize("failing", ["set_registered_model_alias", "delete_registered_model_alias"])
+def test_a_promotion_that_fails_part_way_leaves_the_registry_as_it_was(registry_copy, monkeypatch, failing) -> None:
+    """Either alias write failing puts the aliases and the challenger's tags back. Without that, a
+    retried promotion would find both aliases on one version and record it as replacing itself."""
+    from pipelines.registry import promote, rollback
+
+    client = MlflowClient(registry_copy.tracking_uri)
+    before = aliases(registry_copy)
+    tags = client.get_model_version(registry_copy.model_name, before["challenger"]).tags
+    with monkeypatch.context() as patch:
+        fail_first_call(patch, failing)
+        with pytest.raises(ConnectionError, match=failing):
+            promote(registry_copy, reason="canary looked good", who="tester")
+    assert aliases(registry_copy) == before
+    assert client.get_model_version(registry_copy.model_name, before["challenger"]).tags == tags
+    assert promote(registry_copy, reason="retried", who="tester") == (before["champion"], before["challenger"])
+    assert rollback(registry_copy, reason="alert fired", who="oncall") == (before["challenger"], before["champion"])
+
+
+def test_a_rollback_that_fails_leaves_the_champion_and_its_tags(registry_copy, monkeypatch) -> None:
+    from pipelines.registry import promote, rollback
+
+    client = MlflowClient(registry_copy.tracking_uri)
+    promote(registry_copy, reason="canary looked good", who="tester")
+    before = aliases(registry_copy)
+    tags = client.get_model_version(registry_copy.model_name, before["champion"]).tags
+    with monkeypatch.context() as patch:
+        fail_first_call(patch, "set_registered_model_alias")
+        with pytest.raises(ConnectionError):
+            rollback(registry_copy, reason="alert fired", who="oncall")
+    assert aliases(registry_copy) == before
+    assert client.get_model_version(registry_copy.model_name, before["champion"]).tags == tags
 
 
 def test_validation_errors_are_not_retried() -> None:
