@@ -11,10 +11,13 @@ import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from pipelines.settings import Settings
+
+T = TypeVar("T")
 
 
 def prepare(settings: Settings, quiet: bool = False) -> None:
@@ -66,25 +69,41 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
+def poll_until(check: Callable[[], T | None], timeout: float, interval: float, stopped: Callable[[], str | None] = lambda: None) -> T:
+    """`check()` every `interval` seconds until it gives something other than None, and return that.
+    Raise RuntimeError as soon as `stopped()` gives a reason (the process that should answer exited),
+    TimeoutError once `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while (found := check()) is None:
+        if (reason := stopped()) is not None:
+            raise RuntimeError(reason)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {timeout:g} s")
+        time.sleep(interval)
+    return found
+
+
+def exited(process: subprocess.Popen[bytes] | None) -> Callable[[], str | None]:
+    """For `poll_until`: why waiting on `process` is pointless, once it has exited."""
+    return lambda: None if process is None or process.poll() is None else f"the process exited with {process.returncode}"
+
+
 def wait_until_up(url: str, process: subprocess.Popen[bytes] | None = None, timeout: float = 120.0, log: Path | None = None) -> None:
     """Poll `url` until the server answers below 500 (a /readyz says 503 until its models are
     loaded); fail at once if `process` exits, and show the end of its `log` when it does not come up."""
     import httpx
 
-    def failure(reason: str) -> str:
-        return f"{url}: {reason}" + (f"; see {log}:\n{log.read_text(errors='replace')[-3000:]}" if log is not None else "")
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(failure(f"the server exited with {process.returncode}"))
+    def answers() -> bool | None:
         try:
-            if httpx.get(url, timeout=2.0).status_code < 500:
-                return
+            return True if httpx.get(url, timeout=2.0).status_code < 500 else None
         except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(failure(f"not up within {timeout:.0f}s"))
+            return None
+
+    try:
+        poll_until(answers, timeout, 0.3, exited(process))
+    except (RuntimeError, TimeoutError) as exc:
+        tail = f"; see {log}:\n{log.read_text(errors='replace')[-3000:]}" if log is not None else ""
+        raise type(exc)(f"{url}: {exc}{tail}") from None
 
 
 @contextlib.contextmanager

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import socket
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
+
+from pipelines.runtime import poll_until
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -76,8 +77,7 @@ def listening(port: int) -> int:
 
 def wait_listening(port: int, sockets: int, timeout: float) -> None:
     """Wait until `sockets` sockets listen on `port`: every worker has finished starting up."""
-    deadline = time.monotonic() + timeout
-    while listening(port) < sockets:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{listening(port)} of {sockets} workers listening on port {port} after {timeout:g} s")
-        time.sleep(0.05)
+    try:
+        poll_until(lambda: True if listening(port) >= sockets else None, timeout, 0.05)
+    except TimeoutError:
+        raise TimeoutError(f"{listening(port)} of {sockets} workers listening on port {port} after {timeout:g} s") from None

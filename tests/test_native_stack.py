@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines.settings import REPO_ROOT
-from pipelines.runtime import wait_until_up
+from pipelines.runtime import exited, poll_until, wait_until_up
 from tests.conftest import TINY, free_port, require_service
 
 pytestmark = pytest.mark.integration
@@ -109,12 +108,10 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
 def wait_for(check: Callable[[], T | None], process: subprocess.Popen[bytes], log: Path, failure: str, timeout: float = 180.0) -> T:
     """`check()` once a second until it gives something; fail with the service's log if it exits or
     the time runs out."""
-    deadline = time.monotonic() + timeout
-    while (found := check()) is None:
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"{failure}; see {log}:\n{log.read_text(errors='replace')[-3000:]}")
-        time.sleep(1)
-    return found
+    try:
+        return poll_until(check, timeout, 1.0, exited(process))
+    except (RuntimeError, TimeoutError) as exc:
+        raise AssertionError(f"{failure} ({exc}); see {log}:\n{log.read_text(errors='replace')[-3000:]}") from None
 
 
 def test_compose_services_run_natively_end_to_end(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-from pipelines.runtime import write_atomically
+import pytest
+
+from pipelines.runtime import exited, poll_until, write_atomically
 from tests.conftest import failures_when_run_together
 
 
@@ -21,3 +26,18 @@ def test_writers_racing_on_one_file_all_finish_and_leave_one_whole_version(tmp_p
     assert failures_when_run_together([lambda text=text: writer(text) for text in texts]) == []
     assert target.read_text() in texts
     assert [p.name for p in tmp_path.iterdir()] == ["model.txt"]
+
+
+def test_poll_until_returns_the_first_answer_and_stops_at_an_exit_or_the_deadline() -> None:
+    answers = iter([None, None, "up"])
+    assert poll_until(lambda: next(answers), timeout=5, interval=0.01) == "up"
+
+    process = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    process.wait()
+    with pytest.raises(RuntimeError, match="exited with 3"):
+        poll_until(lambda: None, timeout=60, interval=0.01, stopped=exited(process))
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="not within 0.2 s"):
+        poll_until(lambda: None, timeout=0.2, interval=0.01)
+    assert 0.2 <= time.monotonic() - started < 2.0
