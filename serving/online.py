@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
@@ -44,9 +45,10 @@ class Breaker:
     time, when exactly one of them tries again; its success closes the breaker, its failure re-opens
     it for another period."""
 
-    def __init__(self, retry_seconds: float) -> None:
+    def __init__(self, retry_seconds: float, on_change: Callable[[bool], None] = lambda opened: None) -> None:
         self.retry_seconds = retry_seconds
         self.retry_at: float | None = None  # monotonic time of the next try; None while closed
+        self.on_change = on_change  # told when the breaker opens (True) or closes (False), not per lookup
         self._lock = threading.Lock()
 
     @property
@@ -64,18 +66,21 @@ class Breaker:
             return True
 
     def failed(self, exc: Exception) -> None:
-        if self.retry_at is None:
-            log.warning("online store read failed (%s): answering with default features for %g s", exc, self.retry_seconds)
+        opening = self.retry_at is None
         self.retry_at = time.monotonic() + self.retry_seconds
+        if opening:
+            log.warning("online store read failed (%s): answering with default features for %g s", exc, self.retry_seconds)
+            self.on_change(True)
 
     def succeeded(self) -> None:
         if self.retry_at is not None:
             log.info("online store answering again")
             self.retry_at = None
+            self.on_change(False)
 
 
 class OnlineFeatures:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, on_breaker: Callable[[bool], None] = lambda opened: None) -> None:
         self.store = open_store(settings)
         service = self.store.get_feature_service(settings.feature_service)
         views = {view.name: view for view in self.store.list_feature_views()}
@@ -87,7 +92,7 @@ class OnlineFeatures:
         ]
         self.names = [name for _, _, names in self.reads for name in names]
         self.provider = self.store._get_provider()  # Feast's own online-store read, without the response assembly
-        self.breaker = Breaker(settings.online_retry_seconds)
+        self.breaker = Breaker(settings.online_retry_seconds, on_breaker)
         self._bound_reads(settings.online_timeout_ms / 1000)
 
     def _bound_reads(self, seconds: float) -> None:

@@ -34,7 +34,7 @@ class ScoringService:
         if settings.online_timeout_ms >= settings.predict_timeout_ms:
             log.warning("online_timeout_ms %g is not under predict_timeout_ms %g: a hung online store will answer 503, not degraded",
                         settings.online_timeout_ms, settings.predict_timeout_ms)
-        self.online = OnlineFeatures(settings)
+        self.online = OnlineFeatures(settings, on_breaker=lambda opened: self.metrics.online_skipped.set(float(opened)))
         self.log = PredictionLog(predlog.sink_for(settings), settings.log_batch_size, settings.log_queue_size)
         # Shadow scoring runs on its own thread from a bounded queue: a slow challenger can only drop
         # shadow scores (counted), never delay an answer.
@@ -148,7 +148,6 @@ class ScoringService:
         after the lookup, the caller has had its 503 already: nothing is scored or logged."""
         started = time.perf_counter()
         lookup = self.online.lookup(tx.customer_id, tx.terminal_id, tx.amount, int(tx.timestamp.timestamp()))
-        self.metrics.online_skipped.set(float(self.online.breaker.open))  # a breaker changes only in a lookup
         if deadline is not None and time.perf_counter() > deadline:
             raise TimeoutError(f"transaction {tx.transaction_id}: the time limit passed during the feature lookup")
         return self._answer(tx, lookup.values, lookup.missing, lookup.degraded, started)
