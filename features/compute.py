@@ -82,7 +82,7 @@ def _write(sql: str, path: Path) -> int:
     partial = path.with_name(f".{path.name}.tmp")
     con = duckdb.connect()
     con.execute(f"COPY ({sql}) TO '{partial}' (FORMAT parquet)")
-    rows = con.execute(f"SELECT COUNT(*) FROM read_parquet('{partial}')").fetchone()[0]
+    rows = con.execute(f"SELECT COUNT(*) FROM read_parquet('{partial}')").fetchall()[0][0]
     os.replace(partial, path)
     return int(rows)
 

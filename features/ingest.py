@@ -19,7 +19,7 @@ import duckdb
 import pandas as pd
 import pyarrow.parquet as pq
 
-from features.offline import parts_glob, write_part
+from features.offline import parts_glob, select, write_part
 from features.schema import SchemaError, validate_transactions
 
 READABLE = (".parquet", ".csv")
@@ -102,7 +102,7 @@ def _stored_days(directory: Path) -> set:
     if not any(directory.glob("*.parquet")):
         return set()
     query = f"SELECT DISTINCT CAST(timestamp AS DATE) FROM read_parquet('{parts_glob(directory)}')"
-    return {row[0] for row in duckdb.sql(query).fetchall()}
+    return {row[0] for row in select(query).fetchall()}
 
 
 def _clashing_ids(directory: Path, batch: pd.DataFrame) -> list[str]:

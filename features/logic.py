@@ -7,6 +7,7 @@ training and serving cannot compute a feature two different ways.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 WINDOWS_DAYS = (1, 7, 30)
 NIGHT_END_HOUR = 6  # transactions before 06:00 UTC count as night-time
@@ -16,7 +17,7 @@ EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday (Monday = 0)
 CLOCK_FEATURES = frozenset({"is_weekend", "is_night"})
 
 
-def request_features(amount: np.ndarray, unix_seconds: np.ndarray, customer_mean_30d: np.ndarray) -> dict[str, np.ndarray]:
+def request_features(amount: ArrayLike, unix_seconds: ArrayLike, customer_mean_30d: ArrayLike) -> dict[str, np.ndarray]:
     """Features known only at request time: they need the transaction itself.
 
     The amount ratio is NaN when the customer has no 30-day history: LightGBM routes missing values

@@ -29,7 +29,16 @@ def parts_glob(directory: Path) -> str:
     return str(directory / "*.parquet")
 
 
+def select(query: str) -> duckdb.DuckDBPyRelation:
+    """The result of a SELECT on DuckDB's default connection. `duckdb.sql` may return None, for
+    statements that have no result; a SELECT always has one."""
+    relation = duckdb.sql(query)
+    if relation is None:
+        raise ValueError(f"not a query with a result: {query}")
+    return relation
+
+
 def read_transactions(directory: Path, where: str = "TRUE") -> pd.DataFrame:
     """Transactions matching a SQL predicate, in time order."""
     query = f"SELECT * FROM read_parquet('{parts_glob(directory)}') WHERE {where} ORDER BY timestamp, transaction_id"
-    return duckdb.sql(query).df()
+    return select(query).df()

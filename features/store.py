@@ -80,7 +80,7 @@ def historical_features(store: FeatureStore, service: str, transactions: pd.Data
 
 def latest_snapshot(settings: Settings) -> datetime:
     """The newest snapshot time in the offline feature tables: "materialize everything we have"."""
-    import duckdb
+    from features.offline import select
 
     path = settings.features_dir / "customer_features.parquet"
-    return duckdb.sql(f"SELECT MAX(event_timestamp) FROM read_parquet('{path}')").fetchall()[0][0]
+    return select(f"SELECT MAX(event_timestamp) FROM read_parquet('{path}')").fetchall()[0][0]

@@ -7,6 +7,7 @@ machine's own noise is part of what a reader should see.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import statistics
 import time
@@ -61,8 +62,8 @@ def features_section(settings: Settings, scale: str, repeat: int) -> Section:
     from serving.online import OnlineFeatures
 
     section = Section(f"features ({scale} scale)")
-    size = dict(customers=5_000, terminals=10_000, days=183) if scale == "full" else dict(customers=1_000, terminals=2_000, days=60)
-    cfg = SimulationConfig(**size, start_date=date.fromisoformat(settings.start_date))
+    customers, terminals, days = (5_000, 10_000, 183) if scale == "full" else (1_000, 2_000, 60)
+    cfg = SimulationConfig(customers=customers, terminals=terminals, days=days, start_date=date.fromisoformat(settings.start_date))
     rows = 0
 
     def simulate() -> None:
@@ -199,9 +200,16 @@ end
 """
 
 
+def _found(pattern: str, output: str) -> tuple[str, ...]:
+    """The groups of `pattern` in a load generator's output, or an error that shows the output."""
+    found = re.search(pattern, output)
+    if found is None:
+        raise RuntimeError(f"no match for {pattern!r} in:\n{output}")
+    return found.groups()
+
+
 def _wrk(url: str, script: str, seconds: int, connections: int) -> tuple[float, float, float, int]:
     """Requests/s, p50 ms, p99 ms and non-2xx count of one closed-loop wrk run."""
-    import re
     import subprocess
     import tempfile
 
@@ -212,11 +220,11 @@ def _wrk(url: str, script: str, seconds: int, connections: int) -> tuple[float, 
     Path(f.name).unlink()
 
     def ms(label: str) -> float:
-        value, unit = re.search(rf"{label}\s+([\d.]+)(us|ms|s)\b", out).groups()
+        value, unit = _found(rf"{label}\s+([\d.]+)(us|ms|s)\b", out)
         return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    rate = float(_found(r"Requests/sec:\s+([\d.]+)", out)[0])
     return rate, ms("50%"), ms("99%"), int(errors.group(1)) if errors else 0
 
 
@@ -225,15 +233,14 @@ def _hey(url: str, body: str, seconds: int, rate: int) -> tuple[float, float, fl
     -c clients, and a client waits for its answer before the next request, so one client cannot offer
     500 req/s once answers take 2 ms; but the clients tick in step, so c clients send bursts of c. One
     client per 250 req/s: bursts of two at 500 req/s (one per server worker), whole rates up to 4 ms."""
-    import re
     import subprocess
 
     clients = max(1, rate // 250)
     out = subprocess.run(["hey", "-z", f"{seconds}s", "-q", str(rate // clients), "-c", str(clients), "-m", "POST", "-T", "application/json", "-d", body, url],
                          capture_output=True, text=True, check=True).stdout
-    achieved = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = float(re.search(r"50%+ in ([\d.]+) secs", out).group(1)) * 1000
-    p99 = float(re.search(r"99%+ in ([\d.]+) secs", out).group(1)) * 1000
+    achieved = float(_found(r"Requests/sec:\s+([\d.]+)", out)[0])
+    p50 = float(_found(r"50%+ in ([\d.]+) secs", out)[0]) * 1000
+    p99 = float(_found(r"99%+ in ([\d.]+) secs", out)[0]) * 1000
     return achieved, p50, p99
 
 
@@ -267,6 +274,8 @@ def serving_section(settings: Settings, scale: str, repeat: int) -> Section:
     from serving.workers import wait_listening
 
     model = load_from_registry(s, "champion")
+    if model is None:
+        raise RuntimeError(f"no champion in the bench's registry at {s.tracking_uri}")
     row = {name: float(joined[name].iloc[0]) for name in model.features}
     transaction = {"transaction_id": "t", "customer_id": str(tx["customer_id"].iloc[0]), "terminal_id": str(tx["terminal_id"].iloc[0]),
                    "amount": float(tx["amount"].iloc[0]), "timestamp": tx["timestamp"].iloc[0].isoformat() + "Z"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -19,7 +19,7 @@ app.add_typer(features_app, name="features")
 console = Console()
 
 
-def settings(**overrides: object) -> Settings:
+def settings(**overrides: Any) -> Settings:
     """Settings from the environment, with the options the user passed on top."""
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
@@ -83,7 +83,7 @@ def features_materialize(
 MODELS = {"lightgbm": "test", "logistic_regression": "baseline_logistic_regression", "amount_rule": "baseline_amount_rule"}
 
 
-def per_model(result: dict[str, object], top_k: int) -> dict[str, dict[str, float]]:
+def per_model(result: dict[str, object], top_k: int) -> dict[str, dict[str, object]]:
     """Test metrics as one object per model, each with the test window's row and fraud counts."""
     counts = {"test_rows": result.get("test_rows"), "test_frauds": result.get("test_frauds")}
     return {

@@ -94,10 +94,10 @@ def run(settings: Settings, console: Console) -> dict[str, object]:
 
     with console.status("[2/6] computing features, feast apply, materialize"):
         with quiet_stdout():
-            rows = features_flow(settings, materialize_until=calm_start.to_pydatetime())
-    console.print(f"[green]✓[/] feature snapshots: {rows['customer']:,} customer rows, {rows['terminal']:,} terminal rows")
+            snapshots = features_flow(settings, materialize_until=calm_start.to_pydatetime())
+    console.print(f"[green]✓[/] feature snapshots: {snapshots['customer']:,} customer rows, {snapshots['terminal']:,} terminal rows")
 
-    trained = {}
+    trained: dict[str, dict[str, object]] = {}
     # The challenger differs in capacity only: the class weight is chosen by validation for both, so
     # their scores stay comparable and the canary guardrail's PSI check judges behaviour, not scale.
     for role, config in (("champion", ModelConfig()), ("challenger", ModelConfig(num_leaves=63))):

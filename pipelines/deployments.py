@@ -3,6 +3,8 @@ process (the compose `worker` service); `make demo` never needs them and stays i
 
 from __future__ import annotations
 
+from typing import cast
+
 from prefect.deployments.runner import RunnerDeployment
 
 from pipelines.flows import monitor_flow, training_flow
@@ -10,9 +12,10 @@ from pipelines.settings import Settings
 
 
 def deployments(settings: Settings) -> list[RunnerDeployment]:
+    # `to_deployment` is typed for async callers too; called outside an event loop it returns the deployment
     return [
-        training_flow(settings).to_deployment(name="daily-retrain", cron=settings.retrain_cron, tags=["fraudops", "training"]),
-        monitor_flow.to_deployment(name="hourly-monitor", cron=settings.monitor_cron, tags=["fraudops", "monitoring"]),
+        cast(RunnerDeployment, training_flow(settings).to_deployment(name="daily-retrain", cron=settings.retrain_cron, tags=["fraudops", "training"])),
+        cast(RunnerDeployment, monitor_flow.to_deployment(name="hourly-monitor", cron=settings.monitor_cron, tags=["fraudops", "monitoring"])),
     ]
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
+from mlflow.data.pandas_dataset import from_pandas
 from mlflow.models import infer_signature
 from prefect import Flow, flow, get_run_logger, task
 
@@ -167,7 +168,7 @@ def log_and_register(result: TrainResult, frame: pd.DataFrame, windows: Windows,
             }
         )
         mlflow.log_dict(_redacted(settings), "settings.json")
-        mlflow.log_input(mlflow.data.from_pandas(frame[["event_timestamp", *features, "is_fraud"]], name="training-set", targets="is_fraud"), context="training")
+        mlflow.log_input(from_pandas(frame[["event_timestamp", *features, "is_fraud"]], name="training-set", targets="is_fraud"), context="training")
         info = mlflow.lightgbm.log_model(
             result.booster,
             name="model",
@@ -223,14 +224,14 @@ def train_flow(settings: Settings | None = None, config: ModelConfig = ModelConf
     return log_and_register(result, frame, windows, fingerprint, settings, trigger)  # MLflow lineage, gate, registry
 
 
-def training_flow(settings: Settings) -> Flow:
+def training_flow(settings: Settings) -> Flow[..., dict[str, object]]:
     """The train flow with the task runner the settings ask for: Prefect's DaskTaskRunner on the
     cluster at `dask_address`, so the feature join and the fits run there, or the in-process default."""
     if settings.dask_address is None:
         return train_flow
     from prefect_dask import DaskTaskRunner
 
-    return train_flow.with_options(task_runner=DaskTaskRunner(address=settings.dask_address))
+    return train_flow.with_options(task_runner=DaskTaskRunner(address=settings.dask_address))  # type: ignore[arg-type]  # typed for Prefect's own futures
 
 
 @dataclass
@@ -253,7 +254,7 @@ def load_references(settings: Settings) -> References:
             continue
         version = client.get_model_version_by_alias(settings.model_name, alias)
         path = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=f"reference/{REFERENCE_FILE}")
-        run = client.get_run(version.run_id)
+        run = registry.logged_run(client, version)
         frames[alias] = Reference(str(version.version), pd.read_parquet(path), float(run.data.params["threshold"]))
         shipped[alias] = (str(version.version), float(run.data.metrics["test_average_precision"]))
         if alias == registry.CHAMPION:

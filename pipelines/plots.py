@@ -68,7 +68,7 @@ def write_plots(result: TrainResult, review_fee: float, out: Path) -> list[Path]
     gain.set(title="Feature importance (gain)", xlabel="total gain")
     # LightGBM computes exact TreeSHAP itself: pred_contrib gives one SHAP value per feature per row.
     sample = result.test[result.features].to_numpy(np.float64)[:5_000]
-    contributions = result.booster.predict(sample, pred_contrib=True)[:, :-1]
+    contributions = np.asarray(result.booster.predict(sample, pred_contrib=True))[:, :-1]
     mean_abs = np.abs(contributions).mean(axis=0)
     order = np.argsort(mean_abs)
     shap.barh(np.array(result.features)[order], mean_abs[order])

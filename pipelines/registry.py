@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.entities import Run
+from mlflow.entities.model_registry import ModelVersion
 
 from pipelines.settings import Settings
 
@@ -128,11 +130,17 @@ def version_with_fingerprint(settings: Settings, fingerprint: str) -> str | None
     return str(found[0].version) if found else None
 
 
+def logged_run(client: MlflowClient, version: ModelVersion) -> Run:
+    """The run a registered version was logged from, which holds its parameters and metrics."""
+    if version.run_id is None:
+        raise ValueError(f"version {version.version} of {version.name!r} was not logged from a run")
+    return client.get_run(version.run_id)
+
+
 def version_metrics(settings: Settings, version: str) -> dict[str, float]:
     """The metrics of the run that produced a registered version."""
     client = connect(settings)
-    run_id = client.get_model_version(settings.model_name, version).run_id
-    return dict(client.get_run(run_id).data.metrics)
+    return dict(logged_run(client, client.get_model_version(settings.model_name, version)).data.metrics)
 
 
 def rollback(settings: Settings, reason: str, who: str | None = None) -> tuple[str, str]:

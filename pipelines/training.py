@@ -4,7 +4,7 @@ Prefect flow composes."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import lightgbm as lgb
 import numpy as np
@@ -155,7 +155,7 @@ def fit_on_dask(fit: pd.DataFrame, features: list[str], config: ModelConfig, cli
     partitions = max(1, len(client.scheduler_info()["workers"]))
     frame = fit[[*features, "is_fraud"]].astype({f: "float64" for f in features}).reset_index(drop=True)
     data = client.persist(dd.from_pandas(frame, npartitions=partitions))
-    params = {k: v for k, v in config.params().items() if k != "num_threads"}  # each worker uses its own threads
+    params: dict[str, Any] = {k: v for k, v in config.params().items() if k != "num_threads"}  # each worker uses its own threads
     model = DaskLGBMClassifier(client=client, n_estimators=config.num_boost_round, **params)
     model.fit(data[features], data["is_fraud"])
     return model.to_local().booster_
@@ -174,7 +174,7 @@ def select_imbalance(frame: pd.DataFrame, features: list[str], windows: Windows,
         for fold in folds:
             fit, validation, held_out = split(frame, fold)
             booster = fit_booster(fit, validation, features, candidate, client)
-            aps.append(evaluate(held_out, booster.predict(_matrix(held_out, features)), 0.5, settings.review_fee, settings.top_k)["average_precision"])
+            aps.append(evaluate(held_out, np.asarray(booster.predict(_matrix(held_out, features))), 0.5, settings.review_fee, settings.top_k)["average_precision"])
         scores[f"prequential_ap_weight_{weight:g}"] = float(np.mean(aps))
     best = max(IMBALANCE_CHOICES, key=lambda w: scores[f"prequential_ap_weight_{w:g}"])
     return replace(config, scale_pos_weight=best), scores
@@ -203,8 +203,8 @@ def train(frame: pd.DataFrame, features: list[str], windows: Windows, config: Mo
         threshold, _ = cost_optimal_threshold(validation["is_fraud"].to_numpy(), validation["amount"].to_numpy(), validation_scores, settings.review_fee)
         return threshold, evaluate(test, test_scores, threshold, settings.review_fee, settings.top_k, settings.max_false_positive_rate)
 
-    test_scores = booster.predict(_matrix(test, features))
-    threshold, model_metrics = judged(booster.predict(_matrix(validation, features)), test_scores)
+    test_scores = np.asarray(booster.predict(_matrix(test, features)))
+    threshold, model_metrics = judged(np.asarray(booster.predict(_matrix(validation, features))), test_scores)
     metrics = {f"test_{k}": v for k, v in model_metrics.items()}
     # The monitoring reference is all of the test window's traffic, known-compromised cards included:
     # live traffic includes them too, and a reference without them would raise false drift alarms.

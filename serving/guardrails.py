@@ -46,8 +46,8 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
 class Guardrail:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
-        self._latency = {v: deque(maxlen=limits.window) for v in ("champion", "challenger")}
-        self._scores = {v: deque(maxlen=limits.window) for v in ("champion", "challenger")}
+        self._latency: dict[str, deque[float]] = {v: deque(maxlen=limits.window) for v in ("champion", "challenger")}
+        self._scores: dict[str, deque[float]] = {v: deque(maxlen=limits.window) for v in ("champion", "challenger")}
         self._errors: deque[bool] = deque(maxlen=limits.window)
         self._seen = 0
 
@@ -81,5 +81,6 @@ class Guardrail:
         return None
 
     def reset(self) -> None:
-        for d in (*self._latency.values(), *self._scores.values(), self._errors):
-            d.clear()
+        for window in (*self._latency.values(), *self._scores.values()):
+            window.clear()
+        self._errors.clear()

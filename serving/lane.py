@@ -92,6 +92,7 @@ class ScoringLane:
         body = await _read_body(receive)
         if body is None:  # the client left, or the body limit already answered 413
             return
+        headers: list[tuple[bytes, bytes]]
         try:
             status, payload, headers = 200, (await route(body)).model_dump_json().encode(), []
         except RequestValidationError as exc:

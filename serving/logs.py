@@ -29,6 +29,9 @@ class _Ids:
     (`make bench`). A forked worker draws its own prefix."""
 
     def __init__(self) -> None:
+        self.draw()
+
+    def draw(self) -> None:
         self.prefix, self.sequence = uuid.uuid4().hex[:12], itertools.count()
 
     def next(self) -> str:
@@ -36,7 +39,7 @@ class _Ids:
 
 
 _ids = _Ids()
-os.register_at_fork(after_in_child=_ids.__init__)
+os.register_at_fork(after_in_child=_ids.draw)
 access = logging.getLogger("fraudops.access")
 
 

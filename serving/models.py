@@ -78,7 +78,7 @@ class LoadedModel:
 
     def score(self, rows: np.ndarray) -> np.ndarray:
         """Scores for rows already in `features` order: the booster on a NumPy array, no DataFrame."""
-        return self.booster.predict(rows, num_threads=1)
+        return np.asarray(self.booster.predict(rows, num_threads=1))
 
 
 def _cache_dir(settings: Settings, alias: str) -> Path:

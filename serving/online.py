@@ -108,9 +108,10 @@ class OnlineFeatures:
             online.connection_string = ",".join([given, *extra])
             # redis-py retries a timed-out command three times with backoff: 6 s, not 0.2, measured
             # against a Redis that never answers. Serving answers degraded instead of retrying.
-            self.provider.online_store._get_client(online).set_retry(Retry(NoBackoff(), 0))
+            self.provider.online_store._get_client(online).set_retry(Retry(NoBackoff(), 0))  # type: ignore[attr-defined]
         else:  # SQLite waits for a writer's lock this long, instead of Python's default 5 s
-            self.provider.online_store._get_conn(self.store.config).execute(f"PRAGMA busy_timeout = {max(1, round(seconds * 1000))}")
+            connection = self.provider.online_store._get_conn(self.store.config)  # type: ignore[attr-defined]
+            connection.execute(f"PRAGMA busy_timeout = {max(1, round(seconds * 1000))}")
 
     def _read(self, keys: dict[str, str]) -> dict[str, float | None]:
         raw: dict[str, float | None] = {}

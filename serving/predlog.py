@@ -17,14 +17,15 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from types import EllipsisType
 from typing import Any
 
-import duckdb
 import orjson
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from features.offline import select
 from pipelines.settings import Settings
 
 log = logging.getLogger("fraudops.predlog")
@@ -113,7 +114,7 @@ def read(settings: Settings, since: datetime | None = None, until: datetime | No
     if not any(directory.glob("*.parquet")):
         return pd.DataFrame()
     # DuckDB reads only the rows asked for
-    return duckdb.sql(f"SELECT * FROM read_parquet('{directory}/*.parquet', union_by_name=true) WHERE {where}").df()
+    return select(f"SELECT * FROM read_parquet('{directory}/*.parquet', union_by_name=true) WHERE {where}").df()
 
 
 class PredictionLog:
@@ -146,6 +147,7 @@ class PredictionLog:
         batch: list[Record] = []
         deadline = time.monotonic() + self.flush_seconds
         while True:
+            item: Record | None | EllipsisType  # a record, the end, or ... for "time to flush"
             try:
                 item = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
