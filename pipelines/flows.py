@@ -253,8 +253,8 @@ def load_references(settings: Settings) -> References:
         if registry.aliased_version(client, settings.model_name, alias) is None:
             continue
         version = client.get_model_version_by_alias(settings.model_name, alias)
-        path = mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path=f"reference/{REFERENCE_FILE}")
         run = registry.logged_run(client, version)
+        path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=f"reference/{REFERENCE_FILE}")
         frames[alias] = Reference(str(version.version), pd.read_parquet(path), float(run.data.params["threshold"]))
         shipped[alias] = (str(version.version), float(run.data.metrics["test_average_precision"]))
         if alias == registry.CHAMPION:

@@ -3,7 +3,8 @@ docker-compose.yml, with the compose hosts mapped to this machine and a fresh da
 `CREATE DATABASE` of infra/postgres/init.sql. Then bootstrap, a second training, promote, serve,
 monitor and the worker (its scheduled deployments registered, one run on demand) run across the
 MLflow server (basic auth, PostgreSQL), the Prefect server (PostgreSQL), the Feast registry
-(PostgreSQL) and online store (Redis), and the prediction log (PostgreSQL), and each store is checked. What compose would run is what runs here, so the two cannot silently diverge."""
+(PostgreSQL) and online store (Redis), and the prediction log (PostgreSQL), and each store is
+checked. What compose would run is what runs here, so the two cannot silently diverge."""
 
 from __future__ import annotations
 
