@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     predict_timeout_ms: float = Field(250.0, gt=0, description="Time limit of one prediction that reads the online store (a batch gets it per transaction); past it, 503.")
     online_timeout_ms: float = Field(100.0, gt=0, description="Longest wait for one online-store read (Redis socket timeout, SQLite busy timeout); past it the answer uses the defaults and is flagged degraded. Keep it under predict_timeout_ms, so that an outage degrades answers instead of failing them.")
     online_retry_seconds: float = Field(5.0, ge=0, description="After a failed online-store read, answers skip the store (defaults, degraded) for this long before one of them tries it again.")
-    scoring_threads: int = Field(4, ge=1, le=64, description="Threads per worker that run predictions off the event loop.")
+    scoring_batch_max: int = Field(64, ge=1, le=10_000, description="Most transactions a worker's scoring thread takes at once from the requests waiting for it (one online read for all); a /predict/batch request is never split.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="INFO writes JSON access lines (see access_log_sample).")
     access_log_sample: float = Field(0.01, ge=0, le=1, description="Share of successful requests that get an access line; every other answer gets one always. The prediction log and /metrics count every request.")
     opentelemetry: bool = Field(False, description="FastAPI's native OpenTelemetry traces and metrics, for an OTel SDK configured in the process; off, a request skips the check for one.")

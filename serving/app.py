@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
@@ -19,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipelines.settings import Settings, get_settings
 from serving import logs
+from serving.batcher import Batcher
 from serving.lane import ScoringLane, document, send_json, validation_detail, within_budget
 from serving.schemas import Batch, Scores
 from serving.service import ScoringService
@@ -92,14 +92,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service = ScoringService(settings)
         service.start()
         app.state.service = service
-        app.state.scoring = ThreadPoolExecutor(settings.scoring_threads, thread_name_prefix="scoring")
+        app.state.batcher = Batcher(service.score_many, settings.scoring_batch_max)
+        app.state.batcher.start()
         # Everything loaded so far (Feast, MLflow, the models) lives as long as the worker: freezing it
         # keeps the collector from walking it on every full collection, which stalled requests for
         # hundreds of milliseconds under load (the p99 at saturation in `make bench`).
         gc.collect()
         gc.freeze()
         yield
-        app.state.scoring.shutdown(wait=False, cancel_futures=True)
+        app.state.batcher.stop()
         service.stop()
         service.metrics.worker_exited()
 
@@ -132,11 +133,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(401, "admin API needs 'Authorization: Bearer <token>'")
 
     @app.post("/predict/batch", response_model=Scores, tags=["scoring"])
-    async def predict_batch(batch: Batch, request: Request, svc: Service) -> Scores:
+    async def predict_batch(batch: Batch, request: Request) -> Scores:
         if len(batch.transactions) > settings.max_batch_size:
             raise HTTPException(413, f"transactions: at most {settings.max_batch_size} per batch, got {len(batch.transactions)}")
-        scores = await within_budget(request.app.state, settings, len(batch.transactions), lambda deadline: [svc.score(tx, deadline) for tx in batch.transactions])
-        return Scores(scores=scores)
+        return Scores(scores=await within_budget(request.app.state, settings, batch.transactions))
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:

@@ -13,8 +13,6 @@ Everything else goes on to FastAPI.
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -31,7 +29,6 @@ from pipelines.settings import Settings
 from serving.schemas import Score, Transaction, TransactionWithFeatures
 from serving.service import ScoringService
 
-T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 JSON = [(b"content-type", b"application/json")]
 
@@ -57,18 +54,14 @@ def ready_service(state: State) -> ScoringService:
     return service
 
 
-async def within_budget(state: State, settings: Settings, predictions: int, work: Callable[..., T], *args: object) -> T:
-    """Run scoring on the worker's scoring threads, never on the event loop, and answer 503 when the
-    predictions overrun `predict_timeout_ms` each: a lookup stuck on a locked or unreachable store
-    costs one thread and one 503, not the whole worker. `work` gets the deadline as a keyword, so
-    that a prediction that finishes after its 503 is not logged as an answer."""
+async def within_budget(state: State, settings: Settings, transactions: Sequence[Transaction]) -> list[Score]:
+    """Score on the worker's scoring thread (`serving.batcher`), never on the event loop, and answer
+    503 when the transactions overrun `predict_timeout_ms` each: a lookup stuck on a locked or
+    unreachable store costs 503s, not a hung worker."""
     service = ready_service(state)
-    budget = settings.predict_timeout_ms * predictions / 1000
-    job = functools.partial(work, *args, deadline=time.perf_counter() + budget)
-    context = contextvars.copy_context()  # the request id follows the work onto the scoring thread
-    future = asyncio.get_running_loop().run_in_executor(state.scoring, context.run, job)
+    budget = settings.predict_timeout_ms * len(transactions) / 1000
     try:
-        return await asyncio.wait_for(future, budget)
+        return await asyncio.wait_for(state.batcher.submit(transactions, time.perf_counter() + budget), budget)
     except TimeoutError:
         service.metrics.timeouts.inc()
         raise HTTPException(503, f"prediction exceeded its time limit of {settings.predict_timeout_ms:g} ms") from None
@@ -103,8 +96,7 @@ class ScoringLane:
         await send_json(send, status, payload, headers)
 
     async def predict(self, body: bytes) -> Score:
-        tx = parse(Transaction, body)
-        return await within_budget(self.state, self.settings, 1, self.state.service.score, tx)
+        return (await within_budget(self.state, self.settings, [parse(Transaction, body)]))[0]
 
     async def predict_features(self, body: bytes) -> Score:
         """Scored on the event loop itself: with the features in the request there is no I/O to wait

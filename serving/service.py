@@ -7,11 +7,12 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from pipelines import registry
 from pipelines.settings import Settings
-from serving import models, predlog
+from serving import logs, models, predlog
 from serving.guardrails import Guardrail, Limits
 from serving.metrics import Metrics
 from serving.models import LoadedModel
@@ -143,14 +144,28 @@ class ScoringService:
     def ready(self) -> bool:
         return "champion" in self.models
 
-    def score(self, tx: Transaction, deadline: float | None = None) -> Score:
-        """The full path: route, online features, model, log. Past `deadline` (a `perf_counter` time)
-        after the lookup, the caller has had its 503 already: nothing is scored or logged."""
+    def score_many(self, transactions: Sequence[Transaction], deadlines: Sequence[float],
+                   request_ids: Sequence[str | None]) -> list[Score | Exception]:
+        """The full path for transactions scored together: one online read for all, then route, model
+        and log each under its request's id. A transaction whose deadline (a `perf_counter` time)
+        passed during the read has had its 503 already: it is neither scored nor logged. One failure
+        is that transaction's answer, not its neighbours'."""
         started = time.perf_counter()
-        lookup = self.online.lookup(tx.customer_id, tx.terminal_id, tx.amount, int(tx.timestamp.timestamp()))
-        if deadline is not None and time.perf_counter() > deadline:
-            raise TimeoutError(f"transaction {tx.transaction_id}: the time limit passed during the feature lookup")
-        return self._answer(tx, lookup.values, lookup.missing, lookup.degraded, started)
+        lookups = self.online.lookup_many([tx.customer_id for tx in transactions], [tx.terminal_id for tx in transactions],
+                                          [tx.amount for tx in transactions], [int(tx.timestamp.timestamp()) for tx in transactions])
+        now = time.perf_counter()
+        answers: list[Score | Exception] = []
+        for tx, lookup, deadline, request_id in zip(transactions, lookups, deadlines, request_ids):
+            if now > deadline:
+                answers.append(TimeoutError(f"transaction {tx.transaction_id}: the time limit passed during the feature lookup"))
+                continue
+            logs.request_id.set(request_id)
+            try:
+                answers.append(self._answer(tx, lookup.values, lookup.missing, lookup.degraded, started))
+            except Exception as exc:
+                answers.append(exc)
+        logs.request_id.set(None)
+        return answers
 
     def score_features(self, tx: Transaction, features: dict[str, float]) -> Score:
         """The caller brings the features (a batch job, a replay, a benchmark at equal work with a

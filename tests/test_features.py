@@ -142,6 +142,13 @@ def test_online_equals_offline_after_materialization(store_settings) -> None:
         assert not got.missing and not got.degraded
         for name in names:
             assert got.values[name] == pytest.approx(float(row[name]), rel=1e-9, nan_ok=True), name
+    # read together, as the scoring thread reads the requests that waited for it (c1 twice)
+    together = online.lookup_many(list(offline["customer_id"]), list(offline["terminal_id"]), list(offline["amount"]),
+                                  [int(s) for s in offline["tx_unix_seconds"]])
+    for got, (_, row) in zip(together, offline.iterrows(), strict=True):
+        assert not got.missing and not got.degraded
+        for name in names:
+            assert got.values[name] == pytest.approx(float(row[name]), rel=1e-9, nan_ok=True), name
 
 
 def test_unknown_entities_get_documented_defaults(store_settings) -> None:
@@ -153,3 +160,7 @@ def test_unknown_entities_get_documented_defaults(store_settings) -> None:
     assert "customer_tx_count_7d" in got.missing and "terminal_risk_7d" not in got.missing
     assert got.values["customer_tx_count_7d"] == 0.0
     assert np.isnan(got.values["amount_to_customer_mean_30d"])  # no history: missing, not a made-up ratio
+    # read together with known customers, the unknown one alone gets the defaults
+    known, unknown = OnlineFeatures(settings).lookup_many(["c1", "never-seen"], ["k1", "k1"], [10.0, 10.0], [1_744_000_000] * 2)
+    assert not known.missing and known.values["customer_tx_count_7d"] > 0
+    assert unknown.missing == got.missing and unknown.values == pytest.approx(got.values, nan_ok=True)
