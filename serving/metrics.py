@@ -49,6 +49,10 @@ class Metrics:
         self.scores = Histogram(
             "fraudops_score", "Fraud scores", ["variant"], registry=r, buckets=(0.01, 0.05, 0.1, 0.2, 0.5, 0.8, 0.95)
         )
+        self.batch_size = Histogram(
+            "fraudops_scoring_batch_transactions", "Transactions per online read: the requests that waited for the scoring thread, together",
+            registry=r, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        )
         self.missing = Counter("fraudops_features_missing_total", "Answers with defaulted features", registry=r)
         self.degraded = Counter("fraudops_degraded_total", "Answers without the online store", registry=r)
         self.online_skipped = Gauge("fraudops_online_store_skipped", "1 while answers skip a failing online store (online_retry_seconds)",

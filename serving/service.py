@@ -151,6 +151,7 @@ class ScoringService:
         passed during the read has had its 503 already: it is neither scored nor logged. One failure
         is that transaction's answer, not its neighbours'."""
         started = time.perf_counter()
+        self.metrics.batch_size.observe(len(transactions))
         lookups = self.online.lookup_many([tx.customer_id for tx in transactions], [tx.terminal_id for tx in transactions],
                                           [tx.amount for tx in transactions], [int(tx.timestamp.timestamp()) for tx in transactions])
         now = time.perf_counter()

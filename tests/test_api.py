@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -97,10 +98,18 @@ def test_scoring_routes_answer_like_the_rest_of_the_api(client) -> None:
     assert not_json.status_code == 422 and not_json.json()["detail"][0]["type"] == "json_invalid"
 
 
+def batch_metric(client) -> tuple[float, float]:
+    """How many online reads the service made, and for how many transactions in all."""
+    text = client.get("/metrics").text
+    return tuple(float(re.search(rf"^fraudops_scoring_batch_transactions_{part} (\S+)$", text, re.M).group(1)) for part in ("count", "sum"))  # type: ignore[return-value, union-attr]
+
+
 def test_batch_scores_each_and_has_a_maximum(client, trained) -> None:
     batch = [{**TX, "transaction_id": f"b{i}", "customer_id": str(i)} for i in range(10)]
+    reads, transactions = batch_metric(client)
     answer = client.post("/predict/batch", json={"transactions": batch})
-    assert answer.status_code == 200 and len(answer.json()["scores"]) == 10
+    assert answer.status_code == 200 and [s["transaction_id"] for s in answer.json()["scores"]] == [t["transaction_id"] for t in batch]
+    assert batch_metric(client) == (reads + 1, transactions + 10)  # one online read for the whole batch
     too_many = [{**TX, "transaction_id": f"b{i}"} for i in range(trained.max_batch_size + 1)]
     answer = client.post("/predict/batch", json={"transactions": too_many})
     assert answer.status_code == 413 and "at most" in answer.json()["detail"]
