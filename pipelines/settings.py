@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -109,6 +109,13 @@ class Settings(BaseSettings):
     min_labelled_frauds: int = Field(20, ge=1, description="A variant with fewer labelled frauds than this is not judged.")
     max_quality_drop: float = Field(0.5, gt=0, lt=1, description="A live AP below (1 - this) x the AP a model shipped with is a quality drop.")
     retrain_on_drift: bool = Field(True, description="On drift or a quality drop, the monitor flow retrains on the latest labelled windows.")
+
+    @field_validator("state_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        """Relative to where the command runs. Feast reads the paths in feature_store.yaml relative to
+        that file's folder, so a relative state folder put its stores inside themselves."""
+        return value.expanduser().absolute()
 
     @model_validator(mode="after")
     def _windows_fit(self) -> Settings:

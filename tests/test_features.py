@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -164,3 +165,18 @@ def test_unknown_entities_get_documented_defaults(store_settings) -> None:
     known, unknown = OnlineFeatures(settings).lookup_many(["c1", "never-seen"], ["k1", "k1"], [10.0, 10.0], [1_744_000_000] * 2)
     assert not known.missing and known.values["customer_tx_count_7d"] > 0
     assert unknown.missing == got.missing and unknown.values == pytest.approx(got.values, nan_ok=True)
+
+
+def test_a_relative_state_folder_is_taken_from_the_working_directory(tmp_path, monkeypatch) -> None:
+    """Feast reads the paths in feature_store.yaml relative to the folder that file is in: a relative
+    FRAUDOPS_STATE_DIR put the online store at state/feast/state/feast/online.db."""
+    from features.store import open_store
+    from serving.online import OnlineFeatures
+
+    monkeypatch.chdir(tmp_path)
+    settings = tiny_settings(Path("state"))
+    assert settings.state_dir == tmp_path / "state"
+    apply(settings)
+    OnlineFeatures(settings)  # opens the SQLite online store where the settings say
+    assert (tmp_path / "state" / "feast" / "online.db").exists() and not (tmp_path / "state" / "feast" / "state").exists()
+    assert open_store(settings).list_feature_services()
