@@ -235,6 +235,18 @@ def test_admin_promote_and_rollback_hot_swap_the_champion(registry_copy) -> None
         assert (back["champion"], back["loaded_champion"]) == ("1", "1")
 
 
+def test_a_rollback_the_registry_drops_answers_503_and_keeps_the_champion(registry_copy, monkeypatch) -> None:
+    settings = registry_copy.model_copy(update={"admin_token": "t"})
+    auth = {"Authorization": "Bearer t"}
+    with TestClient(create_app(settings)) as c:
+        assert c.post("/admin/promote", json={"reason": "canary is better"}, headers=auth).json()["champion"] == "2"
+        fail_first_call(monkeypatch, "set_registered_model_alias")
+        answer = c.post("/admin/rollback", json={"reason": "alert fired"}, headers=auth)
+        assert answer.status_code == 503 and "nothing was" in answer.json()["detail"]
+        assert c.post("/admin/reload", headers=auth).json()["champion"] == "2"
+        assert c.post("/admin/rollback", json={"reason": "alert fired"}, headers=auth).json()["champion"] == "1"  # and it can be retried
+
+
 def test_a_promotion_the_registry_drops_answers_503_and_changes_nothing(registry_copy, monkeypatch) -> None:
     settings = registry_copy.model_copy(update={"admin_token": "t"})
     with TestClient(create_app(settings)) as c:
