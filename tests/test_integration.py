@@ -67,11 +67,14 @@ def test_feast_on_postgres_registry_and_redis_online_store(tmp_path, database, r
     offline = historical_features(store, settings.feature_service, tx)
     online = OnlineFeatures(settings)
     names = model_features(store, settings.feature_service)
-    for _, row in offline.iterrows():
+    together = online.lookup_many(list(offline["customer_id"]), list(offline["terminal_id"]), list(offline["amount"]),
+                                  [int(s) for s in offline["tx_unix_seconds"]])  # one Redis pipeline per view, as a batch reads
+    for (_, row), batched in zip(offline.iterrows(), together, strict=True):
         got = online.lookup(row["customer_id"], row["terminal_id"], row["amount"], int(row["tx_unix_seconds"]))
-        assert not got.missing and not got.degraded
-        for name in names:
-            assert got.values[name] == pytest.approx(float(row[name]), rel=1e-9, nan_ok=True), name
+        for answer in (got, batched):
+            assert not answer.missing and not answer.degraded
+            for name in names:
+                assert answer.values[name] == pytest.approx(float(row[name]), rel=1e-9, nan_ok=True), name
 
 
 def test_redis_outage_degrades_instead_of_failing(tmp_path, redis_db) -> None:
