@@ -11,6 +11,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,11 +25,11 @@ prepare(Settings(state_dir=Path(tempfile.mkdtemp(prefix="fraudops-tests-"))))
 # Prefect stops its temporary server at interpreter exit, after pytest closed the captured streams.
 logging.raiseExceptions = False
 
-TINY = dict(customers=300, terminals=600, days=50, train_start_day=10, train_days=14, label_delay_days=7, test_days=7, min_rows=100,
+TINY: dict[str, Any] = dict(customers=300, terminals=600, days=50, train_start_day=10, train_days=14, label_delay_days=7, test_days=7, min_rows=100,
             prequential_folds=1, min_average_precision=0.05, min_train_frauds=5, min_labelled_frauds=3)
 
 
-def tiny_settings(state_dir: Path, **overrides: object) -> Settings:
+def tiny_settings(state_dir: Path, **overrides: Any) -> Settings:
     return Settings(state_dir=state_dir, **{**TINY, **overrides})
 
 

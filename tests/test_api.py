@@ -181,13 +181,14 @@ def test_hot_path_scores_equal_the_mlflow_pyfunc_model(trained) -> None:
     from serving.models import load_from_registry
 
     model = load_from_registry(trained, "champion")
+    assert model is not None
     tx = read_transactions(trained.transactions_dir, "timestamp >= TIMESTAMP '2025-05-05'").head(300)
     frame = historical_features(open_store(trained), trained.feature_service, tx)
     matrix = frame[list(model.features)].to_numpy(np.float64)
     pyfunc = mlflow.pyfunc.load_model(f"models:/{trained.model_name}@champion")
     reference = np.asarray(pyfunc.predict(frame[list(model.features)])).ravel()
     np.testing.assert_allclose(model.score(matrix), reference, atol=1e-6)  # batches
-    np.testing.assert_allclose([model.score_one(row) for row in matrix], reference, atol=1e-6)  # the per-request path
+    np.testing.assert_allclose(np.array([model.score_one(row) for row in matrix]), reference, atol=1e-6)  # the per-request path
 
 
 def test_features_passed_in_score_like_the_full_path(client) -> None:
@@ -332,7 +333,8 @@ def captured_logs() -> Iterator[list[dict]]:
 
     from serving.logs import JsonFormatter
 
-    stream, lines = io.StringIO(), []
+    stream = io.StringIO()
+    lines: list[dict] = []
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
     logging.getLogger("fraudops").addHandler(handler)

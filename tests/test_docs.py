@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
@@ -34,7 +35,7 @@ def anchors(page: Path) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def cli() -> object:
+def cli() -> Any:
     return typer.main.get_command(app)  # a click-style group (typer carries its own copy of click)
 
 
@@ -47,7 +48,7 @@ def test_there_is_a_page_per_step_of_the_answer() -> None:
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
-def test_every_command_named_exists(page: Path, cli: object) -> None:
+def test_every_command_named_exists(page: Path, cli: Any) -> None:
     targets = set(MAKE_TARGET.findall((REPO_ROOT / "Makefile").read_text()))
     for code in code_of(page):
         for target in re.findall(r"\bmake ([a-z][\w-]*)", code):

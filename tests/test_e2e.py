@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ from tests.conftest import free_port, tiny_settings
 def test_demo_runs_end_to_end_and_catches_the_drift(tmp_path) -> None:
     settings = tiny_settings(tmp_path / "state", api_port=free_port())
     console = Console(record=True, width=140)
-    summary = run(settings, console)
+    summary: dict[str, Any] = run(settings, console)
 
     assert summary["transactions"] > 10_000
     assert summary["trained"]["champion"]["alias"] == "champion"

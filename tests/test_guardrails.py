@@ -58,8 +58,9 @@ def test_a_failing_challenger_costs_no_request_and_loses_its_share(registry_copy
         raise RuntimeError("corrupt model file")
 
     settings = registry_copy.model_copy(update={"challenger_share": 1.0, "guardrail_min_samples": 20})
-    with TestClient(create_app(settings)) as c:
-        svc = c.app.state.service
+    app = create_app(settings)
+    with TestClient(app) as c:
+        svc = app.state.service
         good = svc.models["challenger"]
         broken = dataclasses.replace(good)
         object.__setattr__(broken, "score_one", corrupt)  # the challenger now fails on every request

@@ -163,6 +163,7 @@ def test_training_flow_tracks_and_registers_in_postgres(registry_copy, tmp_path,
     assert result["alias"] == "champion" and result["version"] == "1"
     client = MlflowClient(settings.tracking_uri)
     version = client.get_model_version_by_alias(settings.model_name, "champion")
+    assert version.run_id is not None
     run = client.get_run(version.run_id)
     assert run.data.tags["feature_service"] == "fraud_detection_v1"
     assert run.data.metrics["test_roc_auc"] == pytest.approx(result["test_roc_auc"])

@@ -15,7 +15,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import httpx
 import pytest
@@ -196,10 +196,11 @@ def test_compose_services_run_natively_end_to_end(stack: Stack, monkeypatch: pyt
     with pytest.raises(Exception):  # basic auth is on: no credentials, no registry
         httpx.get(f"{env['FRAUDOPS_MLFLOW_TRACKING_URI']}/api/2.0/mlflow/registered-models/get", params={"name": "fraud-detector"}).raise_for_status()
     with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/predictions_{stack.suffix}") as conn:
-        assert conn.execute("SELECT count(*) FROM prediction_log").fetchone()[0] == n
+        assert conn.execute("SELECT count(*) FROM prediction_log").fetchone() == (n,)
     with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/feast_{stack.suffix}") as conn:
-        assert conn.execute("SELECT count(*) FROM feature_views").fetchone()[0] >= 2
-    assert redis.Redis(host="127.0.0.1", port=6379, db=11).dbsize() > 0
+        views = conn.execute("SELECT count(*) FROM feature_views").fetchone()
+        assert views is not None and views[0] >= 2
+    assert cast(int, redis.Redis(host="127.0.0.1", port=6379, db=11).dbsize()) > 0  # the synchronous client: an int
     flows = {f["id"]: f["name"] for f in httpx.post(f"{prefect}/flows/filter", json={}).json()}
     runs = httpx.post(f"{prefect}/flow_runs/filter", json={}).json()
     completed = {flows[r["flow_id"]] for r in runs if r["state_type"] == "COMPLETED"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ def test_writers_racing_on_one_file_all_finish_and_leave_one_whole_version(tmp_p
         for _ in range(20):
             write_atomically(target, text)
 
-    assert failures_when_run_together([lambda text=text: writer(text) for text in texts]) == []
+    assert failures_when_run_together([functools.partial(writer, text) for text in texts]) == []
     assert target.read_text() in texts
     assert [p.name for p in tmp_path.iterdir()] == ["model.txt"]
 
