@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 
 import pytest
@@ -56,13 +57,19 @@ def scorer() -> Scorer:
     return Scorer()
 
 
-def run(scorer: Scorer, jobs: list[list[Transaction]], cap: int = 64) -> list[list[Score] | BaseException]:
+@contextmanager
+def running(scorer: Scorer, cap: int = 64) -> Iterator[Batcher]:
     batcher = Batcher(scorer, cap)
     batcher.start()
     try:
-        return asyncio.run(submit_all(batcher, jobs, scorer))
+        yield batcher
     finally:
         batcher.stop()
+
+
+def run(scorer: Scorer, jobs: list[list[Transaction]], cap: int = 64) -> list[list[Score] | BaseException]:
+    with running(scorer, cap) as batcher:
+        return asyncio.run(submit_all(batcher, jobs, scorer))
 
 
 def test_requests_that_waited_are_scored_together_each_with_its_own_answers(scorer) -> None:
@@ -93,10 +100,6 @@ def test_a_request_past_its_time_limit_is_left_and_the_rest_answered(scorer) -> 
         scorer.release.set()
         return late.cancelled(), await held
 
-    batcher = Batcher(scorer, 64)
-    batcher.start()
-    try:
+    with running(scorer) as batcher:
         cancelled, answered = asyncio.run(main(batcher))
-    finally:
-        batcher.stop()
     assert cancelled and [a.transaction_id for a in answered] == ["t1"]
