@@ -1,9 +1,10 @@
 """Online features: one Feast online-store read for the customer and terminal views, then the
 request-time features computed by the same function as Feast's on-demand view offline.
 
-The views are read through Feast's provider rather than `get_online_features` with the on-demand
-view: the lookup is several times faster (`fraudops bench`), and parity holds because both sides call
-`features.logic.request_features`; the parity tests compare the two paths.
+The views are read below `get_online_features` with the on-demand view: on SQLite in one statement per
+batch (`serving.sqlite_read`), on other stores through Feast's provider. The lookup is several times
+faster (`fraudops bench`), and parity holds because both sides call `features.logic.request_features`;
+the parity tests compare the two paths.
 
 A store that fails or stops answering must not take the API with it: every read gives up after
 `online_timeout_ms`, and after a failure the store is skipped for `online_retry_seconds` (a circuit
@@ -25,6 +26,7 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from features.logic import request_features
 from features.store import open_store
 from pipelines.settings import Settings
+from serving.sqlite_read import SqliteRead, number
 
 log = logging.getLogger("fraudops.online")
 
@@ -92,6 +94,8 @@ class OnlineFeatures:
         ]
         self.names = [name for _, _, names in self.reads for name in names]
         self.provider = self.store._get_provider()  # Feast's own online-store read, without the response assembly
+        # SQLite: one statement and one step per batch (`serving.sqlite_read`); any other store: Feast's read
+        self._read: Callable[[dict[str, list[str]]], list[dict[str, float | None]]] = SqliteRead(self.store, self.reads) if self.store.config.online_store.type == "sqlite" else self._provider_read
         self.breaker = Breaker(settings.online_retry_seconds, on_breaker)
         self._bound_reads(settings.online_timeout_ms / 1000)
 
@@ -113,18 +117,16 @@ class OnlineFeatures:
             connection = self.provider.online_store._get_conn(self.store.config)  # type: ignore[attr-defined]
             connection.execute(f"PRAGMA busy_timeout = {max(1, round(seconds * 1000))}")
 
-    def _read(self, keys: dict[str, list[str]]) -> list[dict[str, float | None]]:
-        """One read per view for every key at once: a batch costs one statement (SQLite) or one
-        pipeline (Redis) per view, not one per transaction."""
+    def _provider_read(self, keys: dict[str, list[str]]) -> list[dict[str, float | None]]:
+        """One read per view for every key at once: a batch costs one pipeline (Redis) per view, not
+        one per transaction."""
         raws: list[dict[str, float | None]] = [{} for _ in next(iter(keys.values()))]
         for view, join_key, names in self.reads:
             entity_keys = [EntityKeyProto(join_keys=[join_key], entity_values=[ValueProto(string_val=k)]) for k in keys[join_key]]
             # a copy: the Redis store appends its timestamp keys to the list it is given
             for raw, (_, values) in zip(raws, self.provider.online_read(self.store.config, view, entity_keys, list(names))):
                 for name in names:
-                    value = values.get(name) if values else None
-                    kind = value.WhichOneof("val") if value is not None else None
-                    raw[name] = None if kind is None else float(getattr(value, kind))
+                    raw[name] = number(values.get(name) if values else None)
         return raws
 
     def lookup(self, customer_id: str, terminal_id: str, amount: float, unix_seconds: int) -> Lookup:

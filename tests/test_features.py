@@ -167,6 +167,23 @@ def test_unknown_entities_get_documented_defaults(store_settings) -> None:
     assert unknown.missing == got.missing and unknown.values == pytest.approx(got.values, nan_ok=True)
 
 
+def test_the_one_step_sqlite_read_answers_as_feasts_own(store_settings) -> None:
+    """`serving.sqlite_read` reads Feast's tables itself; Feast's online_read is the reference."""
+    settings, _ = store_settings
+    from serving.online import OnlineFeatures
+    from serving.sqlite_read import SqliteRead
+
+    materialize(settings, datetime(2025, 4, 10))
+    online = OnlineFeatures(settings)
+    assert isinstance(online._read, SqliteRead)  # the default store takes the one-step read
+    keys = {"customer_id": ["c1", "c2", "never-seen", "c1"], "terminal_id": ["k2", "nowhere", "k1", "k2"]}
+    ours, feasts = online._read(keys), online._provider_read(keys)
+    assert ours == feasts
+    assert ours[0] == ours[3] and all(v is not None for v in ours[0].values())
+    assert ours[1]["customer_tx_count_30d"] is not None and ours[1]["terminal_risk_30d"] is None
+    assert list(ours[0]) == online.names
+
+
 def test_a_relative_state_folder_is_taken_from_the_working_directory(tmp_path, monkeypatch) -> None:
     """Feast reads the paths in feature_store.yaml relative to the folder that file is in: a relative
     FRAUDOPS_STATE_DIR put the online store at state/feast/state/feast/online.db."""
