@@ -8,10 +8,17 @@ from pathlib import Path
 from string import Template
 
 import pandas as pd
+import prometheus_client  # noqa: F401  (first: see below)
 import yaml
 from feast import FeatureStore, RepoConfig
 
 from pipelines.settings import Settings
+
+# prometheus_client picks how it stores values once, when imported: in files when
+# PROMETHEUS_MULTIPROC_DIR is set. Feast's metrics module, which materializing imports, sets it to a
+# folder of its own when it is unset; imported before prometheus_client, it put every counter of the
+# process in shared files, so two API instances in one process (the tests) counted together. Imported
+# here first, values stay in memory unless a launcher asked for files (`serving.metrics`).
 
 TEMPLATE = Path(__file__).parent / "repo" / "feature_store.yaml"
 
