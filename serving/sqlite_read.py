@@ -31,30 +31,40 @@ def number(value: ValueProto | None) -> float | None:
     return None if kind is None else float(getattr(value, kind))
 
 
+def _key_prefix(join_key: str, version: int) -> bytes:
+    """What Feast's `serialize_entity_key` writes before a string id's length and bytes, taken from Feast
+    itself: the encoding of an empty id, less its 4-byte length. Feast's function builds the key from a
+    proto in Python, a cost per key that the read would pay for every transaction; checked here
+    against Feast on an id with non-ASCII characters, so a change in Feast's format stops start-up."""
+
+    def feast(value: str) -> bytes:
+        proto = EntityKeyProto(join_keys=[join_key], entity_values=[ValueProto(string_val=value)])
+        return serialize_entity_key(proto, entity_key_serialization_version=version)
+
+    prefix = feast("")[:-4]
+    probe = "probe-é-42"
+    if feast(probe) != prefix + len(probe.encode()).to_bytes(4, "little") + probe.encode():
+        raise RuntimeError(f"Feast's entity-key encoding (version {version}) is not the one serving.sqlite_read writes")
+    return prefix
+
+
 class SqliteRead:
     def __init__(self, store: FeatureStore, reads: Sequence[Read], memo_size: int = 100_000) -> None:
         config = store.config
         self.connection: sqlite3.Connection = store._get_provider().online_store._get_conn(config)  # type: ignore[attr-defined]
-        self.version = config.entity_key_serialization_version
         versioned = config.registry.enable_online_feature_view_versioning
         self.reads = [(_quote_id(_table_id(config.project, view, versioned)), join_key, set(names)) for view, join_key, names in reads]
         self.names = [name for _, _, names in reads for name in names]
-        # Feast's key encoding and the value protos cost more Python than the rest of the read: both
-        # are pure functions of what they are given, and ids and values repeat, so they are memoised
-        # (and forgotten at `memo_size` entries)
+        self.prefixes = {join_key: _key_prefix(join_key, config.entity_key_serialization_version) for _, join_key, _ in reads}
+        # Decoding a value proto costs more Python than the rest of the read, and values repeat (counts,
+        # rates of zero), so decoded values are memoised, and forgotten at `memo_size` entries
         self.memo_size = memo_size
-        self._keys: dict[tuple[str, str], bytes] = {}
         self._values: dict[str, float | None] = {}
 
     def _key(self, join_key: str, value: str) -> bytes:
-        """The entity key as Feast stores it."""
-        key = self._keys.get((join_key, value))
-        if key is None:
-            if len(self._keys) >= self.memo_size:
-                self._keys.clear()
-            proto = EntityKeyProto(join_keys=[join_key], entity_values=[ValueProto(string_val=value)])
-            key = self._keys[join_key, value] = serialize_entity_key(proto, entity_key_serialization_version=self.version)
-        return key
+        """The entity key as Feast stores it: the join key's fixed prefix, the value's length, the value."""
+        encoded = value.encode()
+        return self.prefixes[join_key] + len(encoded).to_bytes(4, "little") + encoded
 
     def _value(self, value_hex: str) -> float | None:
         value = self._values.get(value_hex, ...)
