@@ -182,8 +182,11 @@ def test_the_one_step_sqlite_read_answers_as_feasts_own(store_settings) -> None:
     assert ours[0] == ours[3] and all(v is not None for v in ours[0].values())
     assert ours[1]["customer_tx_count_30d"] is not None and ours[1]["terminal_risk_30d"] is None
     assert list(ours[0]) == online.names
-    tiny_memo = SqliteRead(online.store, online.reads, memo_size=2)  # forgets keys and values on the way
+    tiny_memo = SqliteRead(online.store, online.reads, memo_size=2)  # forgets values on the way
     assert tiny_memo(keys) == tiny_memo(keys) == feasts
+    # a batch longer than SQLite's 500-term limit on a compound SELECT, as /predict/batch may send
+    many = {name: ids * 200 for name, ids in keys.items()}
+    assert online._read(many) == feasts * 200
 
 
 def test_a_relative_state_folder_is_taken_from_the_working_directory(tmp_path, monkeypatch) -> None:
