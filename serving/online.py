@@ -20,13 +20,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-
 from features.logic import request_features
 from features.store import open_store
 from pipelines.settings import Settings
-from serving.sqlite_read import SqliteRead, number
+from serving.sqlite_read import SqliteRead, entity_key, number
 
 log = logging.getLogger("fraudops.online")
 
@@ -122,7 +119,7 @@ class OnlineFeatures:
         one per transaction."""
         raws: list[dict[str, float | None]] = [{} for _ in next(iter(keys.values()))]
         for view, join_key, names in self.reads:
-            entity_keys = [EntityKeyProto(join_keys=[join_key], entity_values=[ValueProto(string_val=k)]) for k in keys[join_key]]
+            entity_keys = [entity_key(join_key, k) for k in keys[join_key]]
             # a copy: the Redis store appends its timestamp keys to the list it is given
             for raw, (_, values) in zip(raws, self.provider.online_read(self.store.config, view, entity_keys, list(names))):
                 for name in names:

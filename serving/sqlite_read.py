@@ -25,6 +25,11 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 Read = tuple[FeatureView, str, list[str]]  # a view, its join key, the features taken from it
 
 
+def entity_key(join_key: str, value: str) -> EntityKeyProto:
+    """The key of one entity with a single string join key, as Feast's reads take it."""
+    return EntityKeyProto(join_keys=[join_key], entity_values=[ValueProto(string_val=value)])
+
+
 def number(value: ValueProto | None) -> float | None:
     """A feature value as a float; None when it is absent or unset."""
     kind = value.WhichOneof("val") if value is not None else None
@@ -38,8 +43,7 @@ def _key_prefix(join_key: str, version: int) -> bytes:
     against Feast on an id with non-ASCII characters, so a change in Feast's format stops start-up."""
 
     def feast(value: str) -> bytes:
-        proto = EntityKeyProto(join_keys=[join_key], entity_values=[ValueProto(string_val=value)])
-        return serialize_entity_key(proto, entity_key_serialization_version=version)
+        return serialize_entity_key(entity_key(join_key, value), entity_key_serialization_version=version)
 
     prefix = feast("")[:-4]
     probe = "probe-é-42"
