@@ -138,18 +138,15 @@ def test_online_equals_offline_after_materialization(store_settings) -> None:
     )
     offline = historical_features(open_store(settings), settings.feature_service, probe)
     names = model_features(open_store(settings), settings.feature_service)
-    for _, row in offline.iterrows():
-        got = online.lookup(row["customer_id"], row["terminal_id"], row["amount"], int(row["tx_unix_seconds"]))
-        assert not got.missing and not got.degraded
-        for name in names:
-            assert got.values[name] == pytest.approx(float(row[name]), rel=1e-9, nan_ok=True), name
-    # read together, as the scoring thread reads the requests that waited for it (c1 twice)
+    # one at a time, and read together as the scoring thread reads the requests that waited for it (c1 twice)
     together = online.lookup_many(list(offline["customer_id"]), list(offline["terminal_id"]), list(offline["amount"]),
                                   [int(s) for s in offline["tx_unix_seconds"]])
-    for got, (_, row) in zip(together, offline.iterrows(), strict=True):
-        assert not got.missing and not got.degraded
-        for name in names:
-            assert got.values[name] == pytest.approx(float(row[name]), rel=1e-9, nan_ok=True), name
+    for (_, row), batched in zip(offline.iterrows(), together, strict=True):
+        got = online.lookup(row["customer_id"], row["terminal_id"], row["amount"], int(row["tx_unix_seconds"]))
+        for answer in (got, batched):
+            assert not answer.missing and not answer.degraded
+            for name in names:
+                assert answer.values[name] == pytest.approx(float(row[name]), rel=1e-9, nan_ok=True), name
 
 
 def test_unknown_entities_get_documented_defaults(store_settings) -> None:
