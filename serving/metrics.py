@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from bisect import bisect_left
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
@@ -63,6 +66,24 @@ class Metrics:
         self.guardrail_trips = Counter("fraudops_guardrail_trips_total", "Times the challenger was cut to zero", registry=r)
         self.model_version = Gauge("fraudops_model_version", "Loaded model version", ["alias"], registry=r, multiprocess_mode="livemax")
 
+    def observe(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Count a batch of prediction-log records (`serving.predlog`): each series they touch is written
+        once per batch, not once per transaction, since in multiprocess mode every write is a locked
+        update of a shared file and eight per transaction cost a tenth of `/predict` (`make bench`)."""
+        groups: dict[tuple[str, bool], list[Mapping[str, Any]]] = {}
+        for record in records:
+            groups.setdefault((record["variant"], record["shadow"]), []).append(record)
+        for (variant, shadow), group in groups.items():
+            self.requests.labels(variant, "shadow" if shadow else "answered").inc(len(group))
+            observe_many(self.latency.labels(variant), [r["latency_ms"] / 1000 for r in group])
+            observe_many(self.scores.labels(variant), [r["score"] for r in group])
+        missing = sum(1 for r in records if r["features_missing"])
+        degraded = sum(1 for r in records if r["degraded"])
+        if missing:
+            self.missing.inc(missing)
+        if degraded:
+            self.degraded.inc(degraded)
+
     def exposition(self) -> bytes:
         """What `/metrics` answers: this process's metrics, or with several workers all of theirs."""
         if not self.shared:
@@ -76,3 +97,19 @@ class Metrics:
         """Drop this worker's live gauges (its queue depth, its breaker) from the sums."""
         if self.shared:
             multiprocess.mark_process_dead(os.getpid())
+
+
+def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
+    """`histogram.observe(v)` for every v, with each bucket and the sum written once. prometheus_client
+    has no bulk observe, so this adds to the child's own values (`_upper_bounds`, `_buckets`, `_sum`
+    of the pinned 0.24); a test holds it to `observe`'s exposition, so an upgrade that moves them fails
+    there. NaN counts in the sum only, as with `observe`."""
+    bounds = histogram._upper_bounds
+    counts = [0] * len(bounds)
+    for value in values:
+        if value == value:
+            counts[bisect_left(bounds, value)] += 1
+    histogram._sum.inc(sum(values))
+    for bucket, count in zip(histogram._buckets, counts):
+        if count:
+            bucket.inc(count)

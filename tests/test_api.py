@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from serving.app import create_app
 from serving.logs import _CLIENT_ID
@@ -168,9 +169,17 @@ def test_every_answer_reaches_the_prediction_log(registry_copy) -> None:
     with TestClient(create_app(settings)) as c:
         for i in range(n):
             assert c.post("/predict", json={**TX, "transaction_id": f"log-{i}"}).status_code == 200
+        metrics = c.get("/metrics").text
     logged = pd.read_parquet(settings.predictions_dir)
     assert sorted(logged["transaction_id"]) == sorted(f"log-{i}" for i in range(n))
     assert {"score", "variant", "model_version", "latency_ms", "customer_tx_count_7d"} <= set(logged.columns)
+    # the metrics, counted per scoring batch, add up to what was logged
+    samples = {(s.name, s.labels.get("variant")): s.value for f in text_string_to_metric_families(metrics) for s in f.samples}
+    for variant, group in logged.groupby("variant"):
+        assert samples["fraudops_predictions_total", variant] == len(group)
+        assert samples["fraudops_prediction_seconds_count", variant] == len(group)
+        assert samples["fraudops_score_sum", variant] == pytest.approx(group["score"].sum())
+        assert samples["fraudops_prediction_seconds_sum", variant] == pytest.approx(group["latency_ms"].sum() / 1000)
 
 
 def test_hot_path_scores_equal_the_mlflow_pyfunc_model(trained) -> None:
