@@ -261,4 +261,4 @@ class ScoringService:
         for record in records:
             self.log.put(record)
         self.metrics.log_dropped.set(self.log.dropped)
-        self.metrics.log_depth.set(self.log.queue.qsize())
+        self.metrics.log_depth.set(len(self.log))

@@ -379,3 +379,25 @@ def test_unsampled_successes_get_no_access_line_but_every_refusal_does(trained) 
         assert c.post("/predict", json={**TX, "amount": -1}).status_code == 422
         assert c.get("/nowhere").status_code == 404
     assert sorted(line["status"] for line in lines if line["logger"] == "fraudops.access") == [404, 422]
+
+
+def test_the_prediction_log_drops_and_counts_what_a_stuck_sink_cannot_take_then_flushes_the_rest() -> None:
+    import threading
+
+    from serving.predlog import PredictionLog
+
+    written: list[list[dict]] = []
+    unblock = threading.Event()
+
+    def stuck_then_slow(batch: list[dict]) -> None:
+        unblock.wait()
+        written.append(batch)
+
+    log = PredictionLog(stuck_then_slow, batch_size=4, max_queue=10, flush_seconds=0.05)
+    log.start()
+    accepted = [log.put({"n": i}) for i in range(30)]  # the writer holds at most one batch while stuck
+    unblock.set()
+    log.close()
+    assert log.dropped == accepted.count(False) > 0 and log.written == accepted.count(True)
+    assert sorted(r["n"] for batch in written for r in batch) == [i for i, ok in enumerate(accepted) if ok]
+    assert all(len(batch) <= 4 for batch in written) and len(log) == 0
