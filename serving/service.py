@@ -8,6 +8,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
+
 from pipelines import registry
 from pipelines.settings import Settings
 from serving import logs, models, predlog
