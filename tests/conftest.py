@@ -60,6 +60,19 @@ def failures_when_run_together(calls: list[Callable[[], object]]) -> list[BaseEx
     return failures
 
 
+def assert_online_matches_offline(online: Any, offline: Any, names: list[str]) -> None:
+    """Online/offline parity for every row of the offline join: each transaction looked up alone, and
+    all of them read together as the scoring thread reads the requests that waited for it."""
+    together = online.lookup_many(list(offline["customer_id"]), list(offline["terminal_id"]), list(offline["amount"]),
+                                  [int(s) for s in offline["tx_unix_seconds"]])
+    for (_, row), batched in zip(offline.iterrows(), together, strict=True):
+        got = online.lookup(row["customer_id"], row["terminal_id"], row["amount"], int(row["tx_unix_seconds"]))
+        for answer in (got, batched):
+            assert not answer.missing and not answer.degraded
+            for name in names:
+                assert answer.values[name] == pytest.approx(float(row[name]), rel=1e-9, nan_ok=True), name
+
+
 def require_service(name: str, host: str, port: int) -> None:
     """Integration tests need the real service: mandatory in CI, skipped with a reason on a laptop."""
     if service_available(host, port):

@@ -13,7 +13,7 @@ from features.compute import compute_features
 from features.logic import request_features
 from features.offline import write_part
 from features.store import apply, historical_features, materialize, model_features
-from tests.conftest import tiny_settings
+from tests.conftest import assert_online_matches_offline, tiny_settings
 
 START = pd.Timestamp("2025-03-01")
 
@@ -138,15 +138,7 @@ def test_online_equals_offline_after_materialization(store_settings) -> None:
     )
     offline = historical_features(open_store(settings), settings.feature_service, probe)
     names = model_features(open_store(settings), settings.feature_service)
-    # one at a time, and read together as the scoring thread reads the requests that waited for it (c1 twice)
-    together = online.lookup_many(list(offline["customer_id"]), list(offline["terminal_id"]), list(offline["amount"]),
-                                  [int(s) for s in offline["tx_unix_seconds"]])
-    for (_, row), batched in zip(offline.iterrows(), together, strict=True):
-        got = online.lookup(row["customer_id"], row["terminal_id"], row["amount"], int(row["tx_unix_seconds"]))
-        for answer in (got, batched):
-            assert not answer.missing and not answer.degraded
-            for name in names:
-                assert answer.values[name] == pytest.approx(float(row[name]), rel=1e-9, nan_ok=True), name
+    assert_online_matches_offline(online, offline, names)  # c1 twice in one batch
 
 
 def test_unknown_entities_get_documented_defaults(store_settings) -> None:

@@ -11,7 +11,7 @@ from datetime import date, datetime
 
 import pytest
 
-from tests.conftest import failures_when_run_together, require_service, tiny_settings
+from tests.conftest import assert_online_matches_offline, failures_when_run_together, require_service, tiny_settings
 
 pytestmark = pytest.mark.integration
 PG = ("PostgreSQL", "127.0.0.1", 5432)
@@ -67,14 +67,7 @@ def test_feast_on_postgres_registry_and_redis_online_store(tmp_path, database, r
     offline = historical_features(store, settings.feature_service, tx)
     online = OnlineFeatures(settings)
     names = model_features(store, settings.feature_service)
-    together = online.lookup_many(list(offline["customer_id"]), list(offline["terminal_id"]), list(offline["amount"]),
-                                  [int(s) for s in offline["tx_unix_seconds"]])  # one Redis pipeline per view, as a batch reads
-    for (_, row), batched in zip(offline.iterrows(), together, strict=True):
-        got = online.lookup(row["customer_id"], row["terminal_id"], row["amount"], int(row["tx_unix_seconds"]))
-        for answer in (got, batched):
-            assert not answer.missing and not answer.degraded
-            for name in names:
-                assert answer.values[name] == pytest.approx(float(row[name]), rel=1e-9, nan_ok=True), name
+    assert_online_matches_offline(online, offline, names)  # the batch: one Redis pipeline per view
 
 
 def test_redis_outage_degrades_instead_of_failing(tmp_path, redis_db) -> None:
