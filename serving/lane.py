@@ -12,7 +12,6 @@ Everything else goes on to FastAPI.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -61,7 +60,7 @@ async def within_budget(state: State, settings: Settings, transactions: Sequence
     service = ready_service(state)
     budget = settings.predict_timeout_ms * len(transactions) / 1000
     try:
-        return await asyncio.wait_for(state.batcher.submit(transactions, time.perf_counter() + budget), budget)
+        return await state.batcher.submit(transactions, time.perf_counter() + budget)
     except TimeoutError:
         service.metrics.timeouts.inc()
         raise HTTPException(503, f"prediction exceeded its time limit of {settings.predict_timeout_ms:g} ms") from None
