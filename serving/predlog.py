@@ -49,8 +49,11 @@ class ParquetSink:
     def __call__(self, batch: list[Record]) -> None:
         name = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
         partial = self.directory / f".{name}.tmp"
+        # Columns from every record, not the first only (as `Table.from_pylist` takes them): a batch can
+        # mix a champion and a challenger whose feature sets differ; a feature one model lacks is null.
+        columns = dict.fromkeys(key for keys in dict.fromkeys(tuple(record) for record in batch) for key in keys)
         try:
-            pq.write_table(pa.Table.from_pylist(batch), partial)
+            pq.write_table(pa.table({column: [record.get(column) for record in batch] for column in columns}), partial)
             os.replace(partial, self.directory / name)  # readers never see half a part
         finally:
             partial.unlink(missing_ok=True)

@@ -401,3 +401,22 @@ def test_the_prediction_log_drops_and_counts_what_a_stuck_sink_cannot_take_then_
     assert log.dropped == accepted.count(False) > 0 and log.written == accepted.count(True)
     assert sorted(r["n"] for batch in written for r in batch) == [i for i, ok in enumerate(accepted) if ok]
     assert all(len(batch) <= 4 for batch in written) and len(log) == 0
+
+
+def test_a_parquet_part_keeps_every_models_features_when_their_feature_sets_differ(tmp_path) -> None:
+    """A batch of the log can hold a champion's and a challenger's records whose features differ; the
+    part has the columns of both, null where a model has no such feature, and reads back whole."""
+    from datetime import datetime
+
+    from pipelines.settings import Settings
+    from serving import predlog
+
+    settings = Settings(state_dir=tmp_path)
+    fixed = {"customer_id": "1", "terminal_id": "2", "timestamp": datetime(2025, 7, 1), "score": 0.1, "is_fraud_predicted": False,
+             "shadow": False, "features_missing": 0, "degraded": False, "latency_ms": 0.5}
+    champion = {**fixed, "transaction_id": "a", "variant": "champion", "model_version": "1", "amount": 10.0}
+    challenger = {**fixed, "transaction_id": "b", "variant": "challenger", "model_version": "2", "amount": 20.0, "terminal_risk_90d": 0.3}
+    predlog.ParquetSink(settings.predictions_dir)([champion, challenger])
+    frame = predlog.read(settings).set_index("transaction_id")
+    assert frame.loc["b", "terminal_risk_90d"] == 0.3 and pd.isna(frame.loc["a", "terminal_risk_90d"])
+    assert frame["amount"].to_dict() == {"a": 10.0, "b": 20.0}
