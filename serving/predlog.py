@@ -150,7 +150,8 @@ class PredictionLog:
             self.dropped += 1
             return False
         self.records.append(record)
-        if len(self.records) == self.batch_size:  # once per batch, not per record
+        # `>=`, not `==`: the scoring and shadow threads append at once, and the count can step past it
+        if len(self.records) >= self.batch_size and not self._batch_ready.is_set():
             self._batch_ready.set()
         return True
 

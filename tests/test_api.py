@@ -403,6 +403,27 @@ def test_the_prediction_log_drops_and_counts_what_a_stuck_sink_cannot_take_then_
     assert all(len(batch) <= 4 for batch in written) and len(log) == 0
 
 
+def test_the_prediction_log_writes_a_full_batch_at_once_when_another_thread_stepped_past_the_count() -> None:
+    """The writer wakes for a full batch, not only at its period, even when a record appended by
+    another thread in between made the count jump past the batch size."""
+    import time
+
+    from serving.predlog import PredictionLog
+
+    written: list[list[dict]] = []
+    log = PredictionLog(written.append, batch_size=4, max_queue=100, flush_seconds=30.0)
+    log.start()
+    log.put({"n": 0})
+    log.records.extend({"n": i} for i in (1, 2, 3))  # the other thread's appends, between two checks
+    log.put({"n": 4})  # five waiting: past a batch, never equal to it
+    started = time.perf_counter()
+    while not written and time.perf_counter() - started < 5:
+        time.sleep(0.01)
+    assert [[r["n"] for r in batch] for batch in written] == [[0, 1, 2, 3]]  # a whole batch, well before the period
+    log.close()
+    assert [r["n"] for batch in written for r in batch] == [0, 1, 2, 3, 4]
+
+
 def test_a_parquet_part_keeps_every_models_features_when_their_feature_sets_differ(tmp_path) -> None:
     """A batch of the log can hold a champion's and a challenger's records whose features differ; the
     part has the columns of both, null where a model has no such feature, and reads back whole."""
