@@ -102,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         app.state.batcher.stop()
         service.stop()
+        service.metrics.flush_responses()
         service.metrics.worker_exited()
 
     app = FastAPI(
@@ -118,7 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def observe(path: str, status: int) -> None:
         service: ScoringService | None = getattr(app.state, "service", None)
         if service is not None:  # unknown paths share one label: a scanner cannot grow the metric
-            service.metrics.responses.labels(path if path in known_paths else "other", str(status)).inc()
+            service.metrics.responded(path if path in known_paths else "other", status)
 
     app.add_middleware(logs.RequestId, observe=observe, sample=settings.access_log_sample)  # outermost: even a 413 carries its request id
 

@@ -11,6 +11,7 @@ online store's breaker takes the highest.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 from bisect import bisect_left
@@ -65,6 +66,22 @@ class Metrics:
         self.timeouts = Counter("fraudops_prediction_timeouts_total", "Predictions answered 503 for overrunning their time limit", registry=r)
         self.guardrail_trips = Counter("fraudops_guardrail_trips_total", "Times the challenger was cut to zero", registry=r)
         self.model_version = Gauge("fraudops_model_version", "Loaded model version", ["alias"], registry=r, multiprocess_mode="livemax")
+        self._responded: dict[tuple[str, int], int] = {}  # answers not yet in `responses`
+
+    def responded(self, path: str, status: int, flush_seconds: float = 0.5) -> None:
+        """Count one HTTP answer, on the event loop. Answers are added to `responses` every
+        `flush_seconds` and before a scrape, not one by one: like the scoring metrics, each addition is a
+        locked write to a shared file, and this one ran for every request."""
+        if not self._responded:
+            asyncio.get_running_loop().call_later(flush_seconds, self.flush_responses)
+        key = (path, status)
+        self._responded[key] = self._responded.get(key, 0) + 1
+
+    def flush_responses(self) -> None:
+        """On the event loop that counts them, so no answer is counted into a dict already flushed."""
+        pending, self._responded = self._responded, {}
+        for (path, status), count in pending.items():
+            self.responses.labels(path, str(status)).inc(count)
 
     def observe(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Count a batch of prediction-log records (`serving.predlog`): each series they touch is written
@@ -86,6 +103,7 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """What `/metrics` answers: this process's metrics, or with several workers all of theirs."""
+        self.flush_responses()
         if not self.shared:
             return generate_latest(self.registry)
         merged = CollectorRegistry()

@@ -372,6 +372,26 @@ def test_logs_are_json_lines_that_carry_the_request_id(registry_copy) -> None:
     assert 'fraudops_predictions_total{mode="answered",variant=' in metrics
 
 
+def test_answers_reach_the_response_counter_without_a_scrape_of_this_worker(trained) -> None:
+    """Answers are added to the shared counter in bulk; a worker that no scrape reaches (another worker
+    answers /metrics) must still publish them within the flush period, not only when scraped."""
+    import time
+
+    with TestClient(create_app(trained)) as c:
+        for i in range(3):
+            assert c.post("/predict", json={**TX, "transaction_id": f"r-{i}"}).status_code == 200
+        assert c.post("/predict", json={**TX, "amount": -1}).status_code == 422
+        registry = c.app.state.service.metrics.registry  # type: ignore[attr-defined]
+
+        def counted(status: str) -> float | None:
+            return registry.get_sample_value("fraudops_http_responses_total", {"path": "/predict", "status": status})
+
+        started = time.perf_counter()
+        while counted("422") is None and time.perf_counter() - started < 5:  # read without /metrics, which would flush
+            time.sleep(0.05)
+        assert (counted("200"), counted("422")) == (3.0, 1.0)
+
+
 def test_unsampled_successes_get_no_access_line_but_every_refusal_does(trained) -> None:
     with TestClient(create_app(trained.model_copy(update={"access_log_sample": 0.0}))) as c, captured_logs() as lines:
         for i in range(5):
