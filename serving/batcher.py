@@ -38,7 +38,7 @@ class _Job:
     request_id: str | None
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[list[Score]]
-    timer: asyncio.TimerHandle | None = None
+    timer: asyncio.TimerHandle  # fails the future at the deadline; cancelled when the answers come first
 
 
 class Batcher:
@@ -61,8 +61,9 @@ class Batcher:
         `deadline` (a `perf_counter` time) passes; the work then finishes unseen. A timer on the future
         itself, where `asyncio.wait_for` added a second future and two callbacks to every request."""
         loop = asyncio.get_running_loop()
-        job = _Job(transactions, deadline, logs.request_id.get(), loop, loop.create_future())
-        job.timer = loop.call_later(deadline - time.perf_counter(), _expire, job.future)
+        future: asyncio.Future[list[Score]] = loop.create_future()
+        timer = loop.call_later(deadline - time.perf_counter(), _expire, future)
+        job = _Job(transactions, deadline, logs.request_id.get(), loop, future, timer)
         self._queue.put(job)
         return job.future
 
@@ -112,8 +113,7 @@ class Batcher:
 def _settle(results: list[tuple[_Job, list[Score | Exception]]]) -> None:
     """On the event loop: each request gets its answers, unless its time limit already answered it."""
     for job, answers in results:
-        if job.timer is not None:
-            job.timer.cancel()
+        job.timer.cancel()
         if job.future.done():
             continue
         error = next((a for a in answers if isinstance(a, Exception)), None)
