@@ -285,12 +285,12 @@ def serving_section(settings: Settings, scale: str, repeat: int) -> Section:
     env = settings_env(s) | {"MLFLOW_TRACKING_URI": s.tracking_uri, "MLFLOW_MODELS_WORKERS": str(workers)}
     bin_dir = Path(sys.executable).parent
     env["PATH"] = f"{bin_dir}:{env.get('PATH', '')}"  # mlflow starts `uvicorn` by name
-    # ours as users run it; the floor through the same launcher (a socket per worker), so the ratio
+    # ours as users run it; the floor through the same launcher (a socket per worker, pinned as ours), so the ratio
     # compares the apps, not how connections reach the workers; mlflow as it runs itself
     commands = {
         "ours": [str(bin_dir / "fraudops"), "serve", "--port", str(ports["ours"])],
         "mlflow": [str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{s.model_name}@champion", "-p", str(ports["mlflow"]), "--env-manager", "local", "--workers", str(workers)],
-        **{name: [sys.executable, "-c", f"from serving.workers import serve; serve('pipelines.bench:{factory}', '127.0.0.1', {ports[name]}, {workers})"]
+        **{name: [sys.executable, "-c", f"from serving.workers import serve; serve('pipelines.bench:{factory}', '127.0.0.1', {ports[name]}, {workers}, {s.api_pin_workers})"]
            for name, factory in (("floor", "floor_app_factory"), ("lookup", "lookup_floor_app_factory"))},
     }
     health = {"ours": "/readyz", "mlflow": "/ping", "floor": "/", "lookup": "/"}

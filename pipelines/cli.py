@@ -205,7 +205,7 @@ def serve(
     s = settings(api_host=host, api_port=port)
     os.environ.update(worker_metrics_env(s.api_workers))  # one set of metrics across the workers
     # Workers build the app from the environment (the factory), so every setting reaches each of them.
-    serve_app("serving.app:create_app", s.api_host, s.api_port, s.api_workers)
+    serve_app("serving.app:create_app", s.api_host, s.api_port, s.api_workers, s.api_pin_workers)
 
 
 @app.command()

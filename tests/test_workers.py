@@ -1,4 +1,5 @@
-"""The API's launcher: every worker listens on its own socket, and connections reach all of them."""
+"""The API's launcher: every worker listens on its own socket, connections reach all of them, and each
+worker holds a CPU of its own."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from pipelines.runtime import wait_until_up
+from pipelines.runtime import poll_until, wait_until_up
 from serving.workers import ReusePortSocket, listening, wait_listening
 from tests.conftest import free_port
 
@@ -33,7 +34,7 @@ def pid_app() -> Callable:
 
 
 def launch(port: int) -> subprocess.Popen[bytes]:
-    code = f"from serving.workers import serve; serve('tests.test_workers:pid_app', '127.0.0.1', {port}, {WORKERS})"
+    code = f"from serving.workers import serve; serve('tests.test_workers:pid_app', '127.0.0.1', {port}, {WORKERS}, pin=True)"
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -63,6 +64,15 @@ def test_each_worker_listens_on_a_socket_of_its_own(server: int) -> None:
     assert listening(server) == WORKERS
 
 
+def cpus_of(pids: set[str]) -> list[set[int]]:
+    return [os.sched_getaffinity(int(pid)) for pid in sorted(pids)]
+
+
+def spread_evenly(pinned: list[set[int]]) -> bool:
+    """One CPU each, and as many different CPUs as the workers and this machine allow."""
+    return all(len(cpus) == 1 for cpus in pinned) and len(set.union(*pinned)) == min(len(pinned), len(os.sched_getaffinity(0)))
+
+
 def test_connections_opened_at_once_spread_over_the_workers(server: int) -> None:
     """Linux hashes each new connection to one of the workers' sockets. (From one shared socket the
     split of such a burst on idle workers varied from even to two to one here; the pinning of every
@@ -79,13 +89,15 @@ def test_connections_opened_at_once_spread_over_the_workers(server: int) -> None
         for sock in connections:
             sock.close()
     assert len(served) == WORKERS, served
+    assert spread_evenly(cpus_of(set(served))), cpus_of(set(served))
     # the kernel hashes each connection to a worker: for a fair coin, 96 of 256 or fewer is 1 in 30,000
     assert min(served.values()) >= 96, served
 
 
-def test_a_worker_that_dies_is_replaced_by_one_with_its_own_socket(server: int) -> None:
+def test_a_worker_that_dies_is_replaced_by_one_with_its_own_socket_and_cpu(server: int) -> None:
     """uvicorn's supervisor restarts a dead worker with the parent's socket: here that means binding a
-    new one, so the replacement must be listening and taking connections again."""
+    new one, so the replacement must be listening and taking connections again, and pinning it to the
+    CPU the dead worker left, not to one a live worker holds."""
     import signal
 
     def workers_answering() -> set[str]:
@@ -110,6 +122,7 @@ def test_a_worker_that_dies_is_replaced_by_one_with_its_own_socket(server: int) 
             break
     assert len(now) == WORKERS and victim not in now, (before, now)
     assert listening(server) == WORKERS
+    assert spread_evenly(cpus_of(now)), cpus_of(now)
 
 
 def test_a_port_already_in_use_fails_the_start_instead_of_sharing_it() -> None:
@@ -124,3 +137,34 @@ def test_a_port_already_in_use_fails_the_start_instead_of_sharing_it() -> None:
         holder.close()
     assert process.returncode != 0
     assert f"127.0.0.1:{port}" in output.decode(), output.decode()
+
+
+def test_a_rolling_restart_gives_each_replacement_the_cpu_of_the_worker_it_retires() -> None:
+    """On SIGHUP uvicorn starts each replacement while the worker it replaces still runs; a plan that
+    counted live workers alone would put the second replacement beside the first."""
+    import signal
+
+    port = free_port()
+    process = launch(port)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/", process, timeout=60.0)
+        wait_listening(port, WORKERS, timeout=20.0)
+        before = {str(child) for child in children(process.pid)}
+        process.send_signal(signal.SIGHUP)
+
+        def replaced() -> set[str] | None:
+            now = {str(child) for child in children(process.pid)}
+            return now if len(now) == WORKERS and not now & before else None
+
+        now = poll_until(replaced, 60.0, 0.2)
+        assert spread_evenly(cpus_of(now)), cpus_of(now)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def children(pid: int) -> list[int]:
+    """The worker processes of a launcher: its children that are not multiprocessing's helpers."""
+    with open(f"/proc/{pid}/task/{pid}/children") as listed:
+        found = [int(child) for child in listed.read().split()]
+    return [child for child in found if b"resource_tracker" not in open(f"/proc/{child}/cmdline", "rb").read()]
