@@ -94,7 +94,9 @@ class ReusePortSocket(socket.socket):
 def serve(app: str, host: str, port: int, workers: int, pin: bool = False, log_level: str = "warning") -> None:
     """Serve the app factory `app` ("module:function"); with one worker, in this process. `pin`: each
     worker on a CPU of its own (`CpuPlan`)."""
-    options: dict[str, Any] = {"factory": True, "host": host, "port": port, "workers": workers, "log_level": log_level}
+    # uvicorn's own access line is off: the app writes a structured one (`serving.logs.RequestId`), and
+    # below its log level uvicorn still built each line's client address and quoted path to discard it
+    options: dict[str, Any] = {"factory": True, "host": host, "port": port, "workers": workers, "log_level": log_level, "access_log": False}
     if workers == 1 or not sys.platform.startswith("linux"):  # elsewhere SO_REUSEPORT does not spread connections
         return uvicorn.run(app, **options)
     # A port someone else listens on must fail here, as uvicorn would: a socket with SO_REUSEPORT would
