@@ -10,6 +10,8 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -38,17 +40,24 @@ def launch(port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-@pytest.fixture
-def server() -> Iterator[int]:
+@contextmanager
+def launched() -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """A launcher with every worker listening: its port and its process."""
     port = free_port()
     process = launch(port)
     try:
         wait_until_up(f"http://127.0.0.1:{port}/", process, timeout=60.0)  # one worker is up
         wait_listening(port, WORKERS, timeout=20.0)  # and then all of them
-        yield port
+        yield port, process
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture
+def server() -> Iterator[int]:
+    with launched() as (port, _):
+        yield port
 
 
 def worker_of(sock: socket.socket) -> str:
@@ -144,27 +153,20 @@ def test_a_rolling_restart_gives_each_replacement_the_cpu_of_the_worker_it_retir
     counted live workers alone would put the second replacement beside the first."""
     import signal
 
-    port = free_port()
-    process = launch(port)
-    try:
-        wait_until_up(f"http://127.0.0.1:{port}/", process, timeout=60.0)
-        wait_listening(port, WORKERS, timeout=20.0)
-        before = {str(child) for child in children(process.pid)}
+    with launched() as (_, process):
+        before = workers_of(process.pid)
         process.send_signal(signal.SIGHUP)
 
         def replaced() -> set[str] | None:
-            now = {str(child) for child in children(process.pid)}
+            now = workers_of(process.pid)
             return now if len(now) == WORKERS and not now & before else None
 
         now = poll_until(replaced, 60.0, 0.2)
         assert spread_evenly(cpus_of(now)), cpus_of(now)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
-def children(pid: int) -> list[int]:
-    """The worker processes of a launcher: its children that are not multiprocessing's helpers."""
-    with open(f"/proc/{pid}/task/{pid}/children") as listed:
-        found = [int(child) for child in listed.read().split()]
-    return [child for child in found if b"resource_tracker" not in open(f"/proc/{child}/cmdline", "rb").read()]
+def workers_of(pid: int) -> set[str]:
+    """The worker processes of a launcher, as `pid_app` names them: its children that are not
+    multiprocessing's helpers."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return {child for child in children if b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes()}
