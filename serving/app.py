@@ -4,67 +4,38 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
-import orjson
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp
 
 from pipelines.settings import Settings, get_settings
 from serving import logs
+from serving.asgi import BodyLimit
 from serving.batcher import Batcher
-from serving.lane import ScoringLane, document, send_json, validation_detail, within_budget
+from serving.lane import ScoringLane, document, validation_detail, within_budget
 from serving.schemas import Batch, Scores
 from serving.service import ScoringService
 
 log = logging.getLogger("fraudops.api")
 
 
-class BodyLimit:
-    """Refuse bodies over `limit` bytes with 413, whether or not the client sent Content-Length."""
+class FrontedAPI(FastAPI):
+    """FastAPI with a handler in front of its whole middleware stack (`front`, given the stack to pass
+    the rest to): the scoring lane answers the hot routes there, past every layer it does not need.
+    FastAPI's own entry, and its OpenTelemetry wrapper when that is on, still come first."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    front: Callable[[ASGIApp], ASGIApp] | None = None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._reject(send)
-        received = 0
-        rejected = False
-
-        async def limited() -> Message:
-            # Past the limit, answer 413 ourselves and tell the app the client left: frameworks turn
-            # an exception raised here into their own 400, which would hide the real reason.
-            nonlocal received, rejected
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit and not rejected:
-                rejected = True
-                await self._reject(send)
-                return {"type": "http.disconnect"}
-            return message
-
-        async def guarded(message: Message) -> None:
-            if not rejected:
-                await send(message)
-
-        try:
-            await self.app(scope, limited, guarded)
-        except Exception:
-            if not rejected:
-                raise
-
-    async def _reject(self, send: Send) -> None:
-        await send_json(send, 413, orjson.dumps({"detail": f"request body exceeds {self.limit} bytes"}))
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        return stack if self.front is None else self.front(stack)
 
 
 def _service(request: Request) -> ScoringService:
@@ -105,7 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service.metrics.flush_responses()
         service.metrics.worker_exited()
 
-    app = FastAPI(
+    app = FrontedAPI(
         title="fraudops scoring API",
         version="0.1.0",
         description="Scores card transactions with the champion model, or the challenger for a sticky share of customers.",
@@ -113,7 +84,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
     logs.configure(settings.log_level)
-    app.add_middleware(ScoringLane, state=app.state, settings=settings)  # innermost: limit, id and log still apply
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
     def observe(path: str, status: int) -> None:
@@ -121,7 +91,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if service is not None:  # unknown paths share one label: a scanner cannot grow the metric
             service.metrics.responded(path if path in known_paths else "other", status)
 
-    app.add_middleware(logs.RequestId, observe=observe, sample=settings.access_log_sample)  # outermost: even a 413 carries its request id
+    access = logs.AccessLog(observe=observe, sample=settings.access_log_sample)
+    app.add_middleware(logs.RequestId, access=access)  # outermost of the stack: even a 413 carries its request id
+    app.front = lambda stack: ScoringLane(stack, app.state, settings, access)  # ahead of it all, with the same id and limit
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,17 +1,18 @@
-"""The two scoring routes as plain ASGI, ahead of FastAPI's routing.
+"""The two scoring routes as plain ASGI, in front of FastAPI.
 
 `POST /predict` and `POST /predict/features` are what the card-authorisation path calls, thousands of
-times a second. Through FastAPI each request also paid for the exception and telemetry middleware,
-route matching, a Request object and dependency solving: together more than the feature lookup and
-the model (`make bench`, serving section). Here they pay for reading the body, one pass of
-pydantic-core over it, the scoring work, and one JSON answer. The request id, the access line, the
-body limit and the response metric still wrap them (those middleware sit outside this one), the
-rules and the error bodies are FastAPI's, and `/openapi.json` documents both routes (`document`).
-Everything else goes on to FastAPI.
+times a second. Through FastAPI each request also paid for its own layers (the app and Starlette's
+entry, the error and telemetry middleware, route matching, a Request object, dependency solving) and
+for a wrapper per middleware around every message sent: together more than the feature lookup
+(`make bench`, serving section; docs/06). Here they pay for the request id and access line
+(`serving.logs.AccessLog`), the body limit (`serving.asgi`), one pass of pydantic-core over the body,
+the scoring work and one JSON answer. The rules and the error bodies are FastAPI's, and
+`/openapi.json` documents both routes (`document`). Everything else goes on to FastAPI's stack.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -25,11 +26,14 @@ from starlette.datastructures import State
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipelines.settings import Settings
+from serving.asgi import BodyTooLarge, read_body, send_json, too_large
+from serving.logs import AccessLog
 from serving.schemas import Score, Transaction, TransactionWithFeatures
 from serving.service import ScoringService
 
 M = TypeVar("M", bound=BaseModel)
-JSON = [(b"content-type", b"application/json")]
+Answer = tuple[int, bytes, list[tuple[bytes, bytes]]]
+log = logging.getLogger("fraudops.api")
 
 
 def parse(model: type[M], body: bytes) -> M:
@@ -67,32 +71,48 @@ async def within_budget(state: State, settings: Settings, transactions: Sequence
 
 
 class ScoringLane:
-    """Answers the scoring routes itself; passes every other request on to `app`."""
+    """Answers the scoring routes itself; passes every other request on to `app`, FastAPI's own stack."""
 
     paths = ("/predict", "/predict/features")
 
-    def __init__(self, app: ASGIApp, state: State, settings: Settings) -> None:
-        self.app, self.state, self.settings = app, state, settings
+    def __init__(self, app: ASGIApp, state: State, settings: Settings, access: AccessLog) -> None:
+        self.app, self.state, self.settings, self.access = app, state, settings, access
         self.routes: dict[str, Callable[[bytes], Awaitable[Score]]] = dict(zip(self.paths, (self.predict, self.predict_features)))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = self.routes.get(scope["path"]) if scope["type"] == "http" else None
         if route is None:
             return await self.app(scope, receive, send)
-        if scope["method"] != "POST":
-            return await send_json(send, 405, orjson.dumps({"detail": "Method Not Allowed"}), [(b"allow", b"POST")])
-        body = await _read_body(receive)
-        if body is None:  # the client left, or the body limit already answered 413
-            return
-        headers: list[tuple[bytes, bytes]]
+        rid, token = self.access.open(scope)
+        started = time.perf_counter()
+        status = 500  # what the access line and the metric say if the client leaves before its answer
         try:
-            status, payload, headers = 200, (await route(body)).model_dump_json().encode(), []
+            answer = await self._answer(route, scope, receive)
+            if answer is not None:
+                status, payload, headers = answer
+                await send_json(send, status, payload, [*headers, (b"x-request-id", rid.encode())])
+        finally:
+            self.access.close(scope, status, started, token)
+
+    async def _answer(self, route: Callable[[bytes], Awaitable[Score]], scope: Scope, receive: Receive) -> Answer | None:
+        if scope["method"] != "POST":
+            return 405, orjson.dumps({"detail": "Method Not Allowed"}), [(b"allow", b"POST")]
+        try:
+            body = await read_body(scope, receive, self.settings.max_body_bytes)
+        except BodyTooLarge:
+            return 413, too_large(self.settings.max_body_bytes), []
+        if body is None:  # the client left
+            return None
+        try:
+            return 200, (await route(body)).model_dump_json().encode(), []
         except RequestValidationError as exc:
-            status, payload, headers = 422, orjson.dumps({"detail": validation_detail(exc)}), []
+            return 422, orjson.dumps({"detail": validation_detail(exc)}), []
         except HTTPException as exc:
-            status, payload = exc.status_code, orjson.dumps({"detail": exc.detail})
             headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (exc.headers or {}).items()]
-        await send_json(send, status, payload, headers)
+            return exc.status_code, orjson.dumps({"detail": exc.detail}), headers
+        except Exception:  # a bug: answered as FastAPI's error middleware would, which the lane runs ahead of
+            log.exception("scoring request failed")
+            return 500, orjson.dumps({"detail": "Internal Server Error"}), []
 
     async def predict(self, body: bytes) -> Score:
         return (await within_budget(self.state, self.settings, [parse(Transaction, body)]))[0]
@@ -109,24 +129,6 @@ class ScoringLane:
             raise HTTPException(422, f"features: missing {', '.join(missing)}")
         values = {k: float("nan") if v is None else v for k, v in request.features.items()}
         return service.score_features(request.transaction, values)
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-async def send_json(send: Send, status: int, payload: bytes, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
-    """One JSON answer from plain ASGI: the lane's and the body limit's."""
-    length = [(b"content-length", str(len(payload)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": [*JSON, *length, *headers]})
-    await send({"type": "http.response.body", "body": payload})
 
 
 def document(app: FastAPI) -> None:

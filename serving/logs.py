@@ -72,22 +72,45 @@ def configure(level: str) -> None:
         root.propagate = False
 
 
-class RequestId:
-    """Take the caller's `X-Request-ID` when it is well formed, else make one; return it on the answer,
-    bind it to the logs of this request, and write an access line: for every answer that is not a
-    success, and for a `sample` share of the successes. A line costs more than scoring a transaction
-    (`make bench`), and every success is already in the prediction log and the metrics."""
+class AccessLog:
+    """Per request: take the caller's `X-Request-ID` when it is well formed, else make one; bind it to
+    the logs of this request; at the end count the answer and write an access line, for every answer
+    that is not a success and for a `sample` share of the successes. A line costs more than scoring a
+    transaction (`make bench`), and every success is already in the prediction log and the metrics.
+    One per app, shared by the `RequestId` middleware and the scoring lane (`serving.lane`), which
+    answers ahead of the middleware."""
 
-    def __init__(self, app: ASGIApp, observe: Callable[[str, int], None] | None = None, sample: float = 1.0) -> None:
-        self.app, self.observe, self.sample = app, observe, sample
+    def __init__(self, observe: Callable[[str, int], None] | None = None, sample: float = 1.0) -> None:
+        self.observe, self.sample = observe, sample
         self._draw = random.Random().random  # its own generator: leaves the global one to the application
+
+    def open(self, scope: Scope) -> tuple[str, contextvars.Token[str | None]]:
+        """The request's id, bound to this context's logs until `close`."""
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        rid = given if _CLIENT_ID.match(given) else _ids.next()
+        return rid, request_id.set(rid)
+
+    def close(self, scope: Scope, status: int, started: float, token: contextvars.Token[str | None]) -> None:
+        if self.observe is not None:
+            self.observe(scope["path"], status)
+        if access.isEnabledFor(logging.INFO) and (status >= 300 or self._draw() < self.sample):
+            access.info("request", extra={"fields": {
+                "method": scope["method"], "path": scope["path"], "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            }})
+        request_id.reset(token)
+
+
+class RequestId:
+    """`AccessLog` as middleware: the id goes back on the answer's headers too."""
+
+    def __init__(self, app: ASGIApp, access: AccessLog) -> None:
+        self.app, self.access = app, access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        rid = given if _CLIENT_ID.match(given) else _ids.next()
-        token = request_id.set(rid)
+        rid, token = self.access.open(scope)
         started = time.perf_counter()
         status = 500
 
@@ -101,11 +124,4 @@ class RequestId:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            if self.observe is not None:
-                self.observe(scope["path"], status)
-            if access.isEnabledFor(logging.INFO) and (status >= 300 or self._draw() < self.sample):
-                access.info("request", extra={"fields": {
-                    "method": scope["method"], "path": scope["path"], "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                }})
-            request_id.reset(token)
+            self.access.close(scope, status, started, token)

@@ -85,7 +85,8 @@ def test_body_limit_is_enforced_by_the_app(client) -> None:
 
 
 def test_scoring_routes_answer_like_the_rest_of_the_api(client) -> None:
-    """They are served ahead of FastAPI's routing (serving/lane.py): same documentation, same errors."""
+    """They are served ahead of FastAPI's middleware and routing (serving/lane.py): same documentation,
+    same errors, same request id."""
     wrong_method = client.get("/predict")
     assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
     assert wrong_method.headers["x-request-id"]
@@ -97,6 +98,21 @@ def test_scoring_routes_answer_like_the_rest_of_the_api(client) -> None:
         assert body in documented["components"]["schemas"]
     not_json = client.post("/predict/features", content=b"{oops", headers={"content-type": "application/json"})
     assert not_json.status_code == 422 and not_json.json()["detail"][0]["type"] == "json_invalid"
+
+
+def test_a_failure_in_the_scoring_path_is_a_500_that_carries_its_request_id(trained) -> None:
+    """The lane answers ahead of FastAPI's error middleware, so it answers a bug itself: a JSON 500 with
+    the request id, counted like any other answer."""
+    with TestClient(create_app(trained)) as c:
+        def broken(*_: object) -> list:
+            raise RuntimeError("a bug in the scoring path")
+
+        c.app.state.batcher.score_many = broken  # type: ignore[attr-defined]
+        answer = c.post("/predict", json=TX, headers={"X-Request-ID": "bug-1"})
+        metrics = c.get("/metrics").text
+    assert answer.status_code == 500 and answer.json() == {"detail": "Internal Server Error"}
+    assert answer.headers["x-request-id"] == "bug-1"
+    assert 'fraudops_http_responses_total{path="/predict",status="500"} 1.0' in metrics
 
 
 def batch_metric(client) -> tuple[float, float]:
