@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     api_workers: int = Field(2, ge=1, le=64, description="uvicorn worker processes; one per core is the usual choice.")
-    api_pin_workers: bool = Field(True, description="Hold each API worker to a CPU of its own (serving/workers.py): its event loop and scoring thread then share one core. Turn off where other busy processes share the CPUs.")
+    api_pin_workers: bool = Field(True, description="Hold each API worker to a CPU of its own (serving/workers.py): its event loop and scoring thread then share one core, under SCHED_BATCH so that neither preempts the other when it wakes it. Turn off where other busy processes share the CPUs.")
     admin_token: str | None = Field(None, description="Bearer token of /admin; unset means the admin API is off.")
     challenger_share: float = Field(0.1, ge=0.0, le=1.0, description="Share of customers routed to challenger.")
     # Canary guardrails: over the last `guardrail_window` requests per variant, cut the challenger to 0.

@@ -19,6 +19,9 @@ With `pin`, each worker is also held to one CPU of its own (`CpuPlan`). A worker
 the event loop and the scoring thread (`serving.batcher`), which take turns at the GIL: left to the
 scheduler they ran on different cores and handed the GIL across them for every batch; on one core
 the hand-over is a plain switch. `/predict` answered 1.075x as many requests in alternating wrk runs
+(docs/06). A pinned worker also runs under SCHED_BATCH: a thread it wakes (the scoring thread given a
+batch, the event loop given the answers) then waits for the waker to block instead of preempting it,
+only to find the GIL still held and switch back: 1.04x in alternating runs, every round faster
 (docs/06). Off where other busy processes share the CPUs: a pinned worker cannot move away from them.
 """
 
@@ -74,9 +77,10 @@ class ReusePortSocket(socket.socket):
 
     @classmethod
     def bind_to(cls, host: str, port: int, cpu: int | None = None) -> ReusePortSocket:
-        if cpu is not None:  # in the new worker, before it starts a thread: its threads inherit the CPU
+        if cpu is not None:  # in the new worker, before it starts a thread: its threads inherit CPU and policy
             try:
                 os.sched_setaffinity(0, {cpu})
+                os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
             except OSError as exc:  # the CPU was taken from this process's set since the plan was made
                 print(f"worker {os.getpid()} not pinned to CPU {cpu}: {exc}", file=sys.stderr)
         sock = cls(_family(host), socket.SOCK_STREAM)
@@ -94,7 +98,7 @@ class ReusePortSocket(socket.socket):
 def serve(app: str, host: str, port: int, workers: int, pin: bool = False, log_level: str = "warning") -> None:
     """Serve the app factory `app` ("module:function"); with one worker, in this process. `pin`: each
     worker on a CPU of its own (`CpuPlan`)."""
-    # uvicorn's own access line is off: the app writes a structured one (`serving.logs.RequestId`), and
+    # uvicorn's own access line is off: the app writes a structured one (`serving.logs.AccessLog`), and
     # below its log level uvicorn still built each line's client address and quoted path to discard it
     options: dict[str, Any] = {"factory": True, "host": host, "port": port, "workers": workers, "log_level": log_level, "access_log": False}
     if workers == 1 or not sys.platform.startswith("linux"):  # elsewhere SO_REUSEPORT does not spread connections

@@ -1,5 +1,5 @@
 """The API's launcher: every worker listens on its own socket, connections reach all of them, and each
-worker holds a CPU of its own."""
+worker holds a CPU of its own, under the batch scheduling policy."""
 
 from __future__ import annotations
 
@@ -82,6 +82,11 @@ def spread_evenly(pinned: list[set[int]]) -> bool:
     return all(len(cpus) == 1 for cpus in pinned) and len(set.union(*pinned)) == min(len(pinned), len(os.sched_getaffinity(0)))
 
 
+def under_batch_policy(pids: set[str]) -> bool:
+    """A thread a pinned worker wakes waits for the waker to block instead of preempting it."""
+    return all(os.sched_getscheduler(int(pid)) == os.SCHED_BATCH for pid in pids)
+
+
 def test_connections_opened_at_once_spread_over_the_workers(server: int) -> None:
     """Linux hashes each new connection to one of the workers' sockets. (From one shared socket the
     split of such a burst on idle workers varied from even to two to one here; the pinning of every
@@ -99,6 +104,7 @@ def test_connections_opened_at_once_spread_over_the_workers(server: int) -> None
             sock.close()
     assert len(served) == WORKERS, served
     assert spread_evenly(cpus_of(set(served))), cpus_of(set(served))
+    assert under_batch_policy(set(served))
     # the kernel hashes each connection to a worker: for a fair coin, 96 of 256 or fewer is 1 in 30,000
     assert min(served.values()) >= 96, served
 
@@ -132,6 +138,7 @@ def test_a_worker_that_dies_is_replaced_by_one_with_its_own_socket_and_cpu(serve
     assert len(now) == WORKERS and victim not in now, (before, now)
     assert listening(server) == WORKERS
     assert spread_evenly(cpus_of(now)), cpus_of(now)
+    assert under_batch_policy(now)
 
 
 def test_a_port_already_in_use_fails_the_start_instead_of_sharing_it() -> None:
