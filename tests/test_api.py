@@ -115,6 +115,33 @@ def test_a_failure_in_the_scoring_path_is_a_500_that_carries_its_request_id(trai
     assert 'fraudops_http_responses_total{path="/predict",status="500"} 1.0' in metrics
 
 
+def test_a_client_that_leaves_before_its_answer_is_counted_as_499_not_as_a_server_error(trained) -> None:
+    """A caller that gives up on a slow answer must not page anyone for server errors (the 5xx alert)."""
+
+    async def leave(app: object, path: str) -> list[dict]:
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http", "path": path,
+                 "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": [(b"content-type", b"application/json")],
+                 "client": ("127.0.0.1", 1), "server": ("testserver", 80)}
+        await app(scope, receive, send)  # type: ignore[operator]
+        return sent
+
+    with TestClient(create_app(trained)) as c, captured_logs() as lines:
+        assert c.portal.call(leave, c.app, "/predict") == []  # type: ignore[union-attr]
+        c.get("/metrics")  # adds this worker's answers to the counter
+        registry = c.app.state.service.metrics.registry  # type: ignore[attr-defined]
+    counted = {status: registry.get_sample_value("fraudops_http_responses_total", {"path": "/predict", "status": status}) for status in ("499", "500")}
+    assert counted == {"499": 1.0, "500": None}
+    assert [line["status"] for line in lines if line["logger"] == "fraudops.access" and line["path"] == "/predict"] == [499]
+
+
 def batch_metric(client) -> tuple[float, float]:
     """How many online reads the service made, and for how many transactions in all."""
     text = client.get("/metrics").text
