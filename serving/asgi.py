@@ -48,7 +48,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
             raise BodyTooLarge
         chunks.append(chunk)
         if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            return b"".join(chunks)  # one chunk comes back as itself, not copied
 
 
 class BodyLimit:

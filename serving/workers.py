@@ -82,7 +82,7 @@ class ReusePortSocket(socket.socket):
                 os.sched_setaffinity(0, {cpu})
                 os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
             except OSError as exc:  # the CPU was taken from this process's set since the plan was made
-                print(f"worker {os.getpid()} not pinned to CPU {cpu}: {exc}", file=sys.stderr)
+                print(f"worker {os.getpid()} not pinned to CPU {cpu} under SCHED_BATCH: {exc}", file=sys.stderr)
         sock = cls(_family(host), socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
