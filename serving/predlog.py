@@ -41,7 +41,17 @@ COLUMNS = {
 TABLE = "prediction_log"
 
 
+# Arrow's types of the fixed columns; every other key of a record is a feature, a float.
+ARROW_TYPES = {"text": pa.string(), "timestamp": pa.timestamp("us"), "double precision": pa.float64(), "boolean": pa.bool_(), "integer": pa.int64()}
+TEXT_COLUMNS = [name for name, kind in COLUMNS.items() if kind == "text"]
+
+
 class ParquetSink:
+    """A part per batch. The records go to Arrow in one call against a schema built from the batch's
+    keys (a struct array), where a list per column in Python and Arrow's type inference cost twice as
+    much; only the text columns, whose values repeat, are dictionary-encoded. 8.2 against 3.6 us a
+    record on 4,096 records (docs/06): the log's writer shares the worker's cores with the requests."""
+
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
@@ -52,8 +62,9 @@ class ParquetSink:
         # Columns from every record, not the first only (as `Table.from_pylist` takes them): a batch can
         # mix a champion and a challenger whose feature sets differ; a feature one model lacks is null.
         columns = dict.fromkeys(key for keys in dict.fromkeys(tuple(record) for record in batch) for key in keys)
+        schema = pa.struct([(column, ARROW_TYPES[COLUMNS[column]] if column in COLUMNS else pa.float64()) for column in columns])
         try:
-            pq.write_table(pa.table({column: [record.get(column) for record in batch] for column in columns}), partial)
+            pq.write_table(pa.Table.from_struct_array(pa.array(batch, type=schema)), partial, use_dictionary=TEXT_COLUMNS)
             os.replace(partial, self.directory / name)  # readers never see half a part
         finally:
             partial.unlink(missing_ok=True)
