@@ -1,15 +1,16 @@
-"""Feast's SQLite online store, read in one step per batch.
+"""Feast's SQLite online store, read in one statement per batch.
 
 Feast's own read (`SqliteOnlineStore.online_read`) fetches a row per feature, twelve a transaction
 here, converting a timestamp and decoding a proto for each, and encodes every entity key in Python.
 Under load that was a third of `/predict`: with the read replaced by constants it ran 1.49x as fast
-(docs/06). Here one statement reads every view for a whole batch and SQLite folds the rows into one
-string (one step), keys are encoded from a fixed prefix, and decoded values are memoised. One
-statement alone gained 5%, the Python per row and per key the rest (1.26x in all).
+(docs/06). Here one statement reads every view for a whole batch, keys are encoded from a fixed
+prefix, each row comes back as a number and a value (its place in the batch's flat list of features,
+computed by SQLite) and decoded values are memoised. The read took 25 us a transaction in batches of
+eight when SQLite folded view, position, name and hex value into one string for Python to split; 16
+us this way (docs/serving-measurements.md).
 
 The tables, the entity-key bytes and the value protos are Feast's, read through its connection (which
-carries serving's lock timeout); a test checks the answers against Feast's `online_read`.
-"""
+carries serving's lock timeout); a test checks the answers against Feast's `online_read`."""
 
 from __future__ import annotations
 
@@ -57,48 +58,64 @@ class SqliteRead:
         config = store.config
         self.connection: sqlite3.Connection = store._get_provider().online_store._get_conn(config)  # type: ignore[attr-defined]
         versioned = config.registry.enable_online_feature_view_versioning
-        self.reads = [(_quote_id(_table_id(config.project, view, versioned)), join_key, set(names)) for view, join_key, names in reads]
         self.names = [name for _, _, names in reads for name in names]
+        # Each row comes back as its slot in one flat list for the batch: the transaction's position
+        # times the feature count, plus the feature's place in `names`, which SQLite finds from its
+        # name. A feature in the table that the service does not take gets none and is passed over.
+        self.reads: list[tuple[str, str, str]] = []
+        offset = 0
+        for view, join_key, names in reads:
+            places = " ".join(f"WHEN {_literal(name)} THEN {offset + i}" for i, name in enumerate(names))
+            self.reads.append((_quote_id(_table_id(config.project, view, versioned)), join_key, f"CASE t.feature_name {places} END"))
+            offset += len(names)
         self.prefixes = {join_key: _key_prefix(join_key, config.entity_key_serialization_version) for _, join_key, _ in reads}
+        self._statements: dict[int, str] = {}  # by batch size
         # Decoding a value proto costs more Python than the rest of the read, and values repeat (counts,
         # rates of zero), so decoded values are memoised, and forgotten at `memo_size` entries
         self.memo_size = memo_size
-        self._values: dict[str, float | None] = {}
+        self._values: dict[bytes, float | None] = {}
 
     def _key(self, join_key: str, value: str) -> bytes:
         """The entity key as Feast stores it: the join key's fixed prefix, the value's length, the value."""
         encoded = value.encode()
         return self.prefixes[join_key] + len(encoded).to_bytes(4, "little") + encoded
 
-    def _value(self, value_hex: str) -> float | None:
-        value = self._values.get(value_hex, ...)
-        if value is ...:
+    def _value(self, value: bytes) -> float | None:
+        decoded = self._values.get(value, ...)
+        if decoded is ...:
             if len(self._values) >= self.memo_size:
                 self._values.clear()
-            value = self._values[value_hex] = number(ValueProto.FromString(bytes.fromhex(value_hex)))
-        return value
+            decoded = self._values[value] = number(ValueProto.FromString(value))
+        return decoded
+
+    def _statement(self, size: int) -> str:
+        """One statement for a batch of `size` transactions: the keys of each view go in with their
+        transactions' first slots (a VALUES list, which unlike a UNION has no limit on its rows, for
+        /predict/batch), so a key twice is read twice."""
+        statement = self._statements.get(size)
+        if statement is None:
+            width = len(self.names)
+            tables, selects = [], []
+            for i, (table, _, place) in enumerate(self.reads):
+                tables.append(f"k{i}(first, key) AS (VALUES {', '.join(f'({p * width}, ?)' for p in range(size))})")
+                selects.append(f"SELECT k.first + {place} AS slot, t.value AS value FROM k{i} AS k JOIN {table} AS t ON t.entity_key = k.key")
+            statement = f"WITH {', '.join(tables)} {' UNION ALL '.join(selects)}"
+            if len(self._statements) < 256:  # batch sizes seen; /predict/batch may send any size up to its limit
+                self._statements[size] = statement
+        return statement
 
     def __call__(self, keys: dict[str, list[str]]) -> list[dict[str, float | None]]:
         """The features of each position in `keys` (join key -> one id per transaction); None where
         the store has no value."""
-        tables: list[str] = []
-        selects: list[str] = []
-        arguments: list[bytes] = []
-        for i, (table, join_key, _) in enumerate(self.reads):
-            ids = keys[join_key]
-            # the positions go in with the keys and come back with the rows, so a key twice is read
-            # twice; a VALUES list, unlike a UNION, has no limit on its rows (/predict/batch)
-            tables.append(f"k{i}(position, key) AS (VALUES {', '.join(f'({p}, ?)' for p in range(len(ids)))})")
-            arguments += [self._key(join_key, k) for k in ids]
-            selects.append(f"SELECT {i} AS view, k.position AS position, t.feature_name AS name, t.value AS value "
-                           f"FROM k{i} AS k JOIN {table} AS t ON t.entity_key = k.key")
-        (text,) = self.connection.execute(
-            f"WITH {', '.join(tables)} "
-            "SELECT group_concat(view || ' ' || position || ' ' || name || ' ' || hex(value), ' ') "
-            f"FROM ({' UNION ALL '.join(selects)})", arguments).fetchone()
-        raws: list[dict[str, float | None]] = [dict.fromkeys(self.names) for _ in next(iter(keys.values()))]
-        fields = (text or "").split()  # Feast's feature names are identifiers: no spaces
-        for view, position, name, value_hex in zip(*[iter(fields)] * 4):
-            if name in self.reads[int(view)][2]:
-                raws[int(position)][name] = self._value(value_hex)
-        return raws
+        size = len(next(iter(keys.values())))
+        arguments = [self._key(join_key, k) for _, join_key, _ in self.reads for k in keys[join_key]]
+        width = len(self.names)
+        slots: list[float | None] = [None] * (size * width)
+        for slot, value in self.connection.execute(self._statement(size), arguments):
+            if slot is not None and value is not None:
+                slots[slot] = self._value(value)
+        return [dict(zip(self.names, slots[p * width:(p + 1) * width])) for p in range(size)]
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"

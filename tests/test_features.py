@@ -173,6 +173,10 @@ def test_the_one_step_sqlite_read_answers_as_feasts_own(store_settings) -> None:
     assert list(ours[0]) == online.names
     tiny_memo = SqliteRead(online.store, online.reads, memo_size=2)  # forgets values on the way
     assert tiny_memo(keys) == tiny_memo(keys) == feasts
+    # a service that takes some of a view's features: the table's other rows are passed over
+    fewer = SqliteRead(online.store, [(view, join_key, names[1:]) for view, join_key, names in online.reads])
+    assert fewer(keys) == [{k: v for k, v in answer.items() if k in fewer.names} for answer in feasts]
+    assert len(fewer.names) == len(online.names) - len(online.reads)
     # a batch longer than SQLite's 500-term limit on a compound SELECT, as /predict/batch may send
     many = {name: ids * 200 for name, ids in keys.items()}
     assert online._read(many) == feasts * 200
