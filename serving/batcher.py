@@ -28,7 +28,8 @@ from serving.schemas import Score, Transaction
 
 log = logging.getLogger("fraudops.batcher")
 
-ScoreMany = Callable[[Sequence[Transaction], Sequence[float], Sequence[str | None]], list[Score | Exception]]
+# transactions, their deadlines, their requests' ids, the times they were handed over (all `perf_counter`)
+ScoreMany = Callable[[Sequence[Transaction], Sequence[float], Sequence[str | None], Sequence[float]], list[Score | Exception]]
 
 
 @dataclass
@@ -36,6 +37,7 @@ class _Job:
     transactions: Sequence[Transaction]
     deadline: float  # perf_counter time
     request_id: str | None
+    queued: float  # perf_counter time of `submit`: a transaction's latency counts its wait for the thread
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[list[Score]]
     timer: asyncio.TimerHandle  # fails the future at the deadline; cancelled when the answers come first
@@ -62,8 +64,9 @@ class Batcher:
         itself, where `asyncio.wait_for` added a second future and two callbacks to every request."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Score]] = loop.create_future()
-        timer = loop.call_later(deadline - time.perf_counter(), _expire, future)
-        job = _Job(transactions, deadline, logs.request_id.get(), loop, future, timer)
+        now = time.perf_counter()
+        timer = loop.call_later(deadline - now, _expire, future)
+        job = _Job(transactions, deadline, logs.request_id.get(), now, loop, future, timer)
         self._queue.put(job)
         return job.future
 
@@ -92,8 +95,9 @@ class Batcher:
             transactions = [tx for job in batch for tx in job.transactions]
             deadlines = [job.deadline for job in batch for _ in job.transactions]
             request_ids = [job.request_id for job in batch for _ in job.transactions]
+            queued = [job.queued for job in batch for _ in job.transactions]
             try:
-                answers = self.score_many(transactions, deadlines, request_ids)
+                answers = self.score_many(transactions, deadlines, request_ids, queued)
             except Exception as exc:  # a bug in the path itself: every request of the batch gets it
                 log.exception("scoring a batch of %d transactions failed", len(transactions))
                 answers = [exc] * len(transactions)

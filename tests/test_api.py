@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -223,6 +224,27 @@ def test_every_answer_reaches_the_prediction_log(registry_copy) -> None:
         assert samples["fraudops_prediction_seconds_count", variant] == len(group)
         assert samples["fraudops_score_sum", variant] == pytest.approx(group["score"].sum())
         assert samples["fraudops_prediction_seconds_sum", variant] == pytest.approx(group["latency_ms"].sum() / 1000)
+
+
+def test_a_prediction_s_latency_counts_its_wait_for_the_scoring_thread(registry_copy) -> None:
+    """The latency metric and the logged latency run from the hand-over to the scoring thread, so a
+    worker whose requests queue shows it in its p99 and the slow-predictions alert."""
+    from serving.schemas import Transaction
+    from serving.service import ScoringService
+
+    service = ScoringService(registry_copy)
+    service.start()
+    try:
+        handed_over = time.perf_counter() - 0.25  # as if it had waited a quarter second behind a busy thread
+        [answer] = service.score_many([Transaction.model_validate(TX)], [time.perf_counter() + 5], [None], [handed_over])
+        exposition = service.metrics.exposition().decode()
+    finally:
+        service.stop()
+    assert not isinstance(answer, Exception)
+    logged = pd.read_parquet(registry_copy.predictions_dir)
+    assert logged["latency_ms"].iloc[0] >= 250
+    samples = {s.name: s.value for f in text_string_to_metric_families(exposition) for s in f.samples if s.labels.get("variant") == answer.variant}
+    assert samples["fraudops_prediction_seconds_sum"] >= 0.25 and samples["fraudops_prediction_seconds_count"] == 1
 
 
 def test_hot_path_scores_equal_the_mlflow_pyfunc_model(trained) -> None:

@@ -27,14 +27,18 @@ class Scorer:
     def __init__(self) -> None:
         self.batches: list[list[str]] = []
         self.request_ids: list[list[str | None]] = []
+        self.queued: list[list[float]] = []
         self.release, self.entered = threading.Event(), threading.Event()
+        self.released_at = 0.0
 
-    def __call__(self, transactions: Sequence[Transaction], deadlines: Sequence[float], request_ids: Sequence[str | None]) -> list[Score | Exception]:
+    def __call__(self, transactions: Sequence[Transaction], deadlines: Sequence[float], request_ids: Sequence[str | None],
+                 queued: Sequence[float]) -> list[Score | Exception]:
         if not self.batches:
             self.entered.set()
             self.release.wait(5)
         self.batches.append([t.transaction_id for t in transactions])
         self.request_ids.append(list(request_ids))
+        self.queued.append(list(queued))
         return [ValueError(f"{t.transaction_id} failed") if t.amount == 99 else
                 Score(transaction_id=t.transaction_id, score=t.amount / 100, is_fraud=False, threshold=0.5, variant="champion",
                       model_version="1", features_missing=[], degraded=False) for t in transactions]
@@ -48,6 +52,8 @@ async def submit_all(batcher: Batcher, jobs: list[list[Transaction]], scorer: Sc
     for i, job in enumerate(jobs[1:]):
         logs.request_id.set(f"r{i + 1}")
         futures.append(batcher.submit(job, time.perf_counter() + 5))
+    await asyncio.sleep(0.02)  # they wait for the thread a while
+    scorer.released_at = time.perf_counter()
     scorer.release.set()
     return await asyncio.gather(first, *futures, return_exceptions=True)
 
@@ -77,6 +83,9 @@ def test_requests_that_waited_are_scored_together_each_with_its_own_answers(scor
     assert scorer.batches == [["t1"], ["t2", "t3", "t4", "t5"]]  # one read for everything that waited
     assert [[a.transaction_id for a in job] for job in answers] == [["t1"], ["t2"], ["t3", "t4"], ["t5"]]  # type: ignore[union-attr]
     assert scorer.request_ids[1] == ["r1", "r2", "r2", "r3"]  # each transaction logs under its request's id
+    # each transaction's latency runs from its request's hand-over, the wait for the thread included
+    queued = scorer.queued[1]
+    assert queued == sorted(queued) and queued[1] == queued[2] and queued[-1] <= scorer.released_at - 0.02
 
 
 def test_a_batch_holds_at_most_the_cap_and_never_splits_a_request(scorer) -> None:
