@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+import threading
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -67,6 +68,9 @@ class Metrics:
         self.guardrail_trips = Counter("fraudops_guardrail_trips_total", "Times the challenger was cut to zero", registry=r)
         self.model_version = Gauge("fraudops_model_version", "Loaded model version", ["alias"], registry=r, multiprocess_mode="livemax")
         self._responded: dict[tuple[str, int], int] = {}  # answers not yet in `responses`
+        self._lock = threading.Lock()  # `observe` is called from the scoring, shadow and event-loop threads
+        self._observed: list[Sequence[Mapping[str, Any]]] = []  # record batches not yet counted
+        self._batch_sizes: list[int] = []
 
     def responded(self, path: str, status: int, flush_seconds: float = 0.5) -> None:
         """Count one HTTP answer, on the event loop. Answers are added to `responses` every
@@ -83,19 +87,34 @@ class Metrics:
         for (path, status), count in pending.items():
             self.responses.labels(path, str(status)).inc(count)
 
-    def observe(self, records: Sequence[Mapping[str, Any]]) -> None:
-        """Count a batch of prediction-log records (`serving.predlog`): each series they touch is written
-        once per batch, not once per transaction, since in multiprocess mode every write is a locked
-        update of a shared file and eight per transaction cost a tenth of `/predict` (`make bench`)."""
+    def observe(self, records: Sequence[Mapping[str, Any]], batch_size: int | None = None) -> None:
+        """Take a batch of prediction-log records (`serving.predlog`), and the size of the scoring batch
+        they came from, for `flush` to count. Any thread may call it: it only appends, since in
+        multiprocess mode every metric write is a locked update of a shared file, and the ten of a
+        scoring batch cost 15-18 us, 6% of a request scored alone (docs/serving-measurements.md)."""
+        with self._lock:
+            self._observed.append(records)
+            if batch_size is not None:
+                self._batch_sizes.append(batch_size)
+
+    def flush(self) -> None:
+        """Count what `observe` took since the last flush, each series written once: the prediction log's
+        writer calls this every second, a scrape and the shutdown before they read."""
+        with self._lock:
+            batches, self._observed = self._observed, []
+            sizes, self._batch_sizes = self._batch_sizes, []
+        if sizes:
+            observe_many(self.batch_size, sizes)
         groups: dict[tuple[str, bool], list[Mapping[str, Any]]] = {}
-        for record in records:
-            groups.setdefault((record["variant"], record["shadow"]), []).append(record)
+        for records in batches:
+            for record in records:
+                groups.setdefault((record["variant"], record["shadow"]), []).append(record)
         for (variant, shadow), group in groups.items():
             self.requests.labels(variant, "shadow" if shadow else "answered").inc(len(group))
             observe_many(self.latency.labels(variant), [r["latency_ms"] / 1000 for r in group])
             observe_many(self.scores.labels(variant), [r["score"] for r in group])
-        missing = sum(1 for r in records if r["features_missing"])
-        degraded = sum(1 for r in records if r["degraded"])
+        missing = sum(1 for records in batches for r in records if r["features_missing"])
+        degraded = sum(1 for records in batches for r in records if r["degraded"])
         if missing:
             self.missing.inc(missing)
         if degraded:
@@ -104,6 +123,7 @@ class Metrics:
     def exposition(self) -> bytes:
         """What `/metrics` answers: this process's metrics, or with several workers all of theirs."""
         self.flush_responses()
+        self.flush()
         if not self.shared:
             return generate_latest(self.registry)
         merged = CollectorRegistry()

@@ -136,8 +136,10 @@ class PredictionLog:
     lock nor a wake-up: a `queue.Queue` took its lock and woke the writer for every record, a thread
     hand-over per transaction (py-spy: 5% of a busy worker's samples)."""
 
-    def __init__(self, sink: Sink, batch_size: int, max_queue: int, flush_seconds: float = 1.0) -> None:
+    def __init__(self, sink: Sink, batch_size: int, max_queue: int, flush_seconds: float = 1.0,
+                 on_wake: Callable[[], None] = lambda: None) -> None:
         self.sink = sink
+        self.on_wake = on_wake  # after every wake-up, the last at close: the service counts its metrics there
         self.batch_size = batch_size
         self.max_queue = max_queue
         self.flush_seconds = flush_seconds
@@ -182,6 +184,10 @@ class PredictionLog:
                 waiting -= waiting % self.batch_size
             for start in range(0, waiting, self.batch_size):
                 self._write([self.records.popleft() for _ in range(min(self.batch_size, waiting - start))])
+            try:
+                self.on_wake()
+            except Exception:  # a failing hook must not stop the log
+                log.exception("the prediction log's wake-up hook failed")
             if closing:
                 return
 

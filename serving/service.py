@@ -35,7 +35,7 @@ class ScoringService:
             log.warning("online_timeout_ms %g is not under predict_timeout_ms %g: a hung online store will answer 503, not degraded",
                         settings.online_timeout_ms, settings.predict_timeout_ms)
         self.online = OnlineFeatures(settings, on_breaker=lambda opened: self.metrics.online_skipped.set(float(opened)))
-        self.log = PredictionLog(predlog.sink_for(settings), settings.log_batch_size, settings.log_queue_size)
+        self.log = PredictionLog(predlog.sink_for(settings), settings.log_batch_size, settings.log_queue_size, on_wake=self._report)
         # Shadow scoring runs on its own thread from a bounded queue: a slow challenger can only drop
         # shadow scores (counted), never delay an answer.
         self.shadow_queue: queue.Queue[tuple[Transaction, dict[str, float], float] | None] = queue.Queue(maxsize=settings.log_queue_size)
@@ -151,7 +151,6 @@ class ScoringService:
         is that transaction's answer, not its neighbours'. Latency runs from `queued`, when the request
         handed the transaction over: under load, the wait for this thread is most of what a caller
         waits, and a latency taken from the batch's start hid it from the metric and its alert."""
-        self.metrics.batch_size.observe(len(transactions))
         lookups = self.online.lookup_many([tx.customer_id for tx in transactions], [tx.terminal_id for tx in transactions],
                                           [tx.amount for tx in transactions], [int(tx.timestamp.timestamp()) for tx in transactions])
         now = time.perf_counter()
@@ -170,7 +169,7 @@ class ScoringService:
             answers.append(answer)
             records.append(record)
         logs.request_id.set(None)
-        self._publish(records)
+        self._publish(records, len(transactions))
         return answers
 
     def score_features(self, tx: Transaction, features: dict[str, float]) -> Score:
@@ -255,12 +254,16 @@ class ScoringService:
         }
         return answer, record
 
-    def _publish(self, records: list[Record]) -> None:
-        """Count and log what one batch scored. The metrics take the batch at once: with several
-        workers every metric update is a locked write to a shared file, and eight of them per
-        transaction cost a tenth of `/predict` (`Metrics.observe`)."""
-        self.metrics.observe(records)
+    def _publish(self, records: list[Record], batch_size: int | None = None) -> None:
+        """Log what one batch scored, and hand it to the metrics, which count it off the request path
+        (`Metrics.observe`, `_report`)."""
+        self.metrics.observe(records, batch_size)
         for record in records:
             self.log.put(record)
+
+    def _report(self) -> None:
+        """On the prediction log's writer, every second and at shutdown: count the scored batches and
+        set the log's own gauges, so a scoring batch writes no metric itself."""
+        self.metrics.flush()
         self.metrics.log_dropped.set(self.log.dropped)
         self.metrics.log_depth.set(len(self.log))

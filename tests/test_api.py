@@ -228,7 +228,8 @@ def test_every_answer_reaches_the_prediction_log(registry_copy) -> None:
 
 def test_a_prediction_s_latency_counts_its_wait_for_the_scoring_thread(registry_copy) -> None:
     """The latency metric and the logged latency run from the hand-over to the scoring thread, so a
-    worker whose requests queue shows it in its p99 and the slow-predictions alert."""
+    worker whose requests queue shows it in its p99 and the slow-predictions alert. The metrics are
+    counted off the scoring thread, by the prediction log's writer every second."""
     from serving.schemas import Transaction
     from serving.service import ScoringService
 
@@ -237,10 +238,16 @@ def test_a_prediction_s_latency_counts_its_wait_for_the_scoring_thread(registry_
     try:
         handed_over = time.perf_counter() - 0.25  # as if it had waited a quarter second behind a busy thread
         [answer] = service.score_many([Transaction.model_validate(TX)], [time.perf_counter() + 5], [None], [handed_over])
+        assert not isinstance(answer, Exception)
+        # counted by the prediction log's writer within its second, without a scrape to flush it
+        labels = {"variant": answer.variant, "mode": "answered"}
+        waited = time.perf_counter()
+        while service.metrics.registry.get_sample_value("fraudops_predictions_total", labels) != 1 and time.perf_counter() - waited < 5:
+            time.sleep(0.05)
+        assert service.metrics.registry.get_sample_value("fraudops_predictions_total", labels) == 1
         exposition = service.metrics.exposition().decode()
     finally:
         service.stop()
-    assert not isinstance(answer, Exception)
     logged = pd.read_parquet(registry_copy.predictions_dir)
     assert logged["latency_ms"].iloc[0] >= 250
     samples = {s.name: s.value for f in text_string_to_metric_families(exposition) for s in f.samples if s.labels.get("variant") == answer.variant}

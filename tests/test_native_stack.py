@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -149,6 +150,7 @@ def test_compose_services_run_natively_end_to_end(stack: Stack, monkeypatch: pyt
                 raise AssertionError(stack.log("api").read_text(errors="replace")[-3000:]) from error
             assert answer.status_code == 200, answer.text
         assert not answer.json()["degraded"]  # features came from Redis
+        time.sleep(2.5)  # each worker counts what it scored every second (on its prediction log's writer)
         for _ in range(6):  # each scrape reaches one of the two workers: every one must count all n
             families = text_string_to_metric_families(httpx.get(f"{base}/metrics").text)
             assert sum(s.value for f in families for s in f.samples if s.name == "fraudops_predictions_total") == n
