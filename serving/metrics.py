@@ -105,16 +105,16 @@ class Metrics:
             sizes, self._batch_sizes = self._batch_sizes, []
         if sizes:
             observe_many(self.batch_size, sizes)
+        records = [record for batch in batches for record in batch]
         groups: dict[tuple[str, bool], list[Mapping[str, Any]]] = {}
-        for records in batches:
-            for record in records:
-                groups.setdefault((record["variant"], record["shadow"]), []).append(record)
+        for record in records:
+            groups.setdefault((record["variant"], record["shadow"]), []).append(record)
         for (variant, shadow), group in groups.items():
             self.requests.labels(variant, "shadow" if shadow else "answered").inc(len(group))
             observe_many(self.latency.labels(variant), [r["latency_ms"] / 1000 for r in group])
             observe_many(self.scores.labels(variant), [r["score"] for r in group])
-        missing = sum(1 for records in batches for r in records if r["features_missing"])
-        degraded = sum(1 for records in batches for r in records if r["degraded"])
+        missing = sum(1 for r in records if r["features_missing"])
+        degraded = sum(1 for r in records if r["degraded"])
         if missing:
             self.missing.inc(missing)
         if degraded:

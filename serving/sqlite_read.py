@@ -59,6 +59,7 @@ class SqliteRead:
         self.connection: sqlite3.Connection = store._get_provider().online_store._get_conn(config)  # type: ignore[attr-defined]
         versioned = config.registry.enable_online_feature_view_versioning
         self.names = [name for _, _, names in reads for name in names]
+        self.width = len(self.names)  # slots a transaction takes in a batch's flat list
         # Each row comes back as its slot in one flat list for the batch: the transaction's position
         # times the feature count, plus the feature's place in `names`, which SQLite finds from its
         # name. A feature in the table that the service does not take gets none and is passed over.
@@ -94,10 +95,9 @@ class SqliteRead:
         /predict/batch), so a key twice is read twice."""
         statement = self._statements.get(size)
         if statement is None:
-            width = len(self.names)
             tables, selects = [], []
             for i, (table, _, place) in enumerate(self.reads):
-                tables.append(f"k{i}(first, key) AS (VALUES {', '.join(f'({p * width}, ?)' for p in range(size))})")
+                tables.append(f"k{i}(first, key) AS (VALUES {', '.join(f'({p * self.width}, ?)' for p in range(size))})")
                 selects.append(f"SELECT k.first + {place} AS slot, t.value AS value FROM k{i} AS k JOIN {table} AS t ON t.entity_key = k.key")
             statement = f"WITH {', '.join(tables)} {' UNION ALL '.join(selects)}"
             if len(self._statements) < 256:  # batch sizes seen; /predict/batch may send any size up to its limit
@@ -109,7 +109,7 @@ class SqliteRead:
         the store has no value."""
         size = len(next(iter(keys.values())))
         arguments = [self._key(join_key, k) for _, join_key, _ in self.reads for k in keys[join_key]]
-        width = len(self.names)
+        width = self.width
         slots: list[float | None] = [None] * (size * width)
         for slot, value in self.connection.execute(self._statement(size), arguments):
             if slot is not None and value is not None:
