@@ -101,6 +101,31 @@ def test_scoring_routes_answer_like_the_rest_of_the_api(client) -> None:
     assert not_json.status_code == 422 and not_json.json()["detail"][0]["type"] == "json_invalid"
 
 
+def test_with_opentelemetry_on_the_scoring_routes_are_traced_too(trained, monkeypatch) -> None:
+    """The lane answers ahead of FastAPI's middleware but behind its telemetry wrapper: a deployment that
+    turns tracing on must see its hottest route, not only the admin and health routes. Off, nothing is
+    recorded even with an SDK configured in the process."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)  # the process's SDK, without making it global for later tests
+
+    def spans(opentelemetry: bool) -> list[str]:
+        exporter.clear()
+        with TestClient(create_app(trained.model_copy(update={"opentelemetry": opentelemetry}))) as c:
+            assert c.post("/predict", json=TX).status_code == 200
+            assert c.get("/healthz").status_code == 200
+        return [f"{s.name} {(s.attributes or {}).get('http.response.status_code')}" for s in exporter.get_finished_spans() if s.kind == trace.SpanKind.SERVER]
+
+    assert spans(True) == ["POST /predict 200", "GET /healthz 200"]
+    assert spans(False) == []
+
+
 def test_a_failure_in_the_scoring_path_is_a_500_that_carries_its_request_id(trained) -> None:
     """The lane answers ahead of FastAPI's error middleware, so it answers a bug itself: a JSON 500 with
     the request id, counted like any other answer."""
