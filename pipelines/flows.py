@@ -287,6 +287,9 @@ def monitor_flow(settings: Settings | None = None, label: str = "latest", since:
     settings = settings or Settings()
     references = load_references(settings)  # what each model was validated on
     out_dir = settings.reports_dir / label
+    merged = predlog.compact(settings)  # one file a finished day to read, not one a second per worker
+    if merged:
+        get_run_logger().info("prediction log: %d parts of finished days merged", merged)
     current = predlog.read(settings, since, until)  # live traffic
     if current.empty:
         current = references.frames["champion"].frame.iloc[0:0]

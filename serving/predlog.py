@@ -4,18 +4,22 @@ Requests put a record in a bounded buffer and return; a background thread writes
 Parquet parts in the state folder by default, a PostgreSQL table when `prediction_log_url` is set. A
 full buffer drops the record and counts it rather than slowing authorisations down. `read` gives the
 monitoring jobs the same frame from either sink.
+
+Parquet parts go to a folder per day of writing (`date=YYYY-MM-DD`, Hive-style, as query engines
+expect), and `compact` merges each finished day into one file: a worker writes a part every second
+when traffic is light, 170,000 files a day for two workers, which every monitoring read would open.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
-import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features.offline import select
+from pipelines.runtime import write_atomically
 from pipelines.settings import Settings
 
 log = logging.getLogger("fraudops.predlog")
@@ -57,15 +62,18 @@ class ParquetSink:
         directory.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, batch: list[Record]) -> None:
-        name = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}.parquet"
-        partial = self.directory / f".{name}.tmp"
+        now = datetime.now(timezone.utc)
+        partition = day_folder(self.directory, now.date())
+        partition.mkdir(exist_ok=True)
+        name = f"part-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}.parquet"
+        partial = partition / f".{name}.tmp"  # not `*.parquet`: readers glob for those
         # Columns from every record, not the first only (as `Table.from_pylist` takes them): a batch can
         # mix a champion and a challenger whose feature sets differ; a feature one model lacks is null.
         columns = dict.fromkeys(key for keys in dict.fromkeys(tuple(record) for record in batch) for key in keys)
         schema = pa.struct([(column, ARROW_TYPES[COLUMNS[column]] if column in COLUMNS else pa.float64()) for column in columns])
         try:
             pq.write_table(pa.Table.from_struct_array(pa.array(batch, type=schema)), partial, use_dictionary=TEXT_COLUMNS)
-            os.replace(partial, self.directory / name)  # readers never see half a part
+            os.replace(partial, partition / name)  # readers never see half a part
         finally:
             partial.unlink(missing_ok=True)
 
@@ -124,10 +132,60 @@ def read(settings: Settings, since: datetime | None = None, until: datetime | No
         features = pd.DataFrame([orjson.loads(row[-1]) for row in rows], index=frame.index, dtype="float64")
         return pd.concat([frame, features], axis=1)
     directory = settings.predictions_dir
-    if not any(directory.glob("*.parquet")):
+    if next(directory.glob("**/*.parquet"), None) is None:
         return pd.DataFrame()
-    # DuckDB reads only the rows asked for
-    return select(f"SELECT * FROM read_parquet('{directory}/*.parquet', union_by_name=true) WHERE {where}").df()
+    # DuckDB reads only the rows asked for; the day folders are the writer's, not a column of the log
+    return select(f"SELECT * FROM read_parquet('{directory}/**/*.parquet', union_by_name=true, hive_partitioning=false) WHERE {where}").df()
+
+
+def day_folder(directory: Path, day: date) -> Path:
+    return directory / f"date={day.isoformat()}"
+
+
+def compact(settings: Settings, before: date | None = None) -> int:
+    """Merge the Parquet parts of every day before `before` (default: today, UTC) into one file a day;
+    the number of parts merged. A PostgreSQL log is one table already: nothing to do.
+
+    A reader never sees a record twice: the merged file stays hidden until the parts it replaces are
+    gone. The list of those parts, written once the merged file is complete, is the commit point:
+    a merge that stops before it leaves its parts as they were; one that stops after it is finished
+    by the next call. Today's folder, which the API's writers still fill, is left alone."""
+    if settings.prediction_log_url:
+        return 0
+    before = before or datetime.now(timezone.utc).date()
+    merged = 0
+    for partition in sorted(settings.predictions_dir.glob("date=*")):
+        _finish(partition)
+        try:
+            day = date.fromisoformat(partition.name.removeprefix("date="))
+        except ValueError:
+            continue
+        parts = sorted(partition.glob("[!.]*.parquet"))
+        if day >= before or len(parts) < 2:
+            continue
+        token = uuid.uuid4().hex[:8]
+        files = ", ".join(f"'{part}'" for part in parts)
+        # in transaction-time order, so a window of the monitoring jobs reads only its row groups
+        select(f"SELECT * FROM read_parquet([{files}], union_by_name=true, hive_partitioning=false) ORDER BY timestamp") \
+            .write_parquet(str(partition / f".compacting-{token}.tmp"))
+        write_atomically(partition / f".compacting-{token}.json", json.dumps([part.name for part in parts]))
+        _finish(partition)
+        merged += len(parts)
+    return merged
+
+
+def _finish(partition: Path) -> None:
+    """Complete the merges whose list of parts was written; drop a merged file that has none."""
+    for manifest in partition.glob(".compacting-*.json"):
+        token = manifest.name.removeprefix(".compacting-").removesuffix(".json")
+        for name in json.loads(manifest.read_text()):
+            (partition / name).unlink(missing_ok=True)
+        merged = partition / f".compacting-{token}.tmp"
+        if merged.exists():
+            os.replace(merged, partition / f"part-compacted-{token}.parquet")
+        manifest.unlink()
+    for unfinished in partition.glob(".compacting-*.tmp"):
+        unfinished.unlink()
 
 
 class PredictionLog:

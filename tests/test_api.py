@@ -558,3 +558,82 @@ def test_a_parquet_part_keeps_every_models_features_when_their_feature_sets_diff
     frame = predlog.read(settings).set_index("transaction_id")
     assert frame.loc["b", "terminal_risk_90d"] == 0.3 and pd.isna(frame.loc["a", "terminal_risk_90d"])
     assert frame["amount"].to_dict() == {"a": 10.0, "b": 20.0}
+
+
+def _log_parts(settings, day: str, parts: list[list[dict]]) -> None:
+    """Parts in a past day's folder, as the API's writers left them that day."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = settings.predictions_dir / f"date={day}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, records in enumerate(parts):
+        pq.write_table(pa.Table.from_pylist(records), folder / f"part-{day}-{i}.parquet")
+
+
+def _records(prefix: str, n: int, **extra: float) -> list[dict]:
+    from datetime import datetime
+
+    return [{"transaction_id": f"{prefix}{i}", "customer_id": "1", "terminal_id": "2", "timestamp": datetime(2025, 7, 1, 12, i),
+             "score": 0.1, "is_fraud_predicted": False, "variant": "champion", "shadow": False, "model_version": "1",
+             "features_missing": 0, "degraded": False, "latency_ms": 0.5, "amount": float(i), **extra} for i in range(n)]
+
+
+def test_compaction_leaves_one_file_a_finished_day_and_every_record_once(tmp_path) -> None:
+    """A day of parts (with feature sets that differ, as a champion's and a challenger's do) becomes one
+    file that reads back the same; today's folder, still being written, is left as it is."""
+    from datetime import date
+
+    from pipelines.settings import Settings
+    from serving import predlog
+
+    settings = Settings(state_dir=tmp_path)
+    _log_parts(settings, "2025-07-01", [_records("a", 3), _records("b", 2, terminal_risk_90d=0.3), _records("c", 1)])
+    _log_parts(settings, "2025-07-02", [_records("d", 2), _records("e", 2)])
+    _log_parts(settings, "2025-07-03", [_records("f", 1), _records("g", 1)])  # "today" below
+    before = predlog.read(settings).sort_values("transaction_id", ignore_index=True)
+
+    assert predlog.compact(settings, before=date(2025, 7, 3)) == 5
+    files = {p.parent.name: sorted(q.name for q in p.parent.iterdir()) for p in settings.predictions_dir.glob("*/*.parquet")}
+    assert [len(files[f"date=2025-07-0{d}"]) for d in (1, 2, 3)] == [1, 1, 2]
+    after = predlog.read(settings).sort_values("transaction_id", ignore_index=True)
+    pd.testing.assert_frame_equal(after[before.columns], before, check_dtype=False)
+    assert predlog.compact(settings, before=date(2025, 7, 3)) == 0  # nothing left to merge
+
+
+@pytest.mark.parametrize("stop_at", ["writing the list of parts", "after the list of parts"])
+def test_a_compaction_stopped_half_way_is_finished_by_the_next_and_no_reader_sees_a_record_twice(tmp_path, monkeypatch, stop_at) -> None:
+    from datetime import date
+
+    from pipelines.settings import Settings
+    from serving import predlog
+
+    settings = Settings(state_dir=tmp_path)
+    _log_parts(settings, "2025-07-01", [_records("a", 3), _records("b", 2)])
+    expected = sorted(predlog.read(settings)["transaction_id"])
+
+    class Stopped(Exception):
+        pass
+
+    finish = predlog._finish
+    calls = []
+
+    def stop(*args, **kwargs):
+        raise Stopped
+
+    def stop_on_second(partition):
+        calls.append(partition)
+        if len(calls) == 2:  # the first finishes earlier merges; the second is this merge's own
+            raise Stopped
+        finish(partition)
+
+    monkeypatch.setattr(predlog, *(("write_atomically", stop) if stop_at == "writing the list of parts" else ("_finish", stop_on_second)))
+    with pytest.raises(Stopped):
+        predlog.compact(settings, before=date(2025, 7, 2))
+    assert sorted(predlog.read(settings)["transaction_id"]) == expected  # the merged file is still hidden
+    monkeypatch.undo()
+
+    predlog.compact(settings, before=date(2025, 7, 2))
+    assert sorted(predlog.read(settings)["transaction_id"]) == expected
+    assert [p.name for p in (settings.predictions_dir / "date=2025-07-01").iterdir()][0].startswith("part-compacted-")
+    assert len(list((settings.predictions_dir / "date=2025-07-01").iterdir())) == 1

@@ -33,7 +33,7 @@ def test_demo_runs_end_to_end_and_catches_the_drift(tmp_path) -> None:
     assert (report / "report.html").stat().st_size > 10_000
     drifted = {c["column"] for c in json.loads((report / "summary.json").read_text())["columns"] if c["drifted"]}
     assert "amount" in drifted
-    assert any(settings.predictions_dir.glob("*.parquet"))
+    assert any(settings.predictions_dir.glob("date=*/*.parquet"))
     # the loop closes: drift triggers a retrain on the latest labelled windows, the API picks it up
     assert "calm" not in summary["retrained"]
     retrained = summary["retrained"]["drifted"]

@@ -185,7 +185,7 @@ def test_prediction_log_in_postgres_holds_every_answer(registry_copy, database) 
     assert logged["customer_tx_count_7d"].dtype == "float64"
     sent = {f"pg-{i}": 10.0 + i for i in range(n)}
     assert all(sent[t] == a for t, a in zip(logged["transaction_id"], logged["amount"]))  # features, row by row
-    assert not (settings.predictions_dir.exists() and any(settings.predictions_dir.glob("*.parquet")))  # nothing went to Parquet
+    assert not (settings.predictions_dir.exists() and any(settings.predictions_dir.glob("**/*.parquet")))  # nothing went to Parquet
 
 
 def test_workers_starting_together_all_get_the_prediction_log_table(database) -> None:
