@@ -10,9 +10,12 @@ import socket
 import tempfile
 import threading
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipelines.runtime import prepare, service_available
@@ -127,3 +130,18 @@ def fail_first_call(monkeypatch, method: str) -> None:
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(MlflowClient, method, flaky)
+
+
+def log_parts(settings: Settings, day: str, parts: list[list[dict[str, Any]]]) -> None:
+    """Parts in a past day's folder, as the API's writers left them that day."""
+    folder = settings.predictions_dir / f"date={day}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, records in enumerate(parts):
+        pq.write_table(pa.Table.from_pylist(records), folder / f"part-{day}-{i}.parquet")
+
+
+def log_records(prefix: str, n: int, **extra: float) -> list[dict[str, Any]]:
+    return [{"transaction_id": f"{prefix}{i}", "customer_id": "1", "terminal_id": "2", "timestamp": datetime(2025, 7, 1, 12, i),
+             "score": 0.1, "is_fraud_predicted": False, "variant": "champion", "shadow": False, "model_version": "1",
+             "features_missing": 0, "degraded": False, "latency_ms": 0.5, "amount": float(i), **extra} for i in range(n)]
+

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from serving.app import create_app
 from serving.logs import _CLIENT_ID
-from tests.conftest import fail_first_call
+from tests.conftest import fail_first_call, log_parts, log_records
 
 TX = {"transaction_id": "tx-1", "customer_id": "12", "terminal_id": "34", "amount": 42.5, "timestamp": "2025-05-09T10:00:00Z"}
 
@@ -560,25 +560,6 @@ def test_a_parquet_part_keeps_every_models_features_when_their_feature_sets_diff
     assert frame["amount"].to_dict() == {"a": 10.0, "b": 20.0}
 
 
-def _log_parts(settings, day: str, parts: list[list[dict]]) -> None:
-    """Parts in a past day's folder, as the API's writers left them that day."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    folder = settings.predictions_dir / f"date={day}"
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, records in enumerate(parts):
-        pq.write_table(pa.Table.from_pylist(records), folder / f"part-{day}-{i}.parquet")
-
-
-def _records(prefix: str, n: int, **extra: float) -> list[dict]:
-    from datetime import datetime
-
-    return [{"transaction_id": f"{prefix}{i}", "customer_id": "1", "terminal_id": "2", "timestamp": datetime(2025, 7, 1, 12, i),
-             "score": 0.1, "is_fraud_predicted": False, "variant": "champion", "shadow": False, "model_version": "1",
-             "features_missing": 0, "degraded": False, "latency_ms": 0.5, "amount": float(i), **extra} for i in range(n)]
-
-
 def test_compaction_leaves_one_file_a_finished_day_and_every_record_once(tmp_path) -> None:
     """A day of parts (with feature sets that differ, as a champion's and a challenger's do) becomes one
     file that reads back the same; today's folder, still being written, is left as it is."""
@@ -588,9 +569,9 @@ def test_compaction_leaves_one_file_a_finished_day_and_every_record_once(tmp_pat
     from serving import predlog
 
     settings = Settings(state_dir=tmp_path)
-    _log_parts(settings, "2025-07-01", [_records("a", 3), _records("b", 2, terminal_risk_90d=0.3), _records("c", 1)])
-    _log_parts(settings, "2025-07-02", [_records("d", 2), _records("e", 2)])
-    _log_parts(settings, "2025-07-03", [_records("f", 1), _records("g", 1)])  # "today" below
+    log_parts(settings, "2025-07-01", [log_records("a", 3), log_records("b", 2, terminal_risk_90d=0.3), log_records("c", 1)])
+    log_parts(settings, "2025-07-02", [log_records("d", 2), log_records("e", 2)])
+    log_parts(settings, "2025-07-03", [log_records("f", 1), log_records("g", 1)])  # "today" below
     before = predlog.read(settings).sort_values("transaction_id", ignore_index=True)
 
     assert predlog.compact(settings, before=date(2025, 7, 3)) == 5
@@ -609,7 +590,7 @@ def test_a_compaction_stopped_half_way_is_finished_by_the_next_and_no_reader_see
     from serving import predlog
 
     settings = Settings(state_dir=tmp_path)
-    _log_parts(settings, "2025-07-01", [_records("a", 3), _records("b", 2)])
+    log_parts(settings, "2025-07-01", [log_records("a", 3), log_records("b", 2)])
     expected = sorted(predlog.read(settings)["transaction_id"])
 
     class Stopped(Exception):

@@ -125,3 +125,16 @@ def test_out_of_range_values_and_new_categories_warn(tmp_path) -> None:
     assert summary.out_of_range["amount"] >= 35 / 3_000 and not any(c.drifted for c in summary.columns)
     assert summary.new_values == {"is_night": [2.0]}
     assert summary.verdict == "warn"
+
+
+def test_a_monitor_run_merges_the_finished_days_of_the_prediction_log_before_it_reads(registry_copy) -> None:
+    """The merge runs where the log is read, so a deployment compacts without a job of its own."""
+    from pipelines.flows import monitor_flow
+    from serving import predlog
+    from tests.conftest import log_parts, log_records
+
+    settings = registry_copy.model_copy(update={"retrain_on_drift": False})
+    log_parts(settings, "2025-07-01", [log_records("a", 3), log_records("b", 2)])
+    monitor_flow(settings, "compaction")
+    assert [p.name.startswith("part-compacted-") for p in (settings.predictions_dir / "date=2025-07-01").iterdir()] == [True]
+    assert sorted(predlog.read(settings)["transaction_id"]) == ["a0", "a1", "a2", "b0", "b1"]
