@@ -160,8 +160,12 @@ def compact(settings: Settings, before: date | None = None) -> int:
             day = date.fromisoformat(partition.name.removeprefix("date="))
         except ValueError:
             continue
+        if day >= before:
+            continue
+        for unfinished in partition.glob(".part-*.tmp"):  # a writer killed mid-part; that day is over
+            unfinished.unlink()
         parts = sorted(partition.glob("[!.]*.parquet"))
-        if day >= before or len(parts) < 2:
+        if len(parts) < 2:
             continue
         token = uuid.uuid4().hex[:8]
         files = ", ".join(f"'{part}'" for part in parts)

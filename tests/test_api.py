@@ -572,11 +572,13 @@ def test_compaction_leaves_one_file_a_finished_day_and_every_record_once(tmp_pat
     log_parts(settings, "2025-07-01", [log_records("a", 3), log_records("b", 2, terminal_risk_90d=0.3), log_records("c", 1)])
     log_parts(settings, "2025-07-02", [log_records("d", 2), log_records("e", 2)])
     log_parts(settings, "2025-07-03", [log_records("f", 1), log_records("g", 1)])  # "today" below
+    for day in ("2025-07-01", "2025-07-03"):  # parts whose writer was killed half way; one may still be written today
+        (settings.predictions_dir / f"date={day}" / ".part-x.parquet.tmp").write_bytes(b"PAR1")
     before = predlog.read(settings).sort_values("transaction_id", ignore_index=True)
 
     assert predlog.compact(settings, before=date(2025, 7, 3)) == 5
     files = {p.parent.name: sorted(q.name for q in p.parent.iterdir()) for p in settings.predictions_dir.glob("*/*.parquet")}
-    assert [len(files[f"date=2025-07-0{d}"]) for d in (1, 2, 3)] == [1, 1, 2]
+    assert [len(files[f"date=2025-07-0{d}"]) for d in (1, 2, 3)] == [1, 1, 3]  # today: two parts and the one in progress
     after = predlog.read(settings).sort_values("transaction_id", ignore_index=True)
     pd.testing.assert_frame_equal(after[before.columns], before, check_dtype=False)
     assert predlog.compact(settings, before=date(2025, 7, 3)) == 0  # nothing left to merge
