@@ -12,6 +12,7 @@ when traffic is light, 170,000 files a day for two workers, which every monitori
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -150,32 +151,37 @@ def compact(settings: Settings, before: date | None = None) -> int:
     gone. The list of those parts, written once the merged file is complete, is the commit point:
     a merge that stops before it leaves its parts as they were; one that stops after it is finished
     by the next call. Today's folder, which the API's writers still fill, is left alone."""
-    if settings.prediction_log_url:
+    if settings.prediction_log_url or not settings.predictions_dir.exists():
         return 0
     before = before or datetime.now(timezone.utc).date()
-    merged = 0
-    for partition in sorted(settings.predictions_dir.glob("date=*")):
-        _finish(partition)
-        try:
-            day = date.fromisoformat(partition.name.removeprefix("date="))
-        except ValueError:
-            continue
-        if day >= before:
-            continue
-        for unfinished in partition.glob(".part-*.tmp"):  # a writer killed mid-part; that day is over
-            unfinished.unlink()
-        parts = sorted(partition.glob("[!.]*.parquet"))
-        if len(parts) < 2:
-            continue
-        token = uuid.uuid4().hex[:8]
-        files = ", ".join(f"'{part}'" for part in parts)
-        # in transaction-time order, so a window of the monitoring jobs reads only its row groups
-        select(f"SELECT * FROM read_parquet([{files}], union_by_name=true, hive_partitioning=false) ORDER BY timestamp") \
-            .write_parquet(str(partition / f".compacting-{token}.tmp"))
-        write_atomically(partition / f".compacting-{token}.json", json.dumps([part.name for part in parts]))
-        _finish(partition)
-        merged += len(parts)
-    return merged
+    # One merge at a time (two monitor runs, a run and an operator): another's `_finish` would take
+    # this merge's file, not yet listed, for one left behind, and delete it before its parts.
+    with open(settings.predictions_dir / ".compact.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return sum(_compact_day(partition, before) for partition in sorted(settings.predictions_dir.glob("date=*")))
+
+
+def _compact_day(partition: Path, before: date) -> int:
+    _finish(partition)
+    try:
+        day = date.fromisoformat(partition.name.removeprefix("date="))
+    except ValueError:
+        return 0
+    if day >= before:
+        return 0
+    for unfinished in partition.glob(".part-*.tmp"):  # a writer killed mid-part; that day is over
+        unfinished.unlink()
+    parts = sorted(partition.glob("[!.]*.parquet"))
+    if len(parts) < 2:
+        return 0
+    token = uuid.uuid4().hex[:8]
+    files = ", ".join(f"'{part}'" for part in parts)
+    # in transaction-time order, so a window of the monitoring jobs reads only its row groups
+    select(f"SELECT * FROM read_parquet([{files}], union_by_name=true, hive_partitioning=false) ORDER BY timestamp") \
+        .write_parquet(str(partition / f".compacting-{token}.tmp"))
+    write_atomically(partition / f".compacting-{token}.json", json.dumps([part.name for part in parts]))
+    _finish(partition)
+    return len(parts)
 
 
 def _finish(partition: Path) -> None:

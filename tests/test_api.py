@@ -620,3 +620,37 @@ def test_a_compaction_stopped_half_way_is_finished_by_the_next_and_no_reader_see
     assert sorted(predlog.read(settings)["transaction_id"]) == expected
     assert [p.name for p in (settings.predictions_dir / "date=2025-07-01").iterdir()][0].startswith("part-compacted-")
     assert len(list((settings.predictions_dir / "date=2025-07-01").iterdir())) == 1
+
+
+def test_two_compactions_at_once_take_turns_and_lose_nothing(tmp_path, monkeypatch) -> None:
+    """A merge whose file is written but not yet listed looks, to another merge's clean-up, like one
+    that stopped half way: without taking turns, the other deletes the file and this one then deletes
+    the parts it replaced."""
+    import threading
+    from datetime import date
+
+    from pipelines.settings import Settings
+    from serving import predlog
+
+    settings = Settings(state_dir=tmp_path)
+    log_parts(settings, "2025-07-01", [log_records("a", 3), log_records("b", 2)])
+    expected = sorted(predlog.read(settings)["transaction_id"])
+    listing, proceed = threading.Event(), threading.Event()
+    write_atomically = predlog.write_atomically
+
+    def list_when_told(path, text):  # the first merge pauses between its file and its list
+        listing.set()
+        assert proceed.wait(10)
+        write_atomically(path, text)
+
+    monkeypatch.setattr(predlog, "write_atomically", list_when_told)
+    first = threading.Thread(target=predlog.compact, args=(settings, date(2025, 7, 2)))
+    first.start()
+    assert listing.wait(10)
+    second = threading.Thread(target=predlog.compact, args=(settings, date(2025, 7, 1)))  # that day is not its to merge
+    second.start()
+    second.join(0.5)
+    proceed.set()
+    first.join(10)
+    second.join(10)
+    assert sorted(predlog.read(settings)["transaction_id"]) == expected
