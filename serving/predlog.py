@@ -139,8 +139,11 @@ def read(settings: Settings, since: datetime | None = None, until: datetime | No
     return select(f"SELECT * FROM read_parquet('{directory}/**/*.parquet', union_by_name=true, hive_partitioning=false) WHERE {where}").df()
 
 
+DAY = "date="  # a day folder's name before its ISO date: the Hive layout's `column=value`
+
+
 def day_folder(directory: Path, day: date) -> Path:
-    return directory / f"date={day.isoformat()}"
+    return directory / f"{DAY}{day.isoformat()}"
 
 
 def compact(settings: Settings, before: date | None = None) -> int:
@@ -158,13 +161,13 @@ def compact(settings: Settings, before: date | None = None) -> int:
     # this merge's file, not yet listed, for one left behind, and delete it before its parts.
     with open(settings.predictions_dir / ".compact.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return sum(_compact_day(partition, before) for partition in sorted(settings.predictions_dir.glob("date=*")))
+        return sum(_compact_day(partition, before) for partition in sorted(settings.predictions_dir.glob(f"{DAY}*")))
 
 
 def _compact_day(partition: Path, before: date) -> int:
     _finish(partition)
     try:
-        day = date.fromisoformat(partition.name.removeprefix("date="))
+        day = date.fromisoformat(partition.name.removeprefix(DAY))
     except ValueError:
         return 0
     if day >= before:

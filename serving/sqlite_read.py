@@ -6,7 +6,7 @@ Under load that was a third of `/predict`: with the read replaced by constants i
 (docs/06). Here one statement reads every view for a whole batch, keys are encoded from a fixed
 prefix, each row comes back as a number and a value (its place in the batch's flat list of features,
 computed by SQLite) and decoded values are memoised. The read took 25 us a transaction in batches of
-eight when SQLite folded view, position, name and hex value into one string for Python to split; 16
+eight when SQLite folded view, position, name and hex value into one string for Python to split; 17
 us this way (docs/serving-measurements.md).
 
 The tables, the entity-key bytes and the value protos are Feast's, read through its connection (which

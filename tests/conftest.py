@@ -10,7 +10,7 @@ import socket
 import tempfile
 import threading
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +134,9 @@ def fail_first_call(monkeypatch, method: str) -> None:
 
 def log_parts(settings: Settings, day: str, parts: list[list[dict[str, Any]]]) -> None:
     """Parts in a past day's folder, as the API's writers left them that day."""
-    folder = settings.predictions_dir / f"date={day}"
+    from serving.predlog import day_folder
+
+    folder = day_folder(settings.predictions_dir, date.fromisoformat(day))
     folder.mkdir(parents=True, exist_ok=True)
     for i, records in enumerate(parts):
         pq.write_table(pa.Table.from_pylist(records), folder / f"part-{day}-{i}.parquet")
