@@ -19,7 +19,8 @@ import duckdb
 import pandas as pd
 import pyarrow.parquet as pq
 
-from features.offline import parts_glob, select, write_part
+from core.query import select
+from features.offline import parts_glob, write_part
 from features.schema import SchemaError, validate_transactions
 
 READABLE = (".parquet", ".csv")

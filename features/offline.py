@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import duckdb
 import pandas as pd
 
+from core.query import select
 from features.schema import validate_transactions
 
 
@@ -27,15 +27,6 @@ def write_part(frame: pd.DataFrame, directory: Path, name: str) -> Path:
 
 def parts_glob(directory: Path) -> str:
     return str(directory / "*.parquet")
-
-
-def select(query: str) -> duckdb.DuckDBPyRelation:
-    """The result of a SELECT on DuckDB's default connection. `duckdb.sql` may return None, for
-    statements that have no result; a SELECT always has one."""
-    relation = duckdb.sql(query)
-    if relation is None:
-        raise ValueError(f"not a query with a result: {query}")
-    return relation
 
 
 def read_transactions(directory: Path, where: str = "TRUE") -> pd.DataFrame:

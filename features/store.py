@@ -12,7 +12,7 @@ import prometheus_client  # noqa: F401  (first: see below)
 import yaml
 from feast import FeatureStore, RepoConfig
 
-from pipelines.settings import Settings
+from core.settings import Settings
 
 # prometheus_client picks how it stores values once, when imported: in files when
 # PROMETHEUS_MULTIPROC_DIR is set. Feast's metrics module, which materializing imports, sets it to a
@@ -87,7 +87,7 @@ def historical_features(store: FeatureStore, service: str, transactions: pd.Data
 
 def latest_snapshot(settings: Settings) -> datetime:
     """The newest snapshot time in the offline feature tables: "materialize everything we have"."""
-    from features.offline import select
+    from core.query import select
 
     path = settings.features_dir / "customer_features.parquet"
     return select(f"SELECT MAX(event_timestamp) FROM read_parquet('{path}')").fetchall()[0][0]

@@ -18,7 +18,7 @@ from evidently.core.report import Snapshot
 from evidently.presets import ClassificationPreset
 
 from features.offline import read_transactions
-from pipelines.evaluation import evaluate, expected_cost
+from core.evaluation import evaluate, expected_cost
 
 
 @dataclass

@@ -21,8 +21,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.runtime import quiet_stdout, service_available, wait_until_up
-from pipelines.settings import Settings
+from core.runtime import quiet_stdout, service_available, wait_until_up
+from core.settings import Settings
 
 if TYPE_CHECKING:  # pandas is imported where a section needs it, to keep `fraudops bench --help` fast
     import pandas as pd
@@ -170,7 +170,7 @@ def lookup_floor_app_factory() -> Callable:
     any path that reads the store once per request; ours reads once per batch (`serving.batcher`)."""
     import orjson
 
-    from pipelines.settings import get_settings
+    from core.settings import get_settings
     from serving.online import OnlineFeatures
 
     online = OnlineFeatures(get_settings())

@@ -10,8 +10,8 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.console import Console
 
-from pipelines.runtime import prepare
-from pipelines.settings import Settings
+from core.runtime import prepare
+from core.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="fraudops: a runnable fraud detection system.")
 features_app = typer.Typer(no_args_is_help=True, help="Feast feature repository: compute, apply, materialize.")
@@ -176,7 +176,7 @@ def ingest(
 @app.command()
 def promote(reason: Annotated[str, typer.Option(help="Why the challenger should serve all traffic.")]) -> None:
     """Move the `champion` alias to the challenger's version, recording who and why."""
-    from pipelines.registry import promote as move
+    from core.registry import promote as move
 
     previous, new = move(settings(), reason)
     console.print(f"champion: version {previous} -> {new}")
@@ -185,7 +185,7 @@ def promote(reason: Annotated[str, typer.Option(help="Why the challenger should 
 @app.command()
 def rollback(reason: Annotated[str, typer.Option(help="Why the previous champion should serve again.")]) -> None:
     """Point `champion` back at the version the last promotion replaced, recording who and why."""
-    from pipelines.registry import rollback as move_back
+    from core.registry import rollback as move_back
 
     current, restored = move_back(settings(), reason)
     console.print(f"champion: version {current} -> {restored}")

@@ -21,8 +21,8 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.runtime import prepare, quiet_stdout, wait_until_up
-from pipelines.settings import Settings
+from core.runtime import prepare, quiet_stdout, wait_until_up
+from core.settings import Settings
 
 PRODUCTION_DAYS = 2  # days replayed per period: enough rows for a drift test, quick on 2 cores
 

@@ -8,7 +8,7 @@ from typing import cast
 from prefect.deployments.runner import RunnerDeployment
 
 from pipelines.flows import monitor_flow, training_flow
-from pipelines.settings import Settings
+from core.settings import Settings
 
 
 def deployments(settings: Settings) -> list[RunnerDeployment]:

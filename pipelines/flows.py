@@ -26,14 +26,14 @@ from features.schema import SchemaError
 from features.store import apply, historical_features, materialize, model_features, open_store
 from monitoring.drift import ColumnDrift, DriftSummary, Reference, drift_report, rate_drift
 from monitoring import workspace
-from monitoring.metrics import LATEST
+from core.monitor_metrics import LATEST
 from monitoring.quality import Quality, judge, with_labels
-from pipelines import registry
+from core import registry
 from pipelines.plots import write_plots
-from pipelines.runtime import write_atomically
-from pipelines.settings import Settings
+from core.runtime import write_atomically
+from core.settings import Settings
 from pipelines.training import ModelConfig, TrainResult, Windows, train, window
-from serving import predlog
+from core import predictions
 
 REFERENCE_FILE = "reference.parquet"
 # What the logged model needs to load and score, pinned to the versions that trained it. Named, not
@@ -287,10 +287,10 @@ def monitor_flow(settings: Settings | None = None, label: str = "latest", since:
     settings = settings or Settings()
     references = load_references(settings)  # what each model was validated on
     out_dir = settings.reports_dir / label
-    merged = predlog.compact(settings)  # one file a finished day to read, not one a second per worker
+    merged = predictions.compact(settings)  # one file a finished day to read, not one a second per worker
     if merged:
         get_run_logger().info("prediction log: %d parts of finished days merged", merged)
-    current = predlog.read(settings, since, until)  # live traffic
+    current = predictions.read(settings, since, until)  # live traffic
     if current.empty:
         current = references.frames["champion"].frame.iloc[0:0]
     drift, snapshots = drift_report(references.frames, current, references.features, out_dir, settings.drift_share,
@@ -298,7 +298,7 @@ def monitor_flow(settings: Settings | None = None, label: str = "latest", since:
                                     settings.max_out_of_range_share)
     as_of = until or (current["timestamp"].max() if len(current) else datetime.now(timezone.utc).replace(tzinfo=None))
     matured_until = as_of - timedelta(days=settings.label_delay_days)
-    logged = predlog.read(settings, matured_until - timedelta(days=settings.quality_days), matured_until)
+    logged = predictions.read(settings, matured_until - timedelta(days=settings.quality_days), matured_until)
     labelled = with_labels(logged, settings.transactions_dir, as_of, settings.label_delay_days) if len(logged) else logged
     quality, quality_snapshots = judge(labelled, references.shipped_ap, out_dir, settings.review_fee, settings.top_k,
                                        settings.max_quality_drop, settings.min_labelled_frauds) if len(labelled) else ({}, [])

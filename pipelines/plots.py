@@ -12,7 +12,7 @@ import numpy as np
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from pipelines.evaluation import expected_cost
+from core.evaluation import expected_cost
 from pipelines.training import TrainResult
 
 

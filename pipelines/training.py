@@ -14,8 +14,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from pipelines.evaluation import cost_optimal_threshold, evaluate
-from pipelines.settings import Settings
+from core.evaluation import cost_optimal_threshold, evaluate
+from core.settings import Settings
 
 if TYPE_CHECKING:
     from distributed import Client

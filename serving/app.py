@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp
 
-from pipelines.settings import Settings, get_settings
+from core.settings import Settings, get_settings
 from serving import logs
 from serving.asgi import BodyLimit
 from serving.batcher import Batcher
@@ -149,7 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def move_champion(action: str, body: Promotion, svc: ScoringService) -> dict[str, str | None]:
         """Promote or roll back in the registry, log previous and new, then hot-swap by reloading."""
-        from pipelines import registry
+        from core import registry
 
         try:
             previous, new = getattr(registry, action)(settings, body.reason, who="admin-api")

@@ -26,7 +26,7 @@ from pydantic.json_schema import models_json_schema
 from starlette.datastructures import State
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pipelines.settings import Settings
+from core.settings import Settings
 from serving.asgi import BodyTooLarge, read_body, send_json, too_large
 from serving.logs import AccessLog
 from serving.schemas import Score, Transaction, TransactionWithFeatures

@@ -23,7 +23,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import multiprocess
 
-from monitoring.metrics import MonitoringCollector
+from core.monitor_metrics import MonitoringCollector
 
 MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR"
 PREFIX = "fraudops-metrics-"

@@ -18,8 +18,8 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 
-from pipelines.runtime import write_atomically
-from pipelines.settings import Settings
+from core.runtime import write_atomically
+from core.settings import Settings
 
 log = logging.getLogger("fraudops.models")
 
@@ -114,7 +114,7 @@ def load_from_registry(settings: Settings, alias: str) -> LoadedModel | None:
     """The version behind `alias`, or None if the alias is not set. Raises if the registry is unreachable."""
     import mlflow
 
-    from pipelines import registry
+    from core import registry
 
     client = registry.connect(settings)
     version = registry.aliased_version(client, settings.model_name, alias)

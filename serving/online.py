@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from features.logic import request_features
 from features.store import open_store
-from pipelines.settings import Settings
+from core.settings import Settings
 from serving.sqlite_read import SqliteRead, entity_key, number
 
 log = logging.getLogger("fraudops.online")

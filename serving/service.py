@@ -9,8 +9,8 @@ import threading
 import time
 from collections.abc import Sequence
 
-from pipelines import registry
-from pipelines.settings import Settings
+from core import registry
+from core.settings import Settings
 from serving import logs, models, predlog
 from serving.guardrails import Guardrail, Limits
 from serving.metrics import Metrics

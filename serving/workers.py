@@ -37,7 +37,7 @@ from typing import Any
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
-from pipelines.runtime import poll_until
+from core.runtime import poll_until
 
 
 def _family(host: str) -> socket.AddressFamily:

@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.runtime import prepare, service_available
-from pipelines.settings import Settings
+from core.runtime import prepare, service_available
+from core.settings import Settings
 
 # Prefect reads its settings once, when it is first imported, and some test modules import it at
 # collection: the process-wide set-up (its home, its 90 s start-up limit) has to come before that.

@@ -546,7 +546,8 @@ def test_a_parquet_part_keeps_every_models_features_when_their_feature_sets_diff
     part has the columns of both, null where a model has no such feature, and reads back whole."""
     from datetime import datetime
 
-    from pipelines.settings import Settings
+    from core.settings import Settings
+    from core import predictions
     from serving import predlog
 
     settings = Settings(state_dir=tmp_path)
@@ -555,7 +556,7 @@ def test_a_parquet_part_keeps_every_models_features_when_their_feature_sets_diff
     champion = {**fixed, "transaction_id": "a", "variant": "champion", "model_version": "1", "amount": 10.0}
     challenger = {**fixed, "transaction_id": "b", "variant": "challenger", "model_version": "2", "amount": 20.0, "terminal_risk_90d": 0.3}
     predlog.ParquetSink(settings.predictions_dir)([champion, challenger])
-    frame = predlog.read(settings).set_index("transaction_id")
+    frame = predictions.read(settings).set_index("transaction_id")
     assert frame.loc["b", "terminal_risk_90d"] == 0.3 and pd.isna(frame.loc["a", "terminal_risk_90d"])
     assert frame["amount"].to_dict() == {"a": 10.0, "b": 20.0}
 
@@ -565,7 +566,8 @@ def test_compaction_leaves_one_file_a_finished_day_and_every_record_once(tmp_pat
     file that reads back the same; today's folder, still being written, is left as it is."""
     from datetime import date
 
-    from pipelines.settings import Settings
+    from core.settings import Settings
+    from core import predictions
     from serving import predlog
 
     settings = Settings(state_dir=tmp_path)
@@ -574,31 +576,32 @@ def test_compaction_leaves_one_file_a_finished_day_and_every_record_once(tmp_pat
     log_parts(settings, "2025-07-03", [log_records("f", 1), log_records("g", 1)])  # "today" below
     for day in ("2025-07-01", "2025-07-03"):  # parts whose writer was killed half way; one may still be written today
         (settings.predictions_dir / f"date={day}" / ".part-x.parquet.tmp").write_bytes(b"PAR1")
-    before = predlog.read(settings).sort_values("transaction_id", ignore_index=True)
+    before = predictions.read(settings).sort_values("transaction_id", ignore_index=True)
 
-    assert predlog.compact(settings, before=date(2025, 7, 3)) == 5
+    assert predictions.compact(settings, before=date(2025, 7, 3)) == 5
     files = {p.parent.name: sorted(q.name for q in p.parent.iterdir()) for p in settings.predictions_dir.glob("*/*.parquet")}
     assert [len(files[f"date=2025-07-0{d}"]) for d in (1, 2, 3)] == [1, 1, 3]  # today: two parts and the one in progress
-    after = predlog.read(settings).sort_values("transaction_id", ignore_index=True)
+    after = predictions.read(settings).sort_values("transaction_id", ignore_index=True)
     pd.testing.assert_frame_equal(after[before.columns], before, check_dtype=False)
-    assert predlog.compact(settings, before=date(2025, 7, 3)) == 0  # nothing left to merge
+    assert predictions.compact(settings, before=date(2025, 7, 3)) == 0  # nothing left to merge
 
 
 @pytest.mark.parametrize("stop_at", ["writing the list of parts", "after the list of parts"])
 def test_a_compaction_stopped_half_way_is_finished_by_the_next_and_no_reader_sees_a_record_twice(tmp_path, monkeypatch, stop_at) -> None:
     from datetime import date
 
-    from pipelines.settings import Settings
+    from core.settings import Settings
+    from core import predictions
     from serving import predlog
 
     settings = Settings(state_dir=tmp_path)
     log_parts(settings, "2025-07-01", [log_records("a", 3), log_records("b", 2)])
-    expected = sorted(predlog.read(settings)["transaction_id"])
+    expected = sorted(predictions.read(settings)["transaction_id"])
 
     class Stopped(Exception):
         pass
 
-    finish = predlog._finish
+    finish = predictions._finish
     calls = []
 
     def stop(*args, **kwargs):
@@ -610,14 +613,14 @@ def test_a_compaction_stopped_half_way_is_finished_by_the_next_and_no_reader_see
             raise Stopped
         finish(partition)
 
-    monkeypatch.setattr(predlog, *(("write_atomically", stop) if stop_at == "writing the list of parts" else ("_finish", stop_on_second)))
+    monkeypatch.setattr(predictions, *(("write_atomically", stop) if stop_at == "writing the list of parts" else ("_finish", stop_on_second)))
     with pytest.raises(Stopped):
-        predlog.compact(settings, before=date(2025, 7, 2))
-    assert sorted(predlog.read(settings)["transaction_id"]) == expected  # the merged file is still hidden
+        predictions.compact(settings, before=date(2025, 7, 2))
+    assert sorted(predictions.read(settings)["transaction_id"]) == expected  # the merged file is still hidden
     monkeypatch.undo()
 
-    predlog.compact(settings, before=date(2025, 7, 2))
-    assert sorted(predlog.read(settings)["transaction_id"]) == expected
+    predictions.compact(settings, before=date(2025, 7, 2))
+    assert sorted(predictions.read(settings)["transaction_id"]) == expected
     assert [p.name for p in (settings.predictions_dir / "date=2025-07-01").iterdir()][0].startswith("part-compacted-")
     assert len(list((settings.predictions_dir / "date=2025-07-01").iterdir())) == 1
 
@@ -629,28 +632,29 @@ def test_two_compactions_at_once_take_turns_and_lose_nothing(tmp_path, monkeypat
     import threading
     from datetime import date
 
-    from pipelines.settings import Settings
+    from core.settings import Settings
+    from core import predictions
     from serving import predlog
 
     settings = Settings(state_dir=tmp_path)
     log_parts(settings, "2025-07-01", [log_records("a", 3), log_records("b", 2)])
-    expected = sorted(predlog.read(settings)["transaction_id"])
+    expected = sorted(predictions.read(settings)["transaction_id"])
     listing, proceed = threading.Event(), threading.Event()
-    write_atomically = predlog.write_atomically
+    write_atomically = predictions.write_atomically
 
     def list_when_told(path, text):  # the first merge pauses between its file and its list
         listing.set()
         assert proceed.wait(10)
         write_atomically(path, text)
 
-    monkeypatch.setattr(predlog, "write_atomically", list_when_told)
-    first = threading.Thread(target=predlog.compact, args=(settings, date(2025, 7, 2)))
+    monkeypatch.setattr(predictions, "write_atomically", list_when_told)
+    first = threading.Thread(target=predictions.compact, args=(settings, date(2025, 7, 2)))
     first.start()
     assert listing.wait(10)
-    second = threading.Thread(target=predlog.compact, args=(settings, date(2025, 7, 1)))  # that day is not its to merge
+    second = threading.Thread(target=predictions.compact, args=(settings, date(2025, 7, 1)))  # that day is not its to merge
     second.start()
     second.join(0.5)
     proceed.set()
     first.join(10)
     second.join(10)
-    assert sorted(predlog.read(settings)["transaction_id"]) == expected
+    assert sorted(predictions.read(settings)["transaction_id"]) == expected

@@ -11,7 +11,7 @@ import pytest
 import typer
 
 from pipelines.cli import app
-from pipelines.settings import Settings
+from core.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PAGES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]

@@ -45,7 +45,7 @@ def test_demo_runs_end_to_end_and_catches_the_drift(tmp_path) -> None:
     from evidently.ui.workspace import Workspace
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from monitoring.metrics import MonitoringCollector
+    from core.monitor_metrics import MonitoringCollector
     from monitoring.workspace import PROJECT
 
     registry = CollectorRegistry()

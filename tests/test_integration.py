@@ -168,6 +168,7 @@ def test_prediction_log_in_postgres_holds_every_answer(registry_copy, database) 
     with one column per feature, as from the Parquet parts."""
     from fastapi.testclient import TestClient
 
+    from core import predictions
     from serving import predlog
     from serving.app import create_app
 
@@ -179,7 +180,7 @@ def test_prediction_log_in_postgres_holds_every_answer(registry_copy, database) 
             tx = {"transaction_id": f"pg-{i}", "customer_id": str(i), "terminal_id": str(i), "amount": 10.0 + i,
                   "timestamp": "2025-05-09T10:00:00Z"}
             assert client.post("/predict", json=tx).status_code == 200
-    logged = predlog.read(settings)  # the app has shut down: the writer flushed on the way out
+    logged = predictions.read(settings)  # the app has shut down: the writer flushed on the way out
     assert sorted(logged["transaction_id"]) == sorted(f"pg-{i}" for i in range(n))
     assert set(logged["variant"]) == {"champion", "challenger"}
     assert logged["customer_tx_count_7d"].dtype == "float64"

@@ -130,6 +130,7 @@ def test_out_of_range_values_and_new_categories_warn(tmp_path) -> None:
 def test_a_monitor_run_merges_the_finished_days_of_the_prediction_log_before_it_reads(registry_copy) -> None:
     """The merge runs where the log is read, so a deployment compacts without a job of its own."""
     from pipelines.flows import monitor_flow
+    from core import predictions
     from serving import predlog
     from tests.conftest import log_parts, log_records
 
@@ -137,4 +138,4 @@ def test_a_monitor_run_merges_the_finished_days_of_the_prediction_log_before_it_
     log_parts(settings, "2025-07-01", [log_records("a", 3), log_records("b", 2)])
     monitor_flow(settings, "compaction")
     assert [p.name.startswith("part-compacted-") for p in (settings.predictions_dir / "date=2025-07-01").iterdir()] == [True]
-    assert sorted(predlog.read(settings)["transaction_id"]) == ["a0", "a1", "a2", "b0", "b1"]
+    assert sorted(predictions.read(settings)["transaction_id"]) == ["a0", "a1", "a2", "b0", "b1"]

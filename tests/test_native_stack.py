@@ -23,8 +23,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipelines.settings import REPO_ROOT
-from pipelines.runtime import exited, poll_until, wait_until_up
+from core.settings import REPO_ROOT
+from core.runtime import exited, poll_until, wait_until_up
 from tests.conftest import TINY, free_port, require_service
 
 pytestmark = pytest.mark.integration

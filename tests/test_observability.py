@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from pipelines.settings import REPO_ROOT
+from core.settings import REPO_ROOT
 
 PROMETHEUS = REPO_ROOT / "infra" / "prometheus"
 
@@ -44,7 +44,7 @@ def test_prometheus_config_loads_with_its_rules(tmp_path) -> None:
 
 @pytest.mark.parametrize("path", [PROMETHEUS / "alerts.yml", REPO_ROOT / "infra" / "grafana" / "dashboards" / "fraudops.json"], ids=lambda p: p.name)
 def test_every_metric_read_is_exported(path) -> None:
-    sources = "".join(p.read_text() for folder in ("serving", "monitoring") for p in (REPO_ROOT / folder).glob("*.py"))
+    sources = "".join(p.read_text() for folder in ("core", "serving", "monitoring") for p in (REPO_ROOT / folder).glob("*.py"))
     names = set(re.findall(r"fraudops_[a-z0-9_]+", path.read_text()))
     assert len(names) >= 5
     for name in names:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.runtime import exited, poll_until, write_atomically
+from core.runtime import exited, poll_until, write_atomically
 from tests.conftest import failures_when_run_together
 
 

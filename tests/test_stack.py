@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.settings import REPO_ROOT, Settings
+from core.settings import REPO_ROOT, Settings
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 

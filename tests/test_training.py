@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from pipelines.evaluation import card_precision_at_k, cost_optimal_threshold, expected_cost, recall_at_fpr
+from core.evaluation import card_precision_at_k, cost_optimal_threshold, expected_cost, recall_at_fpr
 from pipelines.training import ModelConfig, Windows
 from tests.conftest import fail_first_call
 
@@ -103,7 +103,7 @@ def test_rejected_data_fails_the_run_and_leaves_aliases(registry_copy) -> None:
 
 
 def test_promote_moves_champion_and_records_why(registry_copy) -> None:
-    from pipelines.registry import promote
+    from core.registry import promote
 
     before = aliases(registry_copy)
     previous, new = promote(registry_copy, reason="better cost on the canary", who="tester")
@@ -119,7 +119,7 @@ def test_promote_moves_champion_and_records_why(registry_copy) -> None:
 def test_a_promotion_that_fails_part_way_leaves_the_registry_as_it_was(registry_copy, monkeypatch, failing) -> None:
     """Either alias write failing puts the aliases and the challenger's tags back. Without that, a
     retried promotion would find both aliases on one version and record it as replacing itself."""
-    from pipelines.registry import promote, rollback
+    from core.registry import promote, rollback
 
     client = MlflowClient(registry_copy.tracking_uri)
     before = aliases(registry_copy)
@@ -135,7 +135,7 @@ def test_a_promotion_that_fails_part_way_leaves_the_registry_as_it_was(registry_
 
 
 def test_a_rollback_that_fails_leaves_the_champion_and_its_tags(registry_copy, monkeypatch) -> None:
-    from pipelines.registry import promote, rollback
+    from core.registry import promote, rollback
 
     client = MlflowClient(registry_copy.tracking_uri)
     promote(registry_copy, reason="canary looked good", who="tester")
@@ -169,7 +169,7 @@ def test_deployments_are_scheduled_from_settings(trained) -> None:
 
 
 def test_rollback_restores_the_replaced_champion(registry_copy) -> None:
-    from pipelines.registry import promote, rollback
+    from core.registry import promote, rollback
 
     before = aliases(registry_copy)
     with pytest.raises(ValueError, match="nothing to roll back to"):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from pipelines.settings import REPO_ROOT
+from core.settings import REPO_ROOT
 
 
 def test_the_packages_and_the_tests_type_check() -> None:

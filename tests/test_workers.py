@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.runtime import poll_until, wait_until_up
+from core.runtime import poll_until, wait_until_up
 from serving.workers import ReusePortSocket, listening, wait_listening
 from tests.conftest import free_port
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from pipelines.settings import Settings
+from core.settings import Settings
 
 T = TypeVar("T")
 

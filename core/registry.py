@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 
-from pipelines.settings import Settings
+from core.settings import Settings
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

@@ -1,0 +1,58 @@
+"""The packages stand in one order: core at the ground, features on it, monitoring and serving above
+features, pipelines on top. An import against that order is a design error that compiles and runs,
+so these tests are what keeps the layering true."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# What each package may import of fraudops besides itself.
+ALLOWED = {
+    "core": set(),
+    "features": {"core"},
+    "monitoring": {"core", "features"},
+    "serving": {"core", "features"},
+    "pipelines": {"core", "features", "monitoring", "serving"},
+}
+
+
+def imported_packages(path: Path) -> set[str]:
+    """The top-level fraudops packages a module imports, at the top or inside functions alike."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else (
+            [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+        found.update(name.split(".")[0] for name in names if name.split(".")[0] in ALLOWED)
+    return found
+
+
+def test_every_import_follows_the_layer_order() -> None:
+    wrong = [
+        f"{path.relative_to(ROOT)} imports {other}"
+        for package, allowed in ALLOWED.items()
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for other in sorted(imported_packages(path) - allowed - {package})
+    ]
+    assert not wrong, "imports against the order core < features < monitoring, serving < pipelines:\n" + "\n".join(wrong)
+
+
+def test_the_walker_sees_imports_inside_functions(tmp_path: Path) -> None:
+    module = tmp_path / "m.py"
+    module.write_text("def f():\n    from pipelines import flows\n    import monitoring.drift\n")
+    assert imported_packages(module) == {"pipelines", "monitoring"}
+
+
+def test_the_api_loads_no_orchestration_or_monitoring_code() -> None:
+    """In a fresh interpreter, as a worker starts: Prefect alone takes seconds to import."""
+    probe = (
+        "import sys, serving.app, serving.workers\n"
+        "bad = sorted({m.split('.')[0] for m in sys.modules} & {'pipelines', 'prefect', 'monitoring', 'evidently'})\n"
+        "print(','.join(bad))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "", f"the API process loaded {result.stdout.strip()}"
