@@ -57,6 +57,8 @@ def validate_transactions(frame: pd.DataFrame, source: str = "batch") -> pd.Data
                 problems.append(f"column {column}: unparseable timestamp at rows {_rows(bad)}")
             out[column] = parsed.dt.tz_localize(None).astype("datetime64[us]")
         elif kind == "amount":
+            if pd.api.types.is_bool_dtype(values):  # true is not an amount of 1.0, on the API or here
+                problems.append(f"column {column}: booleans are not amounts")
             numeric = pd.to_numeric(values, errors="coerce").astype(float)
             bad = ~np.isfinite(numeric.to_numpy())
             if bad.any():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import hmac
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -102,7 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def admin(authorization: Annotated[str | None, Header()] = None) -> None:
         if not settings.admin_token:
             raise HTTPException(404, "admin API is off: set FRAUDOPS_ADMIN_TOKEN to enable it")
-        if authorization != f"Bearer {settings.admin_token}":
+        if not hmac.compare_digest((authorization or "").encode(), f"Bearer {settings.admin_token}".encode()):
             raise HTTPException(401, "admin API needs 'Authorization: Bearer <token>'")
 
     @app.post("/predict/batch", response_model=Scores, tags=["scoring"])

@@ -41,8 +41,25 @@ log = logging.getLogger("fraudops.api")
 CLIENT_LEFT = 499
 
 
-def parse(model: type[M], body: bytes) -> M:
+# FastAPI's answer to a body that is not declared JSON (its `strict_content_type`, on by default): JSON
+# under another content type, such as a form or text/plain that a browser sends cross-site without
+# asking, is refused, not parsed.
+NOT_JSON = [{"type": "model_attributes_type", "loc": ("body",), "msg": "Input should be a valid dictionary or object to extract fields from"}]
+
+
+def declared_json(scope: Scope) -> bool:
+    """FastAPI's rule: the content type is application/json or application/*+json, parameters aside."""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            kind = value.split(b";", 1)[0].strip().lower()
+            return kind == b"application/json" or (kind.startswith(b"application/") and kind.endswith(b"+json"))
+    return False
+
+
+def parse(model: type[M], body: bytes, scope: Scope) -> M:
     """Validate the raw body in one pass, with the rules and the error locations of a FastAPI body."""
+    if not declared_json(scope):
+        raise RequestValidationError(NOT_JSON)
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
@@ -82,7 +99,7 @@ class ScoringLane:
 
     def __init__(self, app: ASGIApp, state: State, settings: Settings, access: AccessLog) -> None:
         self.app, self.state, self.settings, self.access = app, state, settings, access
-        self.routes: dict[str, Callable[[bytes], Awaitable[Score]]] = dict(zip(self.paths, (self.predict, self.predict_features)))
+        self.routes: dict[str, Callable[[bytes, Scope], Awaitable[Score]]] = dict(zip(self.paths, (self.predict, self.predict_features)))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = self.routes.get(scope["path"]) if scope["type"] == "http" else None
@@ -104,7 +121,7 @@ class ScoringLane:
         finally:
             self.access.close(scope, status, started, token)
 
-    async def _answer(self, route: Callable[[bytes], Awaitable[Score]], scope: Scope, receive: Receive) -> Answer | None:
+    async def _answer(self, route: Callable[[bytes, Scope], Awaitable[Score]], scope: Scope, receive: Receive) -> Answer | None:
         if scope["method"] != "POST":
             return 405, orjson.dumps({"detail": "Method Not Allowed"}), [(b"allow", b"POST")]
         try:
@@ -114,7 +131,7 @@ class ScoringLane:
         if body is None:  # the client left
             return None
         try:
-            return 200, (await route(body)).model_dump_json().encode(), []
+            return 200, (await route(body, scope)).model_dump_json().encode(), []
         except RequestValidationError as exc:
             return 422, orjson.dumps({"detail": validation_detail(exc)}), []
         except HTTPException as exc:
@@ -124,14 +141,14 @@ class ScoringLane:
             log.exception("scoring request failed")
             return 500, orjson.dumps({"detail": "Internal Server Error"}), []
 
-    async def predict(self, body: bytes) -> Score:
-        return (await within_budget(self.state, self.settings, [parse(Transaction, body)]))[0]
+    async def predict(self, body: bytes, scope: Scope) -> Score:
+        return (await within_budget(self.state, self.settings, [parse(Transaction, body, scope)]))[0]
 
-    async def predict_features(self, body: bytes) -> Score:
+    async def predict_features(self, body: bytes, scope: Scope) -> Score:
         """Scored on the event loop itself: with the features in the request there is no I/O to wait
         for and nothing that could hang (the trees take microseconds), so the time limit and the hop
         to a scoring thread, which cost more than the work, are left out."""
-        request = parse(TransactionWithFeatures, body)
+        request = parse(TransactionWithFeatures, body, scope)
         service = ready_service(self.state)
         needed = set(service.models["champion"].features) | set(getattr(service.models.get("challenger"), "features", ()))
         missing = sorted(needed - set(request.features))

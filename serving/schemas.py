@@ -5,9 +5,20 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="1-64 letters, digits, _ . : -")]
+
+def _integer_as_text(value: object) -> object:
+    """Ids are text, but many feeds send numeric ids as JSON numbers, and ingest reads a CSV column of
+    numbers as their text: an integer id is taken as its decimal text on every path. A boolean or a
+    fractional number is not an id and is refused."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+Identifier = Annotated[str, BeforeValidator(_integer_as_text),
+                       Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="1-64 letters, digits, _ . : - (an integer is taken as its text)")]
+# Strict: JSON true is not an amount of 1.0, nor "12" an amount of 12. Integers are numbers.
+Number = Annotated[float, Field(strict=True)]
 EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
 LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)
 
@@ -22,7 +33,7 @@ class Transaction(BaseModel):
     transaction_id: Identifier
     customer_id: Identifier
     terminal_id: Identifier
-    amount: float = Field(ge=0, le=1_000_000, allow_inf_nan=False, description="Amount in the card's currency; finite, 0 to 1,000,000.")
+    amount: Number = Field(ge=0, le=1_000_000, allow_inf_nan=False, description="Amount in the card's currency; finite, 0 to 1,000,000.")
     timestamp: datetime = Field(description="ISO 8601; naive times are taken as UTC; 2000-01-01 to 2100-01-01.")
 
     @field_validator("timestamp")
@@ -39,7 +50,7 @@ class TransactionWithFeatures(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     transaction: Transaction
-    features: dict[Annotated[str, Field(max_length=64)], float | None] = Field(
+    features: dict[Annotated[str, Field(max_length=64)], Number | None] = Field(
         max_length=64, description="null for a missing value (the model treats it as missing, not as 0)"
     )
 

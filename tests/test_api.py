@@ -18,7 +18,7 @@ from serving.app import create_app
 from serving.logs import _CLIENT_ID
 from tests.conftest import fail_first_call, log_parts, log_records
 
-TX = {"transaction_id": "tx-1", "customer_id": "12", "terminal_id": "34", "amount": 42.5, "timestamp": "2025-05-09T10:00:00Z"}
+TX: dict[str, object] = {"transaction_id": "tx-1", "customer_id": "12", "terminal_id": "34", "amount": 42.5, "timestamp": "2025-05-09T10:00:00Z"}
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +75,59 @@ def test_missing_field_and_non_finite_amount_are_refused(client) -> None:
         answer = client.post("/predict", content=body, headers={"content-type": "application/json"})
         assert answer.status_code == 422, raw
         assert answer.json()["detail"][0]["loc"] == ["body", "amount"]
+
+
+HOSTILE: list[tuple[str, object, str | None]] = [  # (what is wrong, the transaction as sent, the content type)
+    ("boolean amount", {**TX, "amount": True}, "application/json"),
+    ("amount as text", {**TX, "amount": "12"}, "application/json"),
+    ("boolean id", {**TX, "customer_id": True}, "application/json"),
+    ("fractional id", {**TX, "customer_id": 1.5}, "application/json"),
+    ("null id", {**TX, "terminal_id": None}, "application/json"),
+    ("list for an object", [TX], "application/json"),
+    ("nested object for an amount", {**TX, "amount": {"value": 1}}, "application/json"),
+    ("huge number", {**TX, "amount": 1e308 * 10}, "application/json"),
+    ("JSON sent as text/plain", TX, "text/plain"),
+    ("JSON sent as a form", TX, "application/x-www-form-urlencoded"),
+    ("no content type", TX, None),
+    ("integer ids are their text", {**TX, "customer_id": 12, "terminal_id": 34}, "application/json"),
+    ("vendor JSON type", TX, "application/vnd.fraudops+json; charset=utf-8"),
+]
+
+
+def _on_every_path(client, body: object, content_type: str | None, features: dict[str, float]) -> dict[str, tuple[int, object]]:
+    """The same transaction to each scoring path, each wrapping it as that path expects."""
+    def post(path: str, wrapped: object) -> tuple[int, object]:
+        headers = {"content-type": content_type} if content_type else {}
+        answer = client.post(path, content=json.dumps(wrapped).replace("Infinity", "1e999"), headers=headers)
+        detail = answer.json().get("detail") if answer.status_code != 200 else None
+        shape = sorted({key for error in detail for key in error}) if isinstance(detail, list) else type(detail).__name__
+        return answer.status_code, shape
+
+    return {
+        "/predict": post("/predict", body),
+        "/predict/batch": post("/predict/batch", {"transactions": [body]}),
+        "/predict/features": post("/predict/features", {"transaction": body, "features": features}),
+    }
+
+
+@pytest.mark.parametrize("what, body, content_type", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_every_scoring_path_gives_the_same_answer_to_the_same_body(client, what, body, content_type) -> None:
+    """The fast lane answers /predict and /predict/features ahead of FastAPI, which answers
+    /predict/batch: one validation model, one status and one error shape on all three."""
+    service = client.app.state.service
+    features = dict.fromkeys(service.models["champion"].features, 1.0)
+    answers = _on_every_path(client, body, content_type, features)
+    statuses = {status for status, _ in answers.values()}
+    assert len(statuses) == 1 and not any(s >= 500 for s in statuses), answers
+    assert len({repr(shape) for _, shape in answers.values()}) == 1, answers
+    accepted = what in ("integer ids are their text", "vendor JSON type")
+    assert statuses == ({200} if accepted else {422}), answers
+
+
+def test_a_boolean_feature_value_is_refused(client) -> None:
+    names = client.app.state.service.models["champion"].features
+    answer = client.post("/predict/features", json={"transaction": TX, "features": {**dict.fromkeys(names, 1.0), names[0]: True}})
+    assert answer.status_code == 422 and answer.json()["detail"][0]["loc"][-1] == names[0]
 
 
 def test_body_limit_is_enforced_by_the_app(client) -> None:

@@ -33,6 +33,7 @@ def test_good_batch_is_coerced() -> None:
         (lambda f: f.assign(amount=[10.0, -1.0, 3.0]), "column amount: negative amount at rows 1"),
         (lambda f: f.assign(amount=[10.0, np.inf, np.nan]), "column amount: not a finite number at rows 1, 2"),
         (lambda f: f.assign(amount=["10", "ten", "3"]), "column amount: not a finite number at rows 1"),
+        (lambda f: f.assign(amount=[True, False, True]), "column amount: booleans are not amounts"),
         (lambda f: f.assign(is_fraud=[0, 2, 0]), "column is_fraud: must be one of [0, 1] at rows 1"),
         (lambda f: f.assign(timestamp=["2025-01-01", "yesterday", "2025-01-03"]), "column timestamp: unparseable timestamp at rows 1"),
         (lambda f: f.assign(transaction_id=["a", "b", "a"]), "column transaction_id: duplicate id at rows 0, 2"),
