@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     terminals: int = Field(2_000, ge=1)
     days: int = Field(100, ge=1)
     start_date: str = "2025-04-01"
+    card_testing: bool = Field(True, description="Simulate the card-testing fraud scenario beside the Handbook's three; off reproduces the Handbook alone.")
 
     # Features. Labels are known only `label_delay_days` after a transaction, so terminal risk skips them.
     label_delay_days: int = Field(7, ge=0)
@@ -39,7 +40,7 @@ class Settings(BaseSettings):
     feast_project: str = "fraudops"
     feast_registry_url: str | None = Field(None, description="e.g. postgresql+psycopg://postgres@localhost/feast")
     feast_redis_url: str | None = Field(None, description="host:port[,db=N] of the Redis online store")
-    feature_service: str = "fraud_detection_v1"
+    feature_service: str = "fraud_detection_v2"
 
     # Training: the handbook's protocol, a train window, a delay period, then a test window.
     train_start_day: int = Field(30, ge=0, description="Days after start_date; earlier days warm up the windows.")
@@ -104,7 +105,7 @@ class Settings(BaseSettings):
     max_missing_share: float = Field(0.05, ge=0, le=1, description="Share of answers with defaulted features that warns.")
     max_out_of_range_share: float = Field(0.01, ge=0, le=1, description="Share of a feature's live values outside its reference range that warns.")
     min_rows: int = Field(200, ge=1, description="Fewer logged predictions than this give insufficient_data.")
-    rate_drift_p_value: float = Field(0.01, gt=0, lt=1, description="z-test level for the decision rate and the labelled fraud rate.")
+    rate_drift_p_value: float = Field(0.01, gt=0, lt=1, description="Test level of the monitor's z-tests (decision rate, labelled fraud rate) and of the KS test on a small sample of scores.")
     # Quality once labels arrive (label_delay_days after the transaction), and acting on the evidence.
     quality_days: int = Field(28, ge=1, description="Days of labelled predictions judged for quality, ending label_delay_days before now.")
     min_labelled_frauds: int = Field(20, ge=1, description="A variant with fewer labelled frauds than this is not judged.")

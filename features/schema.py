@@ -68,7 +68,7 @@ def validate_transactions(frame: pd.DataFrame, source: str = "batch") -> pd.Data
                 problems.append(f"column {column}: negative amount at rows {_rows(negative)}")
             out[column] = numeric
         else:
-            allowed = {0, 1} if kind == "label" else {0, 1, 2, 3}
+            allowed = {0, 1} if kind == "label" else {0, 1, 2, 3, 4}
             numeric = pd.to_numeric(values, errors="coerce")
             bad = ~numeric.isin(allowed)
             if bad.any():

@@ -1,9 +1,10 @@
-"""Opening the Feast store from settings, applying definitions and materializing."""
+"""Opening the Feast store from settings, applying definitions, the training join, and the backfill of
+the live feature state."""
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from string import Template
 
@@ -53,21 +54,25 @@ def apply(settings: Settings) -> FeatureStore:
     return store
 
 
-def materialize(settings: Settings, end: datetime) -> None:
-    """Load snapshots up to `end` into the online store, starting where the last run stopped.
+def materialize(settings: Settings, end: datetime) -> int:
+    """Backfill the live state as it stood at `end`: every transaction a window at `end` can reach,
+    and the frauds whose labels had arrived by then (`delay_days` after their transaction). Serving
+    keeps it current from there, transaction by transaction. Idempotent: events are keyed by
+    transaction id, so a second backfill over the same period changes nothing. The number of
+    transactions loaded."""
+    from features.live import SECOND_US, terminal_horizon_us
+    from features.offline import read_transactions
+    from features.state import LATE_MARGIN_US, Tx, open_state
 
-    Feast's incremental mode starts a first run at "now minus TTL", which loads nothing for data
-    that is not from today; a first run starts at `end` minus the TTL instead, which is all that
-    serving can use anyway.
-    """
-    from features.repo.definitions import SNAPSHOT_TTL
-
-    store = open_store(settings)
-    views = store.list_feature_views()
-    if any(view.materialization_intervals for view in views):
-        store.materialize_incremental(end_date=end)
-    else:
-        store.materialize(start_date=end - SNAPSHOT_TTL, end_date=end)
+    start = end - timedelta(microseconds=terminal_horizon_us(settings.label_delay_days) + LATE_MARGIN_US)
+    frame = read_transactions(settings.transactions_dir, f"timestamp >= TIMESTAMP '{start}' AND timestamp < TIMESTAMP '{end}'")
+    us = frame["timestamp"].to_numpy().astype("datetime64[us]").astype("int64")
+    state = open_state(settings)
+    state.load([Tx(str(t), str(c), str(m), float(a), int(u)) for t, c, m, a, u in
+                zip(frame["transaction_id"], frame["customer_id"], frame["terminal_id"], frame["amount"], us)])
+    known = (frame["is_fraud"].to_numpy() == 1) & (us + settings.label_delay_days * 86_400 * SECOND_US <= int(pd.Timestamp(end).value // 1000))
+    state.add_frauds(zip(frame["terminal_id"][known], frame["transaction_id"][known], us[known].tolist()))
+    return len(frame)
 
 
 def model_features(store: FeatureStore, service: str) -> list[str]:
@@ -77,7 +82,8 @@ def model_features(store: FeatureStore, service: str) -> list[str]:
 
 
 def historical_features(store: FeatureStore, service: str, transactions: pd.DataFrame) -> pd.DataFrame:
-    """Point-in-time join: each transaction gets the feature values as of its own timestamp."""
+    """Point-in-time join: each transaction gets the feature values as of its own timestamp (its own
+    row of the event-level views)."""
     entity = transactions.rename(columns={"timestamp": "event_timestamp"})
     entity["tx_unix_seconds"] = entity["event_timestamp"].astype("datetime64[s]").astype("int64")
     joined = store.get_historical_features(entity_df=entity, features=store.get_feature_service(service)).to_df()
@@ -85,9 +91,9 @@ def historical_features(store: FeatureStore, service: str, transactions: pd.Data
     return joined.sort_values(["event_timestamp", "transaction_id"], ignore_index=True)
 
 
-def latest_snapshot(settings: Settings) -> datetime:
-    """The newest snapshot time in the offline feature tables: "materialize everything we have"."""
+def latest_transaction(settings: Settings) -> datetime:
+    """The newest transaction time in the offline store: "backfill everything we have"."""
     from core.query import select
+    from features.offline import parts_glob
 
-    path = settings.features_dir / "customer_features.parquet"
-    return select(f"SELECT MAX(event_timestamp) FROM read_parquet('{path}')").fetchall()[0][0]
+    return select(f"SELECT MAX(timestamp) FROM read_parquet('{parts_glob(settings.transactions_dir)}')").fetchall()[0][0]

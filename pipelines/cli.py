@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -34,6 +34,7 @@ def simulate(
     drift: Annotated[Optional[list[str]], typer.Option(help="Drift scenario for the production period: amount_inflation, terminal_wave. Repeatable.")] = None,
     drift_start_day: Annotated[Optional[int], typer.Option(min=0, help="First day of the drift scenarios.")] = None,
     replace: Annotated[bool, typer.Option(help="Replace transactions already in the output folder.")] = False,
+    card_testing: Annotated[Optional[bool], typer.Option(help="The card-testing scenario beside the Handbook's three (default from settings; off reproduces the Handbook alone).")] = None,
 ) -> None:
     """Simulate card transactions with labelled fraud (Fraud Detection Handbook, chapter 3).
 
@@ -43,15 +44,12 @@ def simulate(
 
     from features.simulator import Drift, SimulationConfig, write_simulation
 
-    s = settings(customers=customers, terminals=terminals, days=days, seed=seed)
+    s = settings(customers=customers, terminals=terminals, days=days, seed=seed, card_testing=card_testing)
     try:
         scenarios = tuple(Drift(d) for d in drift or [])
     except ValueError as exc:
         raise typer.BadParameter(f"{exc}; choose from {', '.join(d.value for d in Drift)}", param_hint="--drift") from exc
-    cfg = SimulationConfig(
-        customers=s.customers, terminals=s.terminals, days=s.days, seed=s.seed,
-        start_date=date.fromisoformat(s.start_date), drift=scenarios, drift_start_day=drift_start_day,
-    )
+    cfg = SimulationConfig.from_settings(s, drift=scenarios, drift_start_day=drift_start_day)
     with Progress(console=console) as progress:
         bar = progress.add_task("simulating days", total=cfg.days)
         rows = write_simulation(cfg, out or s.transactions_dir, replace, lambda n: progress.advance(bar, n))
@@ -70,14 +68,14 @@ def features_apply() -> None:
 
 @features_app.command("materialize")
 def features_materialize(
-    until: Annotated[Optional[datetime], typer.Option(help="Load snapshots up to this time (default: the newest snapshot).")] = None,
+    until: Annotated[Optional[datetime], typer.Option(help="Backfill the live state as of this time (default: just after the newest transaction).")] = None,
 ) -> None:
-    """Load new feature snapshots into the online store (incremental: only what is new)."""
-    from features.store import latest_snapshot, materialize
+    """Backfill the live feature state from the offline transactions (idempotent: what is there stays)."""
+    from features.store import latest_transaction, materialize
 
     s = settings()
-    materialize(s, until or latest_snapshot(s) + timedelta(seconds=1))
-    console.print("materialized")
+    loaded = materialize(s, until or latest_transaction(s) + timedelta(seconds=1))
+    console.print(f"live state backfilled with {loaded:,} transactions")
 
 
 MODELS = {"lightgbm": "test", "logistic_regression": "baseline_logistic_regression", "amount_rule": "baseline_amount_rule"}
@@ -214,15 +212,21 @@ def replay(
     days: Annotated[int, typer.Option(min=1, help="Days of transactions to replay.")] = 1,
     url: Annotated[Optional[str], typer.Option(help="API base URL (default from settings).")] = None,
     concurrency: Annotated[int, typer.Option(min=1, max=256, help="Requests in flight.")] = 8,
+    labels: Annotated[bool, typer.Option(help="Deliver each fraud label to the live state label_delay_days after its transaction, as a chargeback feed would.")] = True,
 ) -> None:
-    """Send recorded transactions through a running API, as live traffic."""
+    """Send recorded transactions through a running API, as live traffic, and their labels as they arrive.
+
+    Example: fraudops features materialize --until 2025-07-20 && fraudops replay --start 2025-07-20
+    """
+    import pandas as pd
+
     from features.offline import read_transactions
-    from pipelines.replay import replay as run
+    from pipelines.replay import label_feed, replay as run
 
     s = settings()
     end = start + timedelta(days=days)
     tx = read_transactions(s.transactions_dir, f"timestamp >= TIMESTAMP '{start}' AND timestamp < TIMESTAMP '{end}'")
-    stats = run(url or s.api_url, tx, concurrency)
+    stats = run(url or s.api_url, tx, concurrency, feed=label_feed(s, pd.Timestamp(start), pd.Timestamp(end)) if labels else None)
     console.print(f"sent {stats.sent:,} in {stats.seconds:.1f}s ({stats.rate:,.0f}/s); statuses {stats.statuses}; variants {stats.by_variant}")
 
 

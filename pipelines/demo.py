@@ -18,6 +18,7 @@ from pathlib import Path
 from collections.abc import Iterator
 
 import httpx
+import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
@@ -69,7 +70,7 @@ def run(settings: Settings, console: Console) -> dict[str, object]:
     from features.simulator import Drift, SimulationConfig, write_simulation
     from features.store import materialize
     from pipelines.flows import features_flow, monitor_flow, training_flow
-    from pipelines.replay import replay
+    from pipelines.replay import label_feed, replay
     from pipelines.training import ModelConfig, Windows
 
     windows = Windows.from_settings(settings)
@@ -84,18 +85,15 @@ def run(settings: Settings, console: Console) -> dict[str, object]:
     summary: dict[str, object] = {}
 
     with console.status("[1/6] simulating transactions"):
-        cfg = SimulationConfig(
-            customers=settings.customers, terminals=settings.terminals, days=settings.days, seed=settings.seed,
-            start_date=date.fromisoformat(settings.start_date), drift=(Drift.amount_inflation,), drift_start_day=drift_day,
-        )
+        cfg = SimulationConfig.from_settings(settings, drift=(Drift.amount_inflation,), drift_start_day=drift_day)
         summary["transactions"] = write_simulation(cfg, settings.transactions_dir)
     console.print(f"[green]✓[/] simulated {summary['transactions']:,} transactions over {settings.days} days "
                   f"(amounts inflate from day {drift_day})")
 
-    with console.status("[2/6] computing features, feast apply, materialize"):
+    with console.status("[2/6] computing features, feast apply"):
         with quiet_stdout():
-            snapshots = features_flow(settings, materialize_until=calm_start.to_pydatetime())
-    console.print(f"[green]✓[/] feature snapshots: {snapshots['customer']:,} customer rows, {snapshots['terminal']:,} terminal rows")
+            feature_rows = features_flow(settings)
+    console.print(f"[green]✓[/] event-time features: {feature_rows['transaction']:,} rows, one per transaction as of its own time")
 
     trained: dict[str, dict[str, object]] = {}
     # The challenger differs in capacity only: the class weight is chosen by validation for both, so
@@ -111,15 +109,15 @@ def run(settings: Settings, console: Console) -> dict[str, object]:
         console.print(f"[green]✓[/] API ready at {settings.api_url}/docs")
         for period, first in (("calm", calm_start.to_pydatetime()), ("drifted", drift_start)):
             stats = None
+            materialize(settings, first)  # the live state as it stood when the period began: the days between were not replayed
             for offset in range(PRODUCTION_DAYS):
                 day = first + timedelta(days=offset)
                 with console.status(f"[5/6] replaying the {period} period, {day.date()}"):
-                    with quiet_stdout():
-                        materialize(settings, day)  # what the online store would hold that morning
                     tx = read_transactions(
                         settings.transactions_dir, f"timestamp >= TIMESTAMP '{day}' AND timestamp < TIMESTAMP '{day + timedelta(days=1)}'"
                     )
-                    stats = replay(settings.api_url, tx)
+                    # the labels of earlier transactions arrive as the day goes on, and move terminal risk then
+                    stats = replay(settings.api_url, tx, feed=label_feed(settings, pd.Timestamp(day), pd.Timestamp(day + timedelta(days=1))))
                 console.print(f"[green]✓[/] replayed {stats.sent:,} transactions of {day.date()} at {stats.rate:,.0f}/s, "
                               f"statuses {stats.statuses}, variants {stats.by_variant}")
             time.sleep(1.5)  # let the prediction log's writer flush its last batch

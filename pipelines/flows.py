@@ -19,6 +19,7 @@ import pandas as pd
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.models import infer_signature
 from prefect import Flow, flow, get_run_logger, task
+from sklearn.metrics import average_precision_score
 
 from features.compute import compute_features
 from features.offline import read_transactions
@@ -52,17 +53,17 @@ def apply_feature_repo(settings: Settings) -> None:
 
 
 @task
-def materialize_online(settings: Settings, end: datetime) -> None:
-    materialize(settings, end)
+def backfill_live_state(settings: Settings, end: datetime) -> int:
+    return materialize(settings, end)
 
 
 @flow(name="features")
 def features_flow(settings: Settings | None = None, materialize_until: datetime | None = None) -> dict[str, int]:
     settings = settings or Settings()
-    rows = compute_feature_tables(settings)  # snapshots from the offline transactions
+    rows = compute_feature_tables(settings)  # one row per transaction, as of its own time
     apply_feature_repo(settings)  # register definitions in the Feast registry
     if materialize_until is not None:
-        materialize_online(settings, materialize_until)  # push the latest snapshots online
+        backfill_live_state(settings, materialize_until)  # the online state as it stood then
     return rows
 
 
@@ -149,9 +150,10 @@ def log_and_register(result: TrainResult, frame: pd.DataFrame, windows: Windows,
     client = registry.configure(settings)
     features = result.features
     example = frame[features].head(5).astype("float64")  # counts may be missing online: doubles, not ints
-    ap = result.metrics["test_average_precision"]
-    passed = ap >= settings.min_average_precision
-    gate = "passed" if passed else f"failed: test AP {ap:.3f} < min_average_precision {settings.min_average_precision}"
+    champion_ap = champion_on(result, settings)
+    failures = gate_failures(result.metrics, champion_ap, settings.min_average_precision)
+    passed = not failures
+    gate = "passed" if passed else "failed: " + "; ".join(failures)
     with mlflow.start_run(run_name=f"lightgbm-{result.config.num_leaves}-leaves") as run:
         mlflow.log_params({**asdict(result.config), "threshold": result.threshold, "train_rows": result.train_rows})
         mlflow.log_metrics({**result.metrics, **result.selection})
@@ -194,6 +196,38 @@ def log_and_register(result: TrainResult, frame: pd.DataFrame, windows: Windows,
         client.delete_model_version(settings.model_name, version)  # no version without its alias
         raise
     return {**outcome, "version": str(version), "alias": alias}
+
+
+def gate_failures(metrics: dict[str, float], champion_ap: float | None, min_ap: float) -> list[str]:
+    """Why a candidate may not be registered, on its own test window: below the floor, no better than
+    the linear baseline on the same features (then the trees earn nothing for their cost), or, as a
+    challenger, below the champion on the same window (the canary would spend live traffic on a
+    model already known to be worse)."""
+    ap = metrics["test_average_precision"]
+    baseline = metrics["baseline_logistic_regression_average_precision"]
+    failures = []
+    if ap < min_ap:
+        failures.append(f"test AP {ap:.3f} < min_average_precision {min_ap}")
+    if ap <= baseline:
+        failures.append(f"test AP {ap:.3f} <= the logistic-regression baseline's {baseline:.3f} on the same window")
+    if champion_ap is not None and ap < champion_ap:
+        failures.append(f"test AP {ap:.3f} < the champion's {champion_ap:.3f} on the same window")
+    return failures
+
+
+def champion_on(result: TrainResult, settings: Settings) -> float | None:
+    """The serving champion's AP on the candidate's test rows; None without a champion, or when it
+    reads features this training set does not have."""
+    client = registry.connect(settings)
+    if registry.aliased_version(client, settings.model_name, registry.CHAMPION) is None:
+        return None
+    run = registry.logged_run(client, client.get_model_version_by_alias(settings.model_name, registry.CHAMPION))
+    features = json.loads(run.data.tags["features"])
+    if not set(features) <= set(result.test.columns):
+        return None
+    booster = mlflow.lightgbm.load_model(f"models:/{settings.model_name}@{registry.CHAMPION}")
+    scores = booster.predict(result.test[features].astype("float64").to_numpy())
+    return float(average_precision_score(result.test["is_fraud"], scores))
 
 
 def fingerprint_of(frame: pd.DataFrame, features: list[str], windows: Windows, config: ModelConfig, settings: Settings) -> str:

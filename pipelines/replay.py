@@ -1,15 +1,57 @@
-"""Replaying recorded transactions through a running API, as production traffic would arrive."""
+"""Replaying recorded transactions through a running API, as production traffic would arrive, with
+their fraud labels arriving `label_delay_days` later through the label path (`features.state`'s
+`add_frauds`, where a chargeback feed would deliver them), never earlier."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
 import pandas as pd
+
+from core.settings import Settings
+from features.live import DAY_US
+from features.offline import read_transactions
+
+Fraud = tuple[str, str, int]  # (terminal_id, transaction_id, transaction time in microseconds)
+
+
+@dataclass
+class LabelFeed:
+    """Fraud labels in order of arrival, handed to `deliver` once the replay's clock reaches them."""
+
+    arrivals: list[tuple[int, Fraud]]  # (arrival time in microseconds, the fraud)
+    deliver: Callable[[list[Fraud]], None]
+    delivered: int = 0
+
+    def until(self, us: int) -> None:
+        """Deliver every label that has arrived by `us`."""
+        due = 0
+        while self.delivered + due < len(self.arrivals) and self.arrivals[self.delivered + due][0] <= us:
+            due += 1
+        if due:
+            self.deliver([fraud for _, fraud in self.arrivals[self.delivered:self.delivered + due]])
+            self.delivered += due
+
+    def next_arrival(self) -> int | None:
+        return self.arrivals[self.delivered][0] if self.delivered < len(self.arrivals) else None
+
+
+def label_feed(settings: Settings, start: pd.Timestamp, end: pd.Timestamp) -> LabelFeed:
+    """The simulator's fraud labels that arrive while [start, end) is replayed, each `label_delay_days`
+    after its transaction, delivered to the live state as a chargeback feed would."""
+    from features.state import open_state
+
+    delay = settings.label_delay_days * DAY_US
+    frauds = read_transactions(settings.transactions_dir, f"is_fraud = 1 AND timestamp >= TIMESTAMP '{start - pd.Timedelta(microseconds=delay)}' "
+                                                          f"AND timestamp < TIMESTAMP '{end}'")
+    us = frauds["timestamp"].to_numpy().astype("datetime64[us]").astype("int64").tolist()
+    arrivals = sorted((u + delay, (str(m), str(t), u)) for m, t, u in zip(frauds["terminal_id"], frauds["transaction_id"], us))
+    return LabelFeed(arrivals, open_state(settings).add_frauds)
 
 
 @dataclass
@@ -25,6 +67,23 @@ class ReplayStats:
         return self.sent / self.seconds if self.seconds else 0.0
 
 
+def segments(times: list[int], feed: LabelFeed | None) -> list[tuple[int, int]]:
+    """Runs of transactions that no label arrives in the middle of, as [first, last) positions: each
+    is sent concurrently after the labels due at its first transaction were delivered."""
+    if feed is None:
+        return [(0, len(times))]
+    bounds = [0]
+    arrivals = iter(sorted(arrival for arrival, _ in feed.arrivals))
+    arrival = next(arrivals, None)
+    for i, at in enumerate(times):
+        if arrival is not None and at >= arrival:
+            if bounds[-1] != i:
+                bounds.append(i)
+            while arrival is not None and arrival <= at:
+                arrival = next(arrivals, None)
+    return list(zip(bounds, [*bounds[1:], len(times)]))
+
+
 def payloads(transactions: pd.DataFrame) -> list[dict[str, object]]:
     return [
         {
@@ -38,14 +97,14 @@ def payloads(transactions: pd.DataFrame) -> list[dict[str, object]]:
     ]
 
 
-async def _replay(url: str, bodies: list[dict[str, object]], concurrency: int, on_done: Callable[[int], None] | None) -> ReplayStats:
+async def _replay(url: str, bodies: list[dict[str, object]], times: list[int], concurrency: int,
+                  on_done: Callable[[int], None] | None, feed: LabelFeed | None) -> ReplayStats:
     statuses: Counter[int] = Counter()
     variants: Counter[str] = Counter()
     flagged = 0
-    cursor = iter(bodies)
     started = time.perf_counter()
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(client: httpx.AsyncClient, cursor: Iterator[dict[str, object]]) -> None:
         nonlocal flagged
         for body in cursor:  # workers share one iterator: each body is sent exactly once
             try:
@@ -63,9 +122,17 @@ async def _replay(url: str, bodies: list[dict[str, object]], concurrency: int, o
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10.0) as client:
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        for first, last in segments(times, feed):
+            if feed is not None:
+                feed.until(times[first])
+            cursor = iter(bodies[first:last])
+            await asyncio.gather(*(worker(client, cursor) for _ in range(concurrency)))
     return ReplayStats(len(bodies), dict(statuses), time.perf_counter() - started, flagged, dict(variants))
 
 
-def replay(url: str, transactions: pd.DataFrame, concurrency: int = 8, on_done: Callable[[int], None] | None = None) -> ReplayStats:
-    return asyncio.run(_replay(url, payloads(transactions), concurrency, on_done))
+def replay(url: str, transactions: pd.DataFrame, concurrency: int = 8, on_done: Callable[[int], None] | None = None,
+           feed: LabelFeed | None = None) -> ReplayStats:
+    """Send `transactions` in time order, `concurrency` at a time; with a `feed`, each label is
+    delivered before the first transaction at or after its arrival is sent."""
+    times = transactions["timestamp"].to_numpy().astype("datetime64[us]").astype("int64").tolist()
+    return asyncio.run(_replay(url, payloads(transactions), times, concurrency, on_done, feed))

@@ -1,15 +1,12 @@
-"""Online features: one Feast online-store read for the customer and terminal views, then the
-request-time features computed by the same function as Feast's on-demand view offline.
+"""Online features: each transaction updates its card's and terminal's live state and reads back their
+history in one atomic step (`features.state`), then the windows are computed by the same definitions
+as offline (`features.live`), so every score sees the card's history up to the transaction itself.
 
-The views are read below `get_online_features` with the on-demand view: on SQLite in one statement per
-batch (`serving.sqlite_read`), on other stores through Feast's provider. The lookup is several times
-faster (`fraudops bench`), and parity holds because both sides call `features.logic.request_features`;
-the parity tests compare the two paths.
-
-A store that fails or stops answering must not take the API with it: every read gives up after
+A store that fails or stops answering must not take the API with it: every step gives up after
 `online_timeout_ms`, and after a failure the store is skipped for `online_retry_seconds` (a circuit
-breaker), so an outage costs one slow answer per retry period, not one per request. Meanwhile answers
-use the defaults and say `degraded`.
+breaker), so an outage costs one slow answer per retry period, not one per request. Meanwhile the
+windows hold only the transaction itself (as for a card never seen), and answers say `degraded`
+and list every stateful feature in `features_missing`.
 """
 
 from __future__ import annotations
@@ -20,16 +17,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from features.logic import request_features
-from features.store import open_store
 from core.settings import Settings
-from serving.sqlite_read import SqliteRead, entity_key, number
+from features.live import LIVE_FEATURES
+from features.logic import request_features
+from features.state import History, Tx, features, open_state
 
 log = logging.getLogger("fraudops.online")
-
-# What a customer or terminal with no history has offline: no transactions, so zero counts, means
-# and risk. An unknown entity gets exactly these, and the answer lists it in `features_missing`.
-DEFAULT_VALUE = 0.0
+NO_HISTORY = History([], [], [])
 
 
 @dataclass
@@ -37,7 +31,6 @@ class Lookup:
     values: dict[str, float]
     missing: list[str]
     degraded: bool
-
 
 class Breaker:
     """Closed: every lookup reads the store. Open (after a failure): lookups skip it until the retry
@@ -80,76 +73,31 @@ class Breaker:
 
 class OnlineFeatures:
     def __init__(self, settings: Settings, on_breaker: Callable[[bool], None] = lambda opened: None) -> None:
-        self.store = open_store(settings)
-        service = self.store.get_feature_service(settings.feature_service)
-        views = {view.name: view for view in self.store.list_feature_views()}
-        # (view, its join key, the features this service takes from it), read with one key lookup each
-        self.reads = [
-            (views[p.name], views[p.name].join_keys[0], [f.name for f in p.features])
-            for p in service.feature_view_projections
-            if p.name in views
-        ]
-        self.names = [name for _, _, names in self.reads for name in names]
-        self.provider = self.store._get_provider()  # Feast's own online-store read, without the response assembly
-        # SQLite: one statement and one step per batch (`serving.sqlite_read`); any other store: Feast's read
-        self._read: Callable[[dict[str, list[str]]], list[dict[str, float | None]]] = SqliteRead(self.store, self.reads) if self.store.config.online_store.type == "sqlite" else self._provider_read
+        self.state = open_state(settings, timeout_seconds=settings.online_timeout_ms / 1000)
+        self.delay_days = settings.label_delay_days
+        self.names = ["amount", *LIVE_FEATURES, "is_weekend", "is_night"]
         self.breaker = Breaker(settings.online_retry_seconds, on_breaker)
-        self._bound_reads(settings.online_timeout_ms / 1000)
 
-    def _bound_reads(self, seconds: float) -> None:
-        """Make each read give up after `seconds`, in the store's own terms. Here, not in the shared
-        feature_store.yaml: materialization writes in large batches and must not get serving's limit."""
-        online = self.store.config.online_store
-        if online.type == "redis":  # Feast builds its client from this string
-            from redis.backoff import NoBackoff
-            from redis.retry import Retry
+    def lookup(self, tx: Tx) -> Lookup:
+        return self.lookup_many([tx])[0]
 
-            given = online.connection_string
-            extra = [f"{key}={seconds}" for key in ("socket_timeout", "socket_connect_timeout") if f"{key}=" not in given]
-            online.connection_string = ",".join([given, *extra])
-            # redis-py retries a timed-out command three times with backoff: 6 s, not 0.2, measured
-            # against a Redis that never answers. Serving answers degraded instead of retrying.
-            self.provider.online_store._get_client(online).set_retry(Retry(NoBackoff(), 0))  # type: ignore[attr-defined]
-        else:  # SQLite waits for a writer's lock this long, instead of Python's default 5 s
-            connection = self.provider.online_store._get_conn(self.store.config)  # type: ignore[attr-defined]
-            connection.execute(f"PRAGMA busy_timeout = {max(1, round(seconds * 1000))}")
-
-    def _provider_read(self, keys: dict[str, list[str]]) -> list[dict[str, float | None]]:
-        """One read per view for every key at once: a batch costs one pipeline (Redis) per view, not
-        one per transaction."""
-        raws: list[dict[str, float | None]] = [{} for _ in next(iter(keys.values()))]
-        for view, join_key, names in self.reads:
-            entity_keys = [entity_key(join_key, k) for k in keys[join_key]]
-            # a copy: the Redis store appends its timestamp keys to the list it is given
-            for raw, (_, values) in zip(raws, self.provider.online_read(self.store.config, view, entity_keys, list(names))):
-                for name in names:
-                    raw[name] = number(values.get(name) if values else None)
-        return raws
-
-    def lookup(self, customer_id: str, terminal_id: str, amount: float, unix_seconds: int) -> Lookup:
-        return self.lookup_many([customer_id], [terminal_id], [amount], [unix_seconds])[0]
-
-    def lookup_many(self, customer_ids: Sequence[str], terminal_ids: Sequence[str], amounts: Sequence[float],
-                    unix_seconds: Sequence[int]) -> list[Lookup]:
-        """The features of several transactions, read together: what the scoring thread does with every
-        request that waited while it worked (`serving.batcher`)."""
-        raws: list[dict[str, float | None]] | None = None
+    def lookup_many(self, batch: Sequence[Tx]) -> list[Lookup]:
+        """The features of several transactions, updated and read together: what the scoring thread
+        does with every request that waited while it worked (`serving.batcher`)."""
+        histories: list[History] | None = None
         if self.breaker.allow():
             try:
-                raws = self._read({"customer_id": list(customer_ids), "terminal_id": list(terminal_ids)})
+                histories = self.state.update(batch)
                 self.breaker.succeeded()
             except Exception as exc:  # an online-store outage degrades the answer, it never fails it
                 self.breaker.failed(exc)
-        degraded = raws is None
-        if raws is None:
-            raws = [dict.fromkeys(self.names) for _ in customer_ids]
-        lookups = [
-            Lookup({name: DEFAULT_VALUE if value is None else value for name, value in raw.items()},
-                   [name for name, value in raw.items() if value is None], degraded)
-            for raw in raws
-        ]
-        extra = request_features(amounts, unix_seconds, [lookup.values["customer_mean_amount_30d"] for lookup in lookups])
-        columns = {name: column.tolist() for name, column in extra.items()}
-        for i, lookup in enumerate(lookups):
-            lookup.values.update({name: float(column[i]) for name, column in columns.items()})
+        degraded = histories is None
+        clock = request_features([tx.us // 1_000_000 for tx in batch])
+        lookups = []
+        for i, (tx, history) in enumerate(zip(batch, histories or [NO_HISTORY] * len(batch))):
+            values = features(tx, history, self.delay_days)
+            values["amount"] = tx.amount
+            values["is_weekend"] = float(clock["is_weekend"][i])
+            values["is_night"] = float(clock["is_night"][i])
+            lookups.append(Lookup(values, list(LIVE_FEATURES) if degraded else [], degraded))
         return lookups

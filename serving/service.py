@@ -8,9 +8,11 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
+from datetime import datetime, timedelta, timezone
 
 from core import registry
 from core.settings import Settings
+from features.state import Tx
 from serving import logs, models, predlog
 from serving.guardrails import Guardrail, Limits
 from serving.metrics import Metrics
@@ -21,7 +23,14 @@ from serving.router import Mode, Router
 from serving.schemas import Score, Transaction
 
 log = logging.getLogger("fraudops.service")
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 ALIASES = ("champion", "challenger")
+
+
+def live_tx(tx: Transaction) -> Tx:
+    """The transaction as the live state keys it: its time in whole microseconds since the epoch, as
+    the offline features count it (`epoch_us`)."""
+    return Tx(tx.transaction_id, tx.customer_id, tx.terminal_id, tx.amount, (tx.timestamp - EPOCH) // timedelta(microseconds=1))
 
 
 class ScoringService:
@@ -151,8 +160,7 @@ class ScoringService:
         is that transaction's answer, not its neighbours'. Latency runs from `queued`, when the request
         handed the transaction over: under load, the wait for this thread is most of what a caller
         waits, and a latency taken from the batch's start hid it from the metric and its alert."""
-        lookups = self.online.lookup_many([tx.customer_id for tx in transactions], [tx.terminal_id for tx in transactions],
-                                          [tx.amount for tx in transactions], [int(tx.timestamp.timestamp()) for tx in transactions])
+        lookups = self.online.lookup_many([live_tx(tx) for tx in transactions])
         now = time.perf_counter()
         answers: list[Score | Exception] = []
         records: list[Record] = []

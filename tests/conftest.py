@@ -20,6 +20,7 @@ import pytest
 
 from core.runtime import prepare, service_available
 from core.settings import Settings
+from features.state import Tx
 
 # Prefect reads its settings once, when it is first imported, and some test modules import it at
 # collection: the process-wide set-up (its home, its 90 s start-up limit) has to come before that.
@@ -63,17 +64,36 @@ def failures_when_run_together(calls: list[Callable[[], object]]) -> list[BaseEx
     return failures
 
 
-def assert_online_matches_offline(online: Any, offline: Any, names: list[str]) -> None:
-    """Online/offline parity for every row of the offline join: each transaction looked up alone, and
-    all of them read together as the scoring thread reads the requests that waited for it."""
-    together = online.lookup_many(list(offline["customer_id"]), list(offline["terminal_id"]), list(offline["amount"]),
-                                  [int(s) for s in offline["tx_unix_seconds"]])
-    for (_, row), batched in zip(offline.iterrows(), together, strict=True):
-        got = online.lookup(row["customer_id"], row["terminal_id"], row["amount"], int(row["tx_unix_seconds"]))
-        for answer in (got, batched):
-            assert not answer.missing and not answer.degraded
-            for name in names:
-                assert answer.values[name] == pytest.approx(float(row[name]), rel=1e-9, nan_ok=True), name
+def replay_live(score: Callable[[Tx], dict[str, float]], add_frauds: Callable[[list[tuple[str, str, int]]], None],
+                transactions: Any, frauds: Any, delay_days: int) -> dict[str, dict[str, float]]:
+    """Score `transactions` one by one in time order with `score`, delivering each fraud label
+    through `add_frauds` when it arrives (`delay_days` after its transaction); what each scored."""
+    from features.live import DAY_US
+
+    def micros(frame: Any) -> list[int]:
+        return frame["timestamp"].to_numpy().astype("datetime64[us]").astype("int64").tolist()
+
+    labels = sorted((u + delay_days * DAY_US, str(term), str(tid), u) for u, term, tid in
+                    zip(micros(frauds), frauds["terminal_id"], frauds["transaction_id"]))
+    got = {}
+    for row, u in zip(transactions.itertuples(index=False), micros(transactions)):
+        while labels and labels[0][0] <= u:
+            _, term, tid, at = labels.pop(0)
+            add_frauds([(term, tid, at)])
+        got[str(row.transaction_id)] = score(Tx(str(row.transaction_id), str(row.customer_id), str(row.terminal_id), float(row.amount), u))
+    return got
+
+
+def mismatches(got: dict[str, dict[str, float]], offline: Any, names: list[str]) -> list[tuple[str, str, float, float]]:
+    """Features that differ from the offline row of the same transaction: counts exactly, sums and
+    means within 1e-9 relative, missing where offline is missing."""
+    import math
+
+    def same(a: float, b: float) -> bool:
+        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+    return [(tid, name, values[name], float(offline.loc[tid, name])) for tid, values in got.items()
+            for name in names if not same(values[name], float(offline.loc[tid, name]))]
 
 
 def require_service(name: str, host: str, port: int) -> None:
@@ -89,7 +109,6 @@ def require_service(name: str, host: str, port: int) -> None:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Simulate, compute features, materialize and train a champion and a challenger, once per session."""
-    from datetime import date
 
     from features.simulator import SimulationConfig, write_simulation
 
@@ -98,8 +117,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     from pipelines.flows import features_flow, train_flow
     from pipelines.training import ModelConfig, Windows
 
-    write_simulation(SimulationConfig(customers=settings.customers, terminals=settings.terminals, days=settings.days,
-                                      start_date=date.fromisoformat(settings.start_date)), settings.transactions_dir)
+    write_simulation(SimulationConfig.from_settings(settings), settings.transactions_dir)
     features_flow(settings, materialize_until=Windows.from_settings(settings).test_end.to_pydatetime())
     train_flow(settings, ModelConfig(num_boost_round=60))
     train_flow(settings, ModelConfig(num_boost_round=60, num_leaves=15, scale_pos_weight=3.0))

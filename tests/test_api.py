@@ -16,6 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from serving.app import create_app
 from serving.logs import _CLIENT_ID
+from serving.schemas import Transaction
+from serving.service import live_tx
 from tests.conftest import fail_first_call, log_parts, log_records
 
 TX: dict[str, object] = {"transaction_id": "tx-1", "customer_id": "12", "terminal_id": "34", "amount": 42.5, "timestamp": "2025-05-09T10:00:00Z"}
@@ -38,9 +40,10 @@ def test_valid_transaction_is_scored(client) -> None:
     assert body["features_missing"] == [] and body["degraded"] is False
 
 
-def test_unknown_customer_is_flagged_not_failed(client) -> None:
-    body = client.post("/predict", json={**TX, "customer_id": "nobody"}).json()
-    assert "customer_tx_count_30d" in body["features_missing"]
+def test_an_unknown_card_is_scored_as_a_new_card_not_as_missing(client) -> None:
+    """A card never seen has a history of one transaction, this one: nothing is missing."""
+    body = client.post("/predict", json={**TX, "transaction_id": "new-card", "customer_id": "nobody"}).json()
+    assert body["features_missing"] == [] and body["degraded"] is False
 
 
 def test_same_customer_same_variant(client) -> None:
@@ -356,7 +359,8 @@ def test_features_passed_in_score_like_the_full_path(client) -> None:
     ready = client.get("/readyz").json()
     assert ready["ready"]
     svc = client.app.state.service
-    lookup = svc.online.lookup(TX["customer_id"], TX["terminal_id"], TX["amount"], int(pd.Timestamp(TX["timestamp"]).timestamp()))
+    # a retry of f1 reads the state f1 left and gets f1's features again: it counts once (features.state)
+    lookup = svc.online.lookup(live_tx(Transaction.model_validate({**TX, "transaction_id": "f1"})))
     features = {k: (None if v != v else v) for k, v in lookup.values.items()}
     answer = client.post("/predict/features", json={"transaction": {**TX, "transaction_id": "f2"}, "features": features})
     assert answer.status_code == 200, answer.text
@@ -422,7 +426,7 @@ def locked_online_store(settings) -> Iterator[None]:
     """Hold the SQLite online store's write lock, as a materialization committing does: reads wait."""
     import sqlite3
 
-    lock = sqlite3.connect(settings.feast_dir / "online.db", isolation_level=None)
+    lock = sqlite3.connect(settings.feast_dir / "live_state.db", isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")
     try:
         yield
@@ -621,7 +625,6 @@ def test_compaction_leaves_one_file_a_finished_day_and_every_record_once(tmp_pat
 
     from core.settings import Settings
     from core import predictions
-    from serving import predlog
 
     settings = Settings(state_dir=tmp_path)
     log_parts(settings, "2025-07-01", [log_records("a", 3), log_records("b", 2, terminal_risk_90d=0.3), log_records("c", 1)])
@@ -645,7 +648,6 @@ def test_a_compaction_stopped_half_way_is_finished_by_the_next_and_no_reader_see
 
     from core.settings import Settings
     from core import predictions
-    from serving import predlog
 
     settings = Settings(state_dir=tmp_path)
     log_parts(settings, "2025-07-01", [log_records("a", 3), log_records("b", 2)])
@@ -687,7 +689,6 @@ def test_two_compactions_at_once_take_turns_and_lose_nothing(tmp_path, monkeypat
 
     from core.settings import Settings
     from core import predictions
-    from serving import predlog
 
     settings = Settings(state_dir=tmp_path)
     log_parts(settings, "2025-07-01", [log_records("a", 3), log_records("b", 2)])

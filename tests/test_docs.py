@@ -17,7 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PAGES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 CODE = re.compile(r"```(?!mermaid)[^\n]*\n(.*?)```|```mermaid\n.*?```|`([^`\n]+)`", re.S)  # diagrams are not code
 LINK = re.compile(r"\]\(([^)\s]+)\)")
-PATH = re.compile(r"^(?:\.github|\.ci|docs|features|infra|monitoring|pipelines|serving|tests)/[\w./-]*[\w/]$|^[\w-]+\.(?:toml|yml|md)$")
+PATH = re.compile(r"^(?:\.github|\.ci|core|docs|features|infra|monitoring|pipelines|serving|tests)/[\w./-]*[\w/]$|^[\w-]+\.(?:toml|yml|md)$")
 MAKE_TARGET = re.compile(r"^([a-z][\w-]*):", re.M)
 
 

@@ -34,11 +34,15 @@ def test_demo_runs_end_to_end_and_catches_the_drift(tmp_path) -> None:
     drifted = {c["column"] for c in json.loads((report / "summary.json").read_text())["columns"] if c["drifted"]}
     assert "amount" in drifted
     assert any(settings.predictions_dir.glob("date=*/*.parquet"))
-    # the loop closes: drift triggers a retrain on the latest labelled windows, the API picks it up
+    # the loop closes: drift triggers a retrain on the latest labelled windows; the candidate enters
+    # the canary only if it passed the gate (the baseline and the champion on the same window)
     assert "calm" not in summary["retrained"]
     retrained = summary["retrained"]["drifted"]
-    assert retrained["alias"] == "challenger" and retrained["version"] == "3"
-    assert summary["canary"] == "3"
+    if retrained["gate"] == "passed":
+        assert retrained["alias"] == "challenger" and retrained["version"] == "3" and summary["canary"] == "3"
+    else:
+        assert retrained["version"] is None and "canary" not in summary
+        assert "on the same window" in retrained["gate"]
     monitor = json.loads((report / "monitor.json").read_text())
     assert monitor["reasons"] and monitor["reasons"][0].startswith("drift verdict")
     # the newest run reaches Prometheus through the API's collector, and the Evidently UI's workspace

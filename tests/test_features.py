@@ -1,31 +1,36 @@
-"""Point-in-time correctness and online/offline parity, on a hand-built history."""
+"""Event-time features: point-in-time correctness offline, exact window edges, and online/offline
+parity of the live state, on a hand-built history."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import math
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from features.compute import compute_features
-from features.logic import request_features
+from features.compute import FEATURES_FILE, compute_features
+from features.live import DAY_US, LIVE_FEATURES, customer_features, terminal_features
 from features.offline import write_part
-from features.store import apply, historical_features, materialize, model_features
-from tests.conftest import assert_online_matches_offline, tiny_settings
+from features.state import SqliteState, Tx, features
+from features.store import apply, historical_features, materialize, open_store
+from tests.conftest import mismatches, replay_live, tiny_settings
 
 START = pd.Timestamp("2025-03-01")
+DELAY = 7
 
 
 def history() -> pd.DataFrame:
-    """Two customers and two terminals over 40 days, with frauds at known times."""
+    """Two customers and two terminals over 40 days, with frauds at known times and a pair of
+    transactions of one card at the same instant."""
     rng = np.random.default_rng(0)
     n = 600
     ts = START + pd.to_timedelta(np.sort(rng.integers(0, 40 * 86_400, n)), unit="s")
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
-            "transaction_id": [f"t{i}" for i in range(n)],
+            "transaction_id": [f"t{i:03d}" for i in range(n)],
             "timestamp": ts,
             "customer_id": rng.choice(["c1", "c2"], n),
             "terminal_id": rng.choice(["k1", "k2"], n),
@@ -33,29 +38,42 @@ def history() -> pd.DataFrame:
             "is_fraud": (rng.uniform(size=n) < 0.15).astype(int),
         }
     )
+    frame.loc[301, ["timestamp", "customer_id"]] = frame.loc[300, ["timestamp", "customer_id"]].to_numpy()
+    return frame
 
 
-def brute_force(tx: pd.DataFrame, row: pd.Series, delay_days: int) -> dict[str, float]:
-    """Each feature from scratch, from events strictly before the row's snapshot (its day's start)."""
-    cut = row["event_timestamp"].floor("D")
+def brute_force(tx: pd.DataFrame, row: pd.Series) -> dict[str, float]:
+    """Each feature from scratch with pandas: the transaction itself plus every strictly earlier one
+    of its card (terminal) in (t - w, t]; risk over (t - delay - w, t - delay]."""
+    t = row["timestamp"]
     out: dict[str, float] = {}
-    mine = tx[(tx["customer_id"] == row["customer_id"]) & (tx["timestamp"] < cut)]
+    mine = tx[(tx["customer_id"] == row["customer_id"]) & (tx["timestamp"] < t)]
+    for name, width in (("1h", pd.Timedelta(hours=1)), ("1d", pd.Timedelta(days=1)), ("7d", pd.Timedelta(days=7)), ("30d", pd.Timedelta(days=30))):
+        window = mine[mine["timestamp"] > t - width]
+        out[f"customer_tx_count_{name}"] = len(window) + 1
+        out[f"customer_amount_sum_{name}"] = window["amount"].sum() + row["amount"]
+        if name != "1h":
+            out[f"customer_mean_amount_{name}"] = out[f"customer_amount_sum_{name}"] / out[f"customer_tx_count_{name}"]
+    recent = mine[mine["timestamp"] > t - pd.Timedelta(days=30)]
+    out["customer_seconds_since_previous"] = (t - recent["timestamp"].max()).total_seconds() if len(recent) else math.nan
+    mean = out["customer_mean_amount_30d"]
+    out["amount_to_customer_mean_30d"] = row["amount"] / mean if mean > 0 else math.nan
+    term = tx[(tx["terminal_id"] == row["terminal_id"]) & (tx["timestamp"] < t)]
+    cut = t - pd.Timedelta(days=DELAY)  # labels are only known after the delay
     for w in (1, 7, 30):
-        window = mine[mine["timestamp"] >= cut - pd.Timedelta(days=w)]
-        out[f"customer_tx_count_{w}d"] = len(window)
-        out[f"customer_mean_amount_{w}d"] = window["amount"].mean() if len(window) else 0.0
-    labelled_cut = cut - pd.Timedelta(days=delay_days)  # labels are only known after the delay
-    term = tx[(tx["terminal_id"] == row["terminal_id"]) & (tx["timestamp"] < labelled_cut)]
-    for w in (1, 7, 30):
-        window = term[term["timestamp"] >= labelled_cut - pd.Timedelta(days=w)]
-        out[f"terminal_tx_count_{w}d"] = len(window)
-        out[f"terminal_risk_{w}d"] = window["is_fraud"].mean() if len(window) else 0.0
+        out[f"terminal_tx_count_{w}d"] = int((term["timestamp"] > t - pd.Timedelta(days=w)).sum()) + 1
+        known = term[(term["timestamp"] <= cut) & (term["timestamp"] > cut - pd.Timedelta(days=w))]
+        out[f"terminal_risk_{w}d"] = known["is_fraud"].mean() if len(known) else 0.0
     return out
+
+
+def same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
 
 
 @pytest.fixture(scope="module")
 def store_settings(tmp_path_factory):
-    settings = tiny_settings(tmp_path_factory.mktemp("pit"), start_date="2025-03-01", days=40)
+    settings = tiny_settings(tmp_path_factory.mktemp("pit"), start_date="2025-03-01", days=40, label_delay_days=DELAY)
     tx = history()
     write_part(tx, settings.transactions_dir, "hand-built")
     compute_features(settings.transactions_dir, settings.features_dir, settings.label_delay_days)
@@ -63,135 +81,118 @@ def store_settings(tmp_path_factory):
     return settings, tx
 
 
-def test_point_in_time_join_uses_only_the_past(store_settings) -> None:
+def test_offline_features_match_a_count_from_scratch(store_settings) -> None:
     settings, tx = store_settings
-    from features.store import open_store
-
-    store = open_store(settings)
-    later = tx[tx["timestamp"] >= START + pd.Timedelta(days=2)].copy()
-    joined = historical_features(store, settings.feature_service, later)
-    assert len(joined) == len(later)
-    for _, row in joined.sample(60, random_state=1).iterrows():
-        expected = brute_force(tx, row, settings.label_delay_days)
+    table = pd.read_parquet(settings.features_dir / FEATURES_FILE).set_index("transaction_id")
+    assert len(table) == len(tx)  # one row per transaction
+    for _, row in pd.concat([tx.sample(80, random_state=1), tx.loc[[300, 301]]]).iterrows():
+        expected = brute_force(tx, row)
         for name, value in expected.items():
-            assert row[name] == pytest.approx(value, rel=1e-9, abs=1e-9), (name, row["transaction_id"])
-        # the request-time feature is the shared function applied to this transaction
-        ratio = request_features([row["amount"]], [row["tx_unix_seconds"]], [row["customer_mean_amount_30d"]])
-        assert row["amount_to_customer_mean_30d"] == pytest.approx(ratio["amount_to_customer_mean_30d"][0], nan_ok=True)
+            assert same(float(table.loc[row["transaction_id"], name]), value), (name, row["transaction_id"])
+    # two charges of one card at the same instant do not see each other
+    assert table.loc["t300", "customer_tx_count_1h"] == table.loc["t301", "customer_tx_count_1h"]
 
 
-def test_a_transaction_never_sees_its_own_label_or_later_events(store_settings) -> None:
+def test_feasts_join_gives_each_transaction_its_own_row(store_settings) -> None:
     settings, tx = store_settings
-    from features.store import open_store
-
-    # A burst of frauds at k1 late on day 35 must not reach features until 7 days after that day.
-    burst = pd.DataFrame(
-        {
-            "transaction_id": [f"burst{i}" for i in range(20)],
-            "timestamp": [START + pd.Timedelta(days=35, hours=23)] * 20,
-            "customer_id": "c1",
-            "terminal_id": "k1",
-            "amount": 50.0,
-            "is_fraud": 1,
-        }
-    )
-    full = pd.concat([tx, burst], ignore_index=True)
-    settings2 = settings.model_copy(update={"state_dir": settings.state_dir.parent / "burst"})
-    write_part(full, settings2.transactions_dir, "with-burst")
-    compute_features(settings2.transactions_dir, settings2.features_dir, settings2.label_delay_days)
-    apply(settings2)
-    probe = pd.DataFrame(
-        {
-            "transaction_id": ["p1", "p2"],
-            "timestamp": [START + pd.Timedelta(days=35, hours=23, minutes=30), START + pd.Timedelta(days=39, hours=12)],
-            "customer_id": ["c1", "c1"],
-            "terminal_id": ["k1", "k1"],
-            "amount": [10.0, 10.0],
-            "is_fraud": [0, 0],
-        }
-    )
-    joined = historical_features(open_store(settings2), settings2.feature_service, probe)
-    base = historical_features(open_store(settings), settings.feature_service, probe)
-    # same day: nothing of the burst, not even the counts; four days later: counts yes, labels not yet
-    assert joined.loc[0, "customer_tx_count_1d"] == base.loc[0, "customer_tx_count_1d"]
-    assert joined.loc[1, "customer_tx_count_7d"] == base.loc[1, "customer_tx_count_7d"] + 20
-    assert joined.loc[1, "terminal_risk_30d"] == base.loc[1, "terminal_risk_30d"]
+    store = open_store(settings)
+    joined = historical_features(store, settings.feature_service, tx.iloc[100:160]).set_index("transaction_id")
+    table = pd.read_parquet(settings.features_dir / FEATURES_FILE).set_index("transaction_id")
+    for tx_id, row in joined.iterrows():
+        for name in LIVE_FEATURES:
+            assert same(float(row[name]), float(table.loc[tx_id, name])), (name, tx_id)
+    assert {"is_weekend", "is_night"} <= set(joined.columns)
 
 
-def test_online_equals_offline_after_materialization(store_settings) -> None:
+def test_a_burst_shows_at_once_and_its_labels_only_after_the_delay(store_settings, tmp_path) -> None:
+    """Twenty frauds at k1 late on day 35: the card's short window sees them at the next charge; the
+    terminal's risk does not move until their labels are `delay` days old."""
     settings, tx = store_settings
-    from features.store import open_store
-    from serving.online import OnlineFeatures
-
-    end = datetime(2025, 4, 10)  # the snapshot stamped 04-10 00:00 covers days up to 04-09
-    materialize(settings, end)
-    online = OnlineFeatures(settings)
-    probe = pd.DataFrame(
-        {
-            "transaction_id": ["o1", "o2", "o3"],
-            "timestamp": [pd.Timestamp(end) + pd.Timedelta(hours=h) for h in (1, 5, 9)],
-            "customer_id": ["c1", "c2", "c1"],
-            "terminal_id": ["k1", "k2", "k2"],
-            "amount": [12.0, 250.0, 0.5],
-            "is_fraud": [0, 0, 0],
-        }
-    )
-    offline = historical_features(open_store(settings), settings.feature_service, probe)
-    names = model_features(open_store(settings), settings.feature_service)
-    assert_online_matches_offline(online, offline, names)  # c1 twice in one batch
+    burst = pd.DataFrame({"transaction_id": [f"burst{i:02d}" for i in range(20)],
+                          "timestamp": [START + pd.Timedelta(days=35, hours=23, seconds=i) for i in range(20)],
+                          "customer_id": "c1", "terminal_id": "k1", "amount": 2.0, "is_fraud": 1})
+    probes = pd.DataFrame({"transaction_id": ["p1", "p2"], "customer_id": "c1", "terminal_id": "k1", "amount": 10.0, "is_fraud": 0,
+                           "timestamp": [START + pd.Timedelta(days=35, hours=23, minutes=30), START + pd.Timedelta(days=39, hours=12)]})
+    tables = {}
+    for name, frames in (("base", [tx, probes]), ("burst", [tx, burst, probes])):
+        s = settings.model_copy(update={"state_dir": tmp_path / name})
+        write_part(pd.concat(frames, ignore_index=True), s.transactions_dir, name)
+        compute_features(s.transactions_dir, s.features_dir, DELAY)
+        tables[name] = pd.read_parquet(s.features_dir / FEATURES_FILE).set_index("transaction_id")
+    base, seen = tables["base"], tables["burst"]
+    assert seen.loc["p1", "customer_tx_count_1h"] == base.loc["p1", "customer_tx_count_1h"] + 20
+    assert seen.loc["p1", "terminal_tx_count_1d"] == base.loc["p1", "terminal_tx_count_1d"] + 20
+    assert seen.loc["p2", "terminal_risk_30d"] == base.loc["p2", "terminal_risk_30d"]  # labels 3.5 days old: not known
 
 
-def test_unknown_entities_get_documented_defaults(store_settings) -> None:
-    settings, _ = store_settings
-    from serving.online import OnlineFeatures
-
-    materialize(settings, datetime(2025, 4, 10))
-    got = OnlineFeatures(settings).lookup("never-seen", "k1", 10.0, 1_744_000_000)
-    assert "customer_tx_count_7d" in got.missing and "terminal_risk_7d" not in got.missing
-    assert got.values["customer_tx_count_7d"] == 0.0
-    assert np.isnan(got.values["amount_to_customer_mean_30d"])  # no history: missing, not a made-up ratio
-    # read together with known customers, the unknown one alone gets the defaults
-    known, unknown = OnlineFeatures(settings).lookup_many(["c1", "never-seen"], ["k1", "k1"], [10.0, 10.0], [1_744_000_000] * 2)
-    assert not known.missing and known.values["customer_tx_count_7d"] > 0
-    assert unknown.missing == got.missing and unknown.values == pytest.approx(got.values, nan_ok=True)
+def test_window_edges_are_exact_to_the_microsecond() -> None:
+    t = 1_000 * DAY_US
+    edge = [(t - 30 * DAY_US, "out", 5.0), (t - 30 * DAY_US + 1, "in", 7.0), (t, "same-instant", 100.0)]
+    got = customer_features(edge, t, "now", 1.0)
+    assert got["customer_tx_count_30d"] == 2 and got["customer_amount_sum_30d"] == 8.0  # itself and the 30 days - 1 us one
+    assert got["customer_tx_count_1h"] == 1
+    assert got["customer_seconds_since_previous"] == pytest.approx(30 * 86_400 - 1e-6)
+    lag = DELAY * DAY_US
+    risk = terminal_features([(t - lag, "a"), (t - lag - DAY_US, "b"), (t - lag + 1, "c")], [(t - lag, "a"), (t - lag - DAY_US, "b")], t, "now", DELAY)
+    assert risk["terminal_risk_1d"] == 1.0  # (t - delay - 1d, t - delay]: "a" in, "b" out, "c" not yet labelled
+    assert risk["terminal_tx_count_1d"] == 1 and risk["terminal_tx_count_7d"] == 2
 
 
-def test_the_one_step_sqlite_read_answers_as_feasts_own(store_settings) -> None:
-    """`serving.sqlite_read` reads Feast's tables itself; Feast's online_read is the reference."""
-    settings, _ = store_settings
-    from serving.online import OnlineFeatures
-    from serving.sqlite_read import SqliteRead
-
-    materialize(settings, datetime(2025, 4, 10))
-    online = OnlineFeatures(settings)
-    assert isinstance(online._read, SqliteRead)  # the default store takes the one-step read
-    keys = {"customer_id": ["c1", "c2", "never-seen", "c1"], "terminal_id": ["k2", "nowhere", "k1", "k2"]}
-    ours, feasts = online._read(keys), online._provider_read(keys)
-    assert ours == feasts
-    assert ours[0] == ours[3] and all(v is not None for v in ours[0].values())
-    assert ours[1]["customer_tx_count_30d"] is not None and ours[1]["terminal_risk_30d"] is None
-    assert list(ours[0]) == online.names
-    tiny_memo = SqliteRead(online.store, online.reads, memo_size=2)  # forgets values on the way
-    assert tiny_memo(keys) == tiny_memo(keys) == feasts
-    # a service that takes some of a view's features: the table's other rows are passed over
-    fewer = SqliteRead(online.store, [(view, join_key, names[1:]) for view, join_key, names in online.reads])
-    assert fewer(keys) == [{k: v for k, v in answer.items() if k in fewer.names} for answer in feasts]
-    assert len(fewer.names) == len(online.names) - len(online.reads)
-    # a batch longer than SQLite's 500-term limit on a compound SELECT, as /predict/batch may send
-    many = {name: ids * 200 for name, ids in keys.items()}
-    assert online._read(many) == feasts * 200
+def test_the_live_state_gives_the_offline_features(store_settings, tmp_path) -> None:
+    """Backfill to day 20, then score days 20 to 40 through the state: every feature of every
+    transaction equals its offline row (counts exactly, sums within 1e-9 relative)."""
+    settings, tx = store_settings
+    copy = settings.model_copy(update={"state_dir": tmp_path})
+    write_part(tx, copy.transactions_dir, "hand-built")
+    cut = START + pd.Timedelta(days=20)
+    materialize(copy, cut.to_pydatetime())
+    state = SqliteState(copy.feast_dir / "live_state.db", DELAY)
+    got = replay_live(lambda live: features(live, state.update([live])[0], DELAY), state.add_frauds, tx[tx["timestamp"] >= cut],
+                      tx[(tx["is_fraud"] == 1) & (tx["timestamp"] >= cut - pd.Timedelta(days=DELAY))], DELAY)
+    wrong = mismatches(got, pd.read_parquet(settings.features_dir / FEATURES_FILE).set_index("transaction_id"), LIVE_FEATURES)
+    assert not wrong, wrong[:5]
 
 
-def test_a_relative_state_folder_is_taken_from_the_working_directory(tmp_path, monkeypatch) -> None:
-    """Feast reads the paths in feature_store.yaml relative to the folder that file is in: a relative
-    FRAUDOPS_STATE_DIR put the online store at state/feast/state/feast/online.db."""
-    from features.store import open_store
-    from serving.online import OnlineFeatures
+def test_a_retried_transaction_counts_once_and_gets_the_same_answer(tmp_path) -> None:
+    state = SqliteState(tmp_path / "s.db", DELAY)
+    first = Tx("a", "c", "k", 10.0, 100 * DAY_US)
+    once = features(first, state.update([first])[0], DELAY)
+    again = features(first, state.update([first])[0], DELAY)
+    assert once == pytest.approx(again, nan_ok=True)
+    nxt = Tx("b", "c", "k", 1.0, 100 * DAY_US + 1)
+    assert features(nxt, state.update([nxt])[0], DELAY)["customer_tx_count_1h"] == 2
 
-    monkeypatch.chdir(tmp_path)
-    settings = tiny_settings(Path("state"))
-    assert settings.state_dir == tmp_path / "state"
-    apply(settings)
-    OnlineFeatures(settings)  # opens the SQLite online store where the settings say
-    assert (tmp_path / "state" / "feast" / "online.db").exists() and not (tmp_path / "state" / "feast" / "state").exists()
-    assert open_store(settings).list_feature_services()
+
+def test_a_late_transaction_sees_only_what_came_before_it(tmp_path) -> None:
+    """Out of order: a transaction stamped before others already scored counts the earlier ones
+    only, and later transactions count it once it has arrived. The state is never corrupted."""
+    state = SqliteState(tmp_path / "s.db", DELAY)
+    t = 100 * DAY_US
+    for i, at in enumerate((t, t + 10, t + 20)):
+        tx = Tx(f"x{i}", "c", "k", 1.0, at)
+        state.update([tx])
+    late = Tx("late", "c", "k", 5.0, t + 15)
+    got = features(late, state.update([late])[0], DELAY)
+    assert got["customer_tx_count_1h"] == 3 and got["customer_amount_sum_1h"] == 7.0  # x0, x1, itself
+    after = Tx("after", "c", "k", 1.0, t + 30)
+    assert features(after, state.update([after])[0], DELAY)["customer_tx_count_1h"] == 5
+
+
+def _hammer(path: str, worker: int, n: int) -> None:
+    state = SqliteState(Path(path), DELAY)
+    for i in range(n):
+        state.update([Tx(f"w{worker}-{i}", "card", f"k{i % 3}", 1.0, 100 * DAY_US + worker * 1000 + i)])
+
+
+def test_concurrent_updates_from_several_processes_lose_nothing(tmp_path) -> None:
+    path = tmp_path / "s.db"
+    SqliteState(path, DELAY)  # the schema, before the workers race to it
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_hammer, args=(str(path), w, 50)) for w in range(4)]
+    for process in workers:
+        process.start()
+    for process in workers:
+        process.join(60)
+        assert process.exitcode == 0
+    probe = Tx("probe", "card", "k0", 1.0, 100 * DAY_US + DAY_US // 2)
+    assert features(probe, SqliteState(path, DELAY).update([probe])[0], DELAY)["customer_tx_count_1d"] == 4 * 50 + 1

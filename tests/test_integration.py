@@ -6,12 +6,13 @@ from __future__ import annotations
 import socket
 import threading
 import uuid
-from collections.abc import Iterator
-from datetime import date, datetime
+from collections.abc import Callable, Iterator
+from datetime import datetime
 
 import pytest
 
-from tests.conftest import assert_online_matches_offline, failures_when_run_together, require_service, tiny_settings
+from features.state import Tx
+from tests.conftest import failures_when_run_together, mismatches, replay_live, require_service, tiny_settings
 
 pytestmark = pytest.mark.integration
 PG = ("PostgreSQL", "127.0.0.1", 5432)
@@ -44,45 +45,66 @@ def redis_db():
     client.flushdb()
 
 
-def test_feast_on_postgres_registry_and_redis_online_store(tmp_path, database, redis_db) -> None:
-    from features.simulator import SimulationConfig, write_simulation
+def test_feast_on_postgres_registry_and_the_live_state_on_redis(tmp_path, database, redis_db) -> None:
+    """Backfill the state in Redis, score a simulated day through it with labels arriving at their
+    delay: every feature equals the offline row that Feast joins from its Postgres registry."""
+    import pandas as pd
+
     from features.compute import compute_features
-    from features.store import apply, historical_features, materialize, model_features, open_store
+    from features.live import LIVE_FEATURES
     from features.offline import read_transactions
+    from features.simulator import SimulationConfig, write_simulation
+    from features.store import apply, historical_features, materialize, open_store
     from serving.online import OnlineFeatures
 
     settings = tiny_settings(tmp_path, feast_registry_url=database, feast_redis_url=redis_db, days=40)
-    write_simulation(SimulationConfig(customers=100, terminals=200, days=40, start_date=date(2025, 4, 1)), settings.transactions_dir)
+    write_simulation(SimulationConfig.from_settings(settings, customers=100, terminals=200), settings.transactions_dir)
     compute_features(settings.transactions_dir, settings.features_dir, settings.label_delay_days)
     apply(settings)
-    end = datetime(2025, 5, 5)
-    materialize(settings, end)
+    cut = datetime(2025, 5, 5)
+    materialize(settings, cut)
 
     # the registry really lives in Postgres: a second store object on a fresh folder sees the definitions
     other = tiny_settings(tmp_path / "elsewhere", feast_registry_url=database, feast_redis_url=redis_db)
-    assert "fraud_detection_v1" in [s.name for s in open_store(other).list_feature_services()]
+    assert "fraud_detection_v2" in [s.name for s in open_store(other).list_feature_services()]
 
-    tx = read_transactions(settings.transactions_dir, "timestamp >= TIMESTAMP '2025-05-05' AND timestamp < TIMESTAMP '2025-05-06'").head(25)
-    store = open_store(settings)
-    offline = historical_features(store, settings.feature_service, tx)
+    day = read_transactions(settings.transactions_dir, "timestamp >= TIMESTAMP '2025-05-05' AND timestamp < TIMESTAMP '2025-05-06'")
+    frauds = read_transactions(settings.transactions_dir, "is_fraud = 1 AND timestamp >= TIMESTAMP '2025-04-28' AND timestamp < TIMESTAMP '2025-05-06'")
     online = OnlineFeatures(settings)
-    names = model_features(store, settings.feature_service)
-    assert_online_matches_offline(online, offline, names)  # the batch: one Redis pipeline per view
+    got = replay_live(lambda live: online.lookup(live).values, online.state.add_frauds, day, frauds, settings.label_delay_days)
+    offline = historical_features(open_store(settings), settings.feature_service, day).set_index("transaction_id")
+    assert len(got) == len(day) > 100
+    wrong = mismatches(got, offline, LIVE_FEATURES)
+    assert not wrong, wrong[:5]
+    # a retry changes nothing: the same answer, and the card's count moves by one for the next charge
+    first = next(iter(day.itertuples(index=False)))
+    retried = online.lookup(Tx(first.transaction_id, first.customer_id, first.terminal_id, float(first.amount),
+                               int(pd.Timestamp(first.timestamp).value // 1000))).values
+    assert not mismatches({first.transaction_id: retried}, offline, LIVE_FEATURES)
+
+
+def test_concurrent_scores_of_one_card_on_redis_leave_exactly_n(redis_db) -> None:
+    from features.live import DAY_US
+    from features.state import RedisState, features
+
+    states = [RedisState(redis_db, 7, "concurrency") for _ in range(4)]  # four workers, four connections
+    def worker(w: int) -> Callable[[], None]:
+        def call() -> None:
+            for i in range(50):
+                states[w].update([Tx(f"w{w}-{i}", "card", "k", 1.0, 100 * DAY_US + w * 1000 + i)])
+        return call
+
+    assert failures_when_run_together([worker(w) for w in range(4)]) == []
+    probe = Tx("probe", "card", "k", 1.0, 100 * DAY_US + DAY_US // 2)
+    assert features(probe, states[0].update([probe])[0], 7)["customer_tx_count_1d"] == 4 * 50 + 1
 
 
 def test_redis_outage_degrades_instead_of_failing(tmp_path, redis_db) -> None:
-    from features.simulator import SimulationConfig, write_simulation
-    from features.compute import compute_features
-    from features.store import apply
     from serving.online import OnlineFeatures
 
-    settings = tiny_settings(tmp_path, feast_redis_url=redis_db, days=40)
-    write_simulation(SimulationConfig(customers=50, terminals=100, days=40, start_date=date(2025, 4, 1)), settings.transactions_dir)
-    compute_features(settings.transactions_dir, settings.features_dir, settings.label_delay_days)
-    apply(settings)
-    broken = settings.model_copy(update={"feast_redis_url": "127.0.0.1:1"})  # nothing listens there
-    got = OnlineFeatures(broken).lookup("1", "1", 10.0, 1_746_000_000)
-    assert got.degraded and got.values["customer_tx_count_7d"] == 0.0
+    broken = tiny_settings(tmp_path, feast_redis_url="127.0.0.1:1")  # nothing listens there
+    got = OnlineFeatures(broken).lookup(Tx("t", "1", "1", 10.0, 1_746_000_000_000_000))
+    assert got.degraded and got.values["customer_tx_count_7d"] == 1.0 and "customer_tx_count_7d" in got.missing
 
 
 @pytest.fixture
@@ -116,22 +138,16 @@ def test_a_hung_redis_costs_one_read_timeout_then_is_skipped_until_the_retry(tmp
     online_retry_seconds one lookup tries it again."""
     import time
 
-    from features.simulator import SimulationConfig, write_simulation
-    from features.compute import compute_features
-    from features.store import apply
     from serving.online import OnlineFeatures
 
-    settings = tiny_settings(tmp_path, feast_redis_url=redis_db, days=40)
-    write_simulation(SimulationConfig(customers=50, terminals=100, days=40, start_date=date(2025, 4, 1)), settings.transactions_dir)
-    compute_features(settings.transactions_dir, settings.features_dir, settings.label_delay_days)
-    apply(settings)
+    settings = tiny_settings(tmp_path, feast_redis_url=redis_db)
     port, received = hung_server
     online = OnlineFeatures(settings.model_copy(update={"feast_redis_url": f"127.0.0.1:{port},db=7", "online_timeout_ms": 200.0,
                                                         "online_retry_seconds": 1.0}))
 
     def timed_lookup() -> tuple[bool, float]:
         started = time.perf_counter()
-        got = online.lookup("1", "1", 10.0, 1_746_000_000)
+        got = online.lookup(Tx("t", "1", "1", 10.0, 1_746_000_000_000_000))
         return got.degraded, time.perf_counter() - started
 
     degraded, took = timed_lookup()
@@ -158,7 +174,7 @@ def test_training_flow_tracks_and_registers_in_postgres(registry_copy, tmp_path,
     version = client.get_model_version_by_alias(settings.model_name, "champion")
     assert version.run_id is not None
     run = client.get_run(version.run_id)
-    assert run.data.tags["feature_service"] == "fraud_detection_v1"
+    assert run.data.tags["feature_service"] == "fraud_detection_v2"
     assert run.data.metrics["test_roc_auc"] == pytest.approx(result["test_roc_auc"])
     assert (tmp_path / "mlartifacts").is_dir()  # artifacts under the state folder, not in the cwd
 
@@ -169,7 +185,6 @@ def test_prediction_log_in_postgres_holds_every_answer(registry_copy, database) 
     from fastapi.testclient import TestClient
 
     from core import predictions
-    from serving import predlog
     from serving.app import create_app
 
     url = database.replace("postgresql+psycopg://", "postgresql://")

@@ -131,7 +131,6 @@ def test_a_monitor_run_merges_the_finished_days_of_the_prediction_log_before_it_
     """The merge runs where the log is read, so a deployment compacts without a job of its own."""
     from pipelines.flows import monitor_flow
     from core import predictions
-    from serving import predlog
     from tests.conftest import log_parts, log_records
 
     settings = registry_copy.model_copy(update={"retrain_on_drift": False})

@@ -21,12 +21,24 @@ def test_same_seed_same_data_other_seed_other_data() -> None:
 
 
 def test_fraud_share_and_scenarios_match_the_handbook() -> None:
-    tx = frame(SimulationConfig(customers=2_000, terminals=4_000, days=60, seed=1))
-    # The handbook reports about 0.8% fraud; its three scenarios must all occur.
+    tx = frame(SimulationConfig(customers=2_000, terminals=4_000, days=60, seed=1, card_testing=False))
+    # The handbook reports about 0.8% fraud; its three scenarios must all occur, and only those.
     assert 0.003 < tx["is_fraud"].mean() < 0.02
     assert set(tx["fraud_scenario"].unique()) == {0, 1, 2, 3}
     assert (tx.loc[tx["fraud_scenario"] == 1, "amount"] > 220).all()
     assert ((tx["fraud_scenario"] > 0) == (tx["is_fraud"] == 1)).all()
+
+
+def test_card_testing_is_a_burst_of_small_charges_then_large_ones() -> None:
+    tx = frame(SimulationConfig(customers=2_000, terminals=4_000, days=30, seed=1))
+    tested = tx[tx["fraud_scenario"] == 4]
+    assert 0 < len(tested) < 0.01 * len(tx)
+    for _, burst in list(tested.groupby([tested["customer_id"], tested["timestamp"].dt.date]))[:20]:
+        small = burst[burst["amount"] <= 5]
+        assert len(small) >= 5 and small["timestamp"].max() - small["timestamp"].min() <= pd.Timedelta(minutes=10)
+        assert burst["timestamp"].max() - burst["timestamp"].min() <= pd.Timedelta(minutes=40)
+        assert burst.sort_values("timestamp")["amount"].iloc[-1] > 5  # the large charges come last
+    assert tested["is_fraud"].all()
 
 
 def test_ids_unique_and_time_ordered() -> None:
@@ -42,7 +54,7 @@ def test_amount_inflation_starts_on_its_day() -> None:
     drifted = frame(SimulationConfig(customers=500, terminals=1_000, days=40, seed=3, drift=(Drift.amount_inflation,), drift_start_day=30))
     cut = pd.Timestamp(SMALL.start_date) + pd.Timedelta(days=30)
     before = base["timestamp"] < cut
-    legit = base["fraud_scenario"] != 3  # leaked-card frauds multiply amounts on top of the drift
+    legit = ~base["fraud_scenario"].isin([3, 4])  # leaked-card and card-testing frauds set amounts of their own
     assert np.allclose(base.loc[before, "amount"], drifted.loc[before, "amount"])
     ratio = drifted.loc[~before & legit, "amount"].mean() / base.loc[~before & legit, "amount"].mean()
     assert 1.5 < ratio < 1.7

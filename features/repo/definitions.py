@@ -1,8 +1,15 @@
 """Feast objects, in Feast's conventional order: entities, sources, feature views, request sources,
 on-demand views, feature services.
 
-The model names one feature service, `fraud_detection_v1`, for both the historical join in training
-and the online lookup in serving: there is no second list of features to drift apart.
+The model names one feature service, `fraud_detection_v2`, for the historical join in training and for
+the list of features serving computes: there is no second list of features to drift apart.
+
+Features are event-level: `features.compute` writes one row per transaction, as of its own timestamp
+(windows that end at the transaction and include it), so the view is keyed by the transaction and the
+point-in-time join gives each transaction exactly its own row. Feast's local engine computes no
+time-windowed aggregations (only its Spark and Ray engines tile them), so the windows are this
+project's code (`features.live`, `features.compute`) and Feast carries their values and their schema.
+Online, the API computes the same windows from the live state (`features.state`).
 """
 
 from __future__ import annotations
@@ -15,13 +22,23 @@ from feast import Entity, FeatureService, FeatureView, Field, FileSource, Reques
 from feast.on_demand_feature_view import on_demand_feature_view
 from feast.types import Float64, Int64
 
-from features.logic import WINDOWS_DAYS, request_features
+from features.compute import FEATURES_FILE
+from features.live import CUSTOMER_FEATURES, TERMINAL_FEATURES
+from features.logic import request_features
 
-# Snapshots are daily; two days of TTL tolerates one late batch without serving stale-forever values.
-SNAPSHOT_TTL = timedelta(days=2)
+# A row is stamped with its transaction's own time: the join finds it at zero distance.
+ROW_TTL = timedelta(seconds=1)
+DESCRIPTIONS = {
+    "customer_tx_count": "The card's transactions in the window, this one included.",
+    "customer_amount_sum": "The card's total amount in the window, this one included.",
+    "customer_mean_amount": "The card's mean amount in the window, this one included.",
+    "customer_seconds_since_previous": "Seconds since the card's previous transaction (missing if none in 30 days).",
+    "amount_to_customer_mean_30d": "This amount over the card's 30-day mean (missing if the mean is 0).",
+    "terminal_tx_count": "The terminal's transactions in the window, this one included.",
+    "terminal_risk": "Fraud share of the terminal's transactions in the window ending label_delay_days back.",
+}
 
-customer = Entity(name="customer", join_keys=["customer_id"], value_type=ValueType.STRING, description="A card holder.")
-terminal = Entity(name="terminal", join_keys=["terminal_id"], value_type=ValueType.STRING, description="A point of sale.")
+transaction = Entity(name="transaction", join_keys=["transaction_id"], value_type=ValueType.STRING, description="A card transaction.")
 
 transaction_request = RequestSource(
     name="transaction",
@@ -32,59 +49,48 @@ transaction_request = RequestSource(
 )
 
 
+def _describe(name: str) -> str:
+    return next(text for prefix, text in DESCRIPTIONS.items() if name.startswith(prefix))
+
+
 def feature_objects(features_dir: Path) -> list:
-    """All Feast objects, with sources pointing at this installation's snapshot files."""
-    customer_source = FileSource(
-        name="customer_snapshots",
-        path=str(features_dir / "customer_features.parquet"),
-        timestamp_field="event_timestamp",
+    """All Feast objects, with the source pointing at this installation's feature table."""
+    source = FileSource(name="transaction_features", path=str(features_dir / FEATURES_FILE), timestamp_field="event_timestamp")
+    card = FeatureView(
+        name="card_history",
+        entities=[transaction],
+        ttl=ROW_TTL,
+        schema=[Field(name=name, dtype=Float64, description=_describe(name)) for name in CUSTOMER_FEATURES],
+        source=source,
+        description="The card's history up to and including the transaction.",
     )
-    terminal_source = FileSource(
-        name="terminal_snapshots",
-        path=str(features_dir / "terminal_features.parquet"),
-        timestamp_field="event_timestamp",
-    )
-    customer_spending = FeatureView(
-        name="customer_spending",
-        entities=[customer],
-        ttl=SNAPSHOT_TTL,
-        schema=[Field(name=f"customer_tx_count_{w}d", dtype=Int64, description=f"Transactions in the last {w} days.") for w in WINDOWS_DAYS]
-        + [Field(name=f"customer_mean_amount_{w}d", dtype=Float64, description=f"Mean amount over the last {w} days (0 if none).") for w in WINDOWS_DAYS],
-        source=customer_source,
-        description="Customer spending behaviour, daily snapshots.",
-    )
-    terminal_risk = FeatureView(
-        name="terminal_risk",
-        entities=[terminal],
-        ttl=SNAPSHOT_TTL,
-        schema=[Field(name=f"terminal_tx_count_{w}d", dtype=Int64, description=f"Transactions in the {w} days before the label delay.") for w in WINDOWS_DAYS]
-        + [Field(name=f"terminal_risk_{w}d", dtype=Float64, description=f"Fraud share in the {w} days before the label delay.") for w in WINDOWS_DAYS],
-        source=terminal_source,
-        description="Terminal risk from labels old enough to be known at scoring time.",
+    terminal = FeatureView(
+        name="terminal_history",
+        entities=[transaction],
+        ttl=ROW_TTL,
+        schema=[Field(name=name, dtype=Float64, description=_describe(name)) for name in TERMINAL_FEATURES],
+        source=source,
+        description="The terminal's activity, and its risk from labels old enough to be known.",
     )
 
     @on_demand_feature_view(
-        sources=[customer_spending, transaction_request],
-        schema=[
-            Field(name="amount_to_customer_mean_30d", dtype=Float64),
-            Field(name="is_weekend", dtype=Int64),
-            Field(name="is_night", dtype=Int64),
-        ],
+        sources=[transaction_request],
+        schema=[Field(name="is_weekend", dtype=Int64), Field(name="is_night", dtype=Int64)],
         mode="pandas",
         description="Request-time features: the same function the API calls.",
     )
     def transaction_context(inputs: pd.DataFrame) -> pd.DataFrame:
         from features.logic import request_features as compute
 
-        out = compute(inputs["amount"], inputs["tx_unix_seconds"], inputs["customer_mean_amount_30d"])
-        return pd.DataFrame({k: out[k] for k in ("amount_to_customer_mean_30d", "is_weekend", "is_night")})
+        out = compute(inputs["tx_unix_seconds"])
+        return pd.DataFrame({k: out[k] for k in ("is_weekend", "is_night")})
 
-    fraud_detection_v1 = FeatureService(
-        name="fraud_detection_v1",
-        features=[customer_spending, terminal_risk, transaction_context],
-        description="Everything the fraud model reads, for training and serving alike.",
+    fraud_detection_v2 = FeatureService(
+        name="fraud_detection_v2",
+        features=[card, terminal, transaction_context],
+        description="Everything the fraud model reads besides the amount, for training and serving alike.",
     )
-    return [customer, terminal, transaction_request, customer_source, terminal_source, customer_spending, terminal_risk, transaction_context, fraud_detection_v1]
+    return [transaction, transaction_request, source, card, terminal, transaction_context, fraud_detection_v2]
 
 
 __all__ = ["feature_objects", "request_features"]

@@ -1,0 +1,245 @@
+"""Live feature state: each card's and terminal's recent transactions, updated as they are scored.
+
+Scoring a batch is one atomic step on the store: record the batch's transactions, read back the
+history of every card and terminal in it, and prune what no window can reach any more. Then
+`features.live` computes the windows. The step is
+
+- exact: the history is the events themselves, so window edges are exact to the microsecond;
+- bounded: a card keeps 30 days, a terminal 30 days plus the label delay (pruned on every write);
+- atomic: on SQLite one `BEGIN IMMEDIATE` transaction, on Redis one Lua script, so N concurrent
+  requests for a card from several workers leave exactly N events;
+- idempotent: events are keyed by transaction id, so a retried transaction counts once.
+
+Labels reach terminal risk through `add_frauds` when they arrive (the label feed, `fraudops replay`),
+never earlier. SQLite is the embedded default; Redis when `feast_redis_url` is set, as in
+docker-compose. At scale the same step moves to a stream processor keyed by card and terminal
+(docs/03-features.md).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.settings import Settings
+from features.live import CUSTOMER_HORIZON_US, DAY_US, CustomerEvent, TerminalEvent, customer_features, terminal_features, terminal_horizon_us
+
+# Kept past the longest window, so a transaction that arrives a little late still sees its history.
+LATE_MARGIN_US = DAY_US
+
+
+@dataclass(frozen=True)
+class Tx:
+    transaction_id: str
+    customer_id: str
+    terminal_id: str
+    amount: float
+    us: int  # transaction time, microseconds since the epoch (UTC)
+
+
+@dataclass
+class History:
+    customer: list[CustomerEvent]
+    terminal: list[TerminalEvent]
+    frauds: list[TerminalEvent]
+
+
+def features(tx: Tx, history: History, delay_days: int) -> dict[str, float]:
+    """The one function a scoring path (or a stream processor) runs on a transaction and its state."""
+    return {**customer_features(history.customer, tx.us, tx.transaction_id, tx.amount),
+            **terminal_features(history.terminal, history.frauds, tx.us, tx.transaction_id, delay_days)}
+
+
+class SqliteState:
+    SCHEMA = """
+    CREATE TABLE IF NOT EXISTS customer_events (customer_id TEXT NOT NULL, transaction_id TEXT NOT NULL, us INTEGER NOT NULL,
+        amount REAL NOT NULL, PRIMARY KEY (customer_id, transaction_id)) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS customer_events_time ON customer_events (customer_id, us);
+    CREATE TABLE IF NOT EXISTS terminal_events (terminal_id TEXT NOT NULL, transaction_id TEXT NOT NULL, us INTEGER NOT NULL,
+        PRIMARY KEY (terminal_id, transaction_id)) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS terminal_events_time ON terminal_events (terminal_id, us);
+    CREATE TABLE IF NOT EXISTS terminal_frauds (terminal_id TEXT NOT NULL, transaction_id TEXT NOT NULL, us INTEGER NOT NULL,
+        PRIMARY KEY (terminal_id, transaction_id)) WITHOUT ROWID;
+    """
+
+    def __init__(self, path: Path, delay_days: int, timeout_seconds: float = 5.0) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.delay_days = delay_days
+        self.terminal_horizon = terminal_horizon_us(delay_days)
+        self._local = threading.local()  # a connection per thread: sqlite3 connections are not shared
+        self.timeout_seconds = timeout_seconds
+        with self._connection() as con:
+            con.executescript(self.SCHEMA)
+
+    def _connection(self) -> sqlite3.Connection:
+        con = getattr(self._local, "connection", None)
+        if con is None:
+            con = sqlite3.connect(self.path, timeout=self.timeout_seconds, isolation_level=None, check_same_thread=False)
+            con.execute("PRAGMA journal_mode = WAL")
+            con.execute("PRAGMA synchronous = NORMAL")
+            self._local.connection = con
+        return con
+
+    def update(self, batch: Sequence[Tx]) -> list[History]:
+        con = self._connection()
+        customers = sorted({tx.customer_id for tx in batch})
+        terminals = sorted({tx.terminal_id for tx in batch})
+        latest = max(tx.us for tx in batch)
+        earliest = min(tx.us for tx in batch)
+        c_marks, t_marks = ",".join("?" * len(customers)), ",".join("?" * len(terminals))
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.executemany("INSERT OR IGNORE INTO customer_events VALUES (?, ?, ?, ?)",
+                            [(tx.customer_id, tx.transaction_id, tx.us, tx.amount) for tx in batch])
+            con.executemany("INSERT OR IGNORE INTO terminal_events VALUES (?, ?, ?)",
+                            [(tx.terminal_id, tx.transaction_id, tx.us) for tx in batch])
+            con.execute(f"DELETE FROM customer_events WHERE customer_id IN ({c_marks}) AND us < ?",
+                        [*customers, latest - CUSTOMER_HORIZON_US - LATE_MARGIN_US])
+            for table in ("terminal_events", "terminal_frauds"):
+                con.execute(f"DELETE FROM {table} WHERE terminal_id IN ({t_marks}) AND us < ?",
+                            [*terminals, latest - self.terminal_horizon - LATE_MARGIN_US])
+            by_customer: dict[str, list[CustomerEvent]] = defaultdict(list)
+            for customer, tx_id, us, amount in con.execute(
+                    f"SELECT customer_id, transaction_id, us, amount FROM customer_events WHERE customer_id IN ({c_marks}) AND us > ?",
+                    [*customers, earliest - CUSTOMER_HORIZON_US]):
+                by_customer[customer].append((us, tx_id, amount))
+            by_terminal: dict[str, list[TerminalEvent]] = defaultdict(list)
+            frauds: dict[str, list[TerminalEvent]] = defaultdict(list)
+            for table, target in (("terminal_events", by_terminal), ("terminal_frauds", frauds)):
+                for terminal, tx_id, us in con.execute(
+                        f"SELECT terminal_id, transaction_id, us FROM {table} WHERE terminal_id IN ({t_marks}) AND us > ?",
+                        [*terminals, earliest - self.terminal_horizon]):
+                    target[terminal].append((us, tx_id))
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return [History(by_customer[tx.customer_id], by_terminal[tx.terminal_id], frauds[tx.terminal_id]) for tx in batch]
+
+    def _write(self, statements: Iterable[tuple[str, list[tuple[object, ...]]]]) -> None:
+        con = self._connection()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            for statement, rows in statements:
+                con.executemany(statement, rows)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def load(self, batch: Sequence[Tx]) -> None:
+        """Record transactions without scoring them: the backfill (`features.store.materialize`)."""
+        self._write([("INSERT OR IGNORE INTO customer_events VALUES (?, ?, ?, ?)",
+                      [(tx.customer_id, tx.transaction_id, tx.us, tx.amount) for tx in batch]),
+                     ("INSERT OR IGNORE INTO terminal_events VALUES (?, ?, ?)", [(tx.terminal_id, tx.transaction_id, tx.us) for tx in batch])])
+
+    def add_frauds(self, frauds: Iterable[tuple[str, str, int]]) -> None:
+        """Confirmed frauds as their labels arrive: (terminal_id, transaction_id, transaction time)."""
+        self._write([("INSERT OR IGNORE INTO terminal_frauds VALUES (?, ?, ?)", list(frauds))])
+
+    def clear(self) -> None:
+        con = self._connection()
+        for table in ("customer_events", "terminal_events", "terminal_frauds"):
+            con.execute(f"DELETE FROM {table}")
+
+
+# KEYS: for each transaction its card's, terminal's and terminal-frauds' sorted sets.
+# ARGV: for each transaction: time, card member, transaction id, then the read and prune bounds.
+# Scores are times in microseconds: exact in a double up to 2^53 us, the year 2255.
+REDIS_UPDATE = """
+local out = {}
+for i = 0, #KEYS / 3 - 1 do
+  local c, t, f = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
+  local a = 7 * i
+  local us, member, tx = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  redis.call('ZADD', c, 'NX', us, member)
+  redis.call('ZADD', t, 'NX', us, tx)
+  redis.call('ZREMRANGEBYSCORE', c, '-inf', '(' .. ARGV[a + 6])
+  redis.call('ZREMRANGEBYSCORE', t, '-inf', '(' .. ARGV[a + 7])
+  redis.call('ZREMRANGEBYSCORE', f, '-inf', '(' .. ARGV[a + 7])
+  out[3 * i + 1] = redis.call('ZRANGEBYSCORE', c, '(' .. ARGV[a + 4], '+inf', 'WITHSCORES')
+  out[3 * i + 2] = redis.call('ZRANGEBYSCORE', t, '(' .. ARGV[a + 5], '+inf', 'WITHSCORES')
+  out[3 * i + 3] = redis.call('ZRANGEBYSCORE', f, '(' .. ARGV[a + 5], '+inf', 'WITHSCORES')
+end
+return out
+"""
+SEPARATOR = "\x1f"  # between a card event's transaction id and its amount (ids cannot hold it)
+
+
+class RedisState:
+    def __init__(self, url: str, delay_days: int, prefix: str, timeout_seconds: float = 5.0) -> None:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        host_port, *options = url.split(",")
+        host, _, port = host_port.partition(":")
+        db = int(dict(option.split("=", 1) for option in options).get("db", 0))
+        self.client = redis.Redis(host=host or "localhost", port=int(port or 6379), db=db, socket_timeout=timeout_seconds,
+                                  socket_connect_timeout=timeout_seconds,
+                                  # redis-py retries a timed-out command three times with backoff: seconds, not the
+                                  # timeout. Serving answers degraded instead of waiting.
+                                  retry=Retry(NoBackoff(), 0))
+        self.delay_days = delay_days
+        self.terminal_horizon = terminal_horizon_us(delay_days)
+        self.prefix = prefix
+        self.script = self.client.register_script(REDIS_UPDATE)
+
+    def _keys(self, tx: Tx) -> list[str]:
+        # One Redis: a batch's keys go to one script. On a Redis Cluster they span slots, and the
+        # batch would be split by slot first (docs/03-features.md).
+        return [f"{self.prefix}:c:{tx.customer_id}", f"{self.prefix}:t:{tx.terminal_id}", f"{self.prefix}:f:{tx.terminal_id}"]
+
+    def update(self, batch: Sequence[Tx]) -> list[History]:
+        keys: list[str] = []
+        argv: list[str | int | float] = []
+        latest = max(tx.us for tx in batch)
+        for tx in batch:
+            keys += self._keys(tx)
+            argv += [tx.us, f"{tx.transaction_id}{SEPARATOR}{tx.amount!r}", tx.transaction_id,
+                     tx.us - CUSTOMER_HORIZON_US, tx.us - self.terminal_horizon,
+                     latest - CUSTOMER_HORIZON_US - LATE_MARGIN_US, latest - self.terminal_horizon - LATE_MARGIN_US]
+        raw = self.script(keys=keys, args=argv)
+        out = []
+        for i in range(len(batch)):
+            card, terminal, frauds = raw[3 * i], raw[3 * i + 1], raw[3 * i + 2]
+            customer = []
+            for member, score in zip(card[::2], card[1::2]):
+                tx_id, _, amount = member.decode().partition(SEPARATOR)
+                customer.append((int(float(score)), tx_id, float(amount)))
+            out.append(History(customer, [(int(float(s)), m.decode()) for m, s in zip(terminal[::2], terminal[1::2])],
+                               [(int(float(s)), m.decode()) for m, s in zip(frauds[::2], frauds[1::2])]))
+        return out
+
+    def load(self, batch: Sequence[Tx], chunk: int = 10_000) -> None:
+        for first in range(0, len(batch), chunk):
+            pipe = self.client.pipeline(transaction=True)
+            for tx in batch[first:first + chunk]:
+                card, terminal, _ = self._keys(tx)
+                pipe.zadd(card, {f"{tx.transaction_id}{SEPARATOR}{tx.amount!r}": tx.us}, nx=True)
+                pipe.zadd(terminal, {tx.transaction_id: tx.us}, nx=True)
+            pipe.execute()
+
+    def add_frauds(self, frauds: Iterable[tuple[str, str, int]]) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        for terminal, tx_id, us in frauds:
+            pipe.zadd(f"{self.prefix}:f:{terminal}", {tx_id: us}, nx=True)
+        pipe.execute()
+
+    def clear(self) -> None:
+        for key in self.client.scan_iter(f"{self.prefix}:*", count=1000):
+            self.client.delete(key)
+
+
+State = SqliteState | RedisState
+
+
+def open_state(settings: Settings, timeout_seconds: float = 5.0) -> State:
+    if settings.feast_redis_url:
+        return RedisState(settings.feast_redis_url, settings.label_delay_days, f"{settings.feast_project}:live", timeout_seconds)
+    return SqliteState(settings.feast_dir / "live_state.db", settings.label_delay_days, timeout_seconds)
