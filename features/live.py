@@ -18,7 +18,8 @@ the same functions on its own keyed state; the parity tests hold the two sides t
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 SECOND_US = 1_000_000
 HOUR_US = 3600 * SECOND_US
@@ -40,6 +41,7 @@ LIVE_FEATURES = CUSTOMER_FEATURES + TERMINAL_FEATURES
 
 CustomerEvent = tuple[int, str, float]  # (time in microseconds since the epoch, transaction id, amount)
 TerminalEvent = tuple[int, str]  # (time in microseconds since the epoch, transaction id)
+E = TypeVar("E", CustomerEvent, TerminalEvent)
 
 
 def label_lag_us(delay_days: int) -> int:
@@ -52,6 +54,13 @@ def terminal_horizon_us(delay_days: int) -> int:
     return TERMINAL_WINDOWS["30d"] + label_lag_us(delay_days)
 
 
+def _earlier(history: Iterable[E], us: int, transaction_id: str) -> Iterator[tuple[int, E]]:
+    """(age, event) of the events strictly before `us`, other than the transaction itself."""
+    for event in history:
+        if event[0] < us and event[1] != transaction_id:
+            yield us - event[0], event
+
+
 def customer_features(history: Iterable[CustomerEvent], us: int, transaction_id: str, amount: float) -> dict[str, float]:
     """The card's features for a transaction at `us`. `history` is what the state holds for the card
     in any order; it may contain this transaction (a retry) and later ones (late arrivals): both are
@@ -59,10 +68,7 @@ def customer_features(history: Iterable[CustomerEvent], us: int, transaction_id:
     counts = dict.fromkeys(CUSTOMER_WINDOWS, 1)
     sums = dict.fromkeys(CUSTOMER_WINDOWS, amount)
     previous = -1
-    for at, tx, value in history:
-        if at >= us or tx == transaction_id:
-            continue
-        age = us - at
+    for age, (at, _, value) in _earlier(history, us, transaction_id):
         for name, width in CUSTOMER_WINDOWS.items():
             if age < width:
                 counts[name] += 1
@@ -85,10 +91,7 @@ def terminal_features(history: Iterable[TerminalEvent], frauds: Iterable[Termina
     lag = label_lag_us(delay_days)
     counts = dict.fromkeys(TERMINAL_WINDOWS, 1)
     labelled = dict.fromkeys(TERMINAL_WINDOWS, 0)
-    for at, tx in history:
-        if at >= us or tx == transaction_id:
-            continue
-        age = us - at
+    for age, _ in _earlier(history, us, transaction_id):
         for name, width in TERMINAL_WINDOWS.items():
             if age < width:
                 counts[name] += 1

@@ -56,22 +56,12 @@ def _describe(name: str) -> str:
 def feature_objects(features_dir: Path) -> list:
     """All Feast objects, with the source pointing at this installation's feature table."""
     source = FileSource(name="transaction_features", path=str(features_dir / FEATURES_FILE), timestamp_field="event_timestamp")
-    card = FeatureView(
-        name="card_history",
-        entities=[transaction],
-        ttl=ROW_TTL,
-        schema=[Field(name=name, dtype=Float64, description=_describe(name)) for name in CUSTOMER_FEATURES],
-        source=source,
-        description="The card's history up to and including the transaction.",
-    )
-    terminal = FeatureView(
-        name="terminal_history",
-        entities=[transaction],
-        ttl=ROW_TTL,
-        schema=[Field(name=name, dtype=Float64, description=_describe(name)) for name in TERMINAL_FEATURES],
-        source=source,
-        description="The terminal's activity, and its risk from labels old enough to be known.",
-    )
+    def view(name: str, features: list[str], description: str) -> FeatureView:
+        schema = [Field(name=feature, dtype=Float64, description=_describe(feature)) for feature in features]
+        return FeatureView(name=name, entities=[transaction], ttl=ROW_TTL, schema=schema, source=source, description=description)
+
+    card = view("card_history", CUSTOMER_FEATURES, "The card's history up to and including the transaction.")
+    terminal = view("terminal_history", TERMINAL_FEATURES, "The terminal's activity, and its risk from labels old enough to be known.")
 
     @on_demand_feature_view(
         sources=[transaction_request],
