@@ -103,8 +103,8 @@ def train(
     train_days: Annotated[Optional[int], typer.Option(min=1, help="Days of training data.")] = None,
     delay_days: Annotated[Optional[int], typer.Option(min=0, help="Days between train and test while labels mature.")] = None,
     test_days: Annotated[Optional[int], typer.Option(min=1, help="Days of test data.")] = None,
-    num_leaves: Annotated[int, typer.Option(min=2, help="LightGBM num_leaves.")] = 31,
-    learning_rate: Annotated[float, typer.Option(min=0.0001, max=1.0, help="LightGBM learning rate.")] = 0.05,
+    num_leaves: Annotated[Optional[int], typer.Option(min=2, help="LightGBM num_leaves (default: pipelines/training.py's ModelConfig).")] = None,
+    learning_rate: Annotated[Optional[float], typer.Option(min=0.0001, max=1.0, help="LightGBM learning rate (default: ModelConfig's).")] = None,
     scale_pos_weight: Annotated[Optional[float], typer.Option(min=1.0, help="Weight of the fraud class; default: chosen by prequential validation.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write test metrics as JSON, one object per model.")] = None,
 ) -> None:
@@ -120,7 +120,8 @@ def train(
     from pipelines.flows import training_flow
     from pipelines.training import ModelConfig
 
-    result = training_flow(s)(s, ModelConfig(num_leaves=num_leaves, learning_rate=learning_rate, scale_pos_weight=scale_pos_weight))
+    chosen: dict[str, Any] = {"num_leaves": num_leaves, "learning_rate": learning_rate, "scale_pos_weight": scale_pos_weight}
+    result = training_flow(s)(s, ModelConfig(**{k: v for k, v in chosen.items() if v is not None}))
     models = per_model(result, s.top_k)
     table = Table(title=f"test window: {result.get('test_rows', 0):,.0f} transactions, {result.get('test_frauds', 0):,.0f} frauds")
     for column in ("model", "ROC AUC", "average precision", f"CP@{s.top_k}", "recall @ 1% FPR", "expected cost"):

@@ -132,7 +132,7 @@ def test_compose_services_run_natively_end_to_end(stack: Stack, monkeypatch: pyt
         return done.stdout
 
     run(stack.command("bootstrap"))  # simulate, feast apply, materialize, train: the first champion
-    run(["fraudops", "train", "--num-leaves", "15"])  # a challenger
+    run(["fraudops", "train", "--num-leaves", "7"])  # a challenger: another config than the default
     run(["fraudops", "promote", "--reason", "native stack test"])
 
     api = stack.start("api", "--port", {**tiny, "FRAUDOPS_MODEL_POLL_SECONDS": "1"})

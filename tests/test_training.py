@@ -177,3 +177,14 @@ def test_rollback_restores_the_replaced_champion(registry_copy) -> None:
     promote(registry_copy, reason="canary looked good", who="tester")
     assert rollback(registry_copy, reason="alert fired", who="oncall") == (before["challenger"], before["champion"])
     assert aliases(registry_copy)["champion"] == before["champion"]
+
+
+def test_the_gate_refuses_a_candidate_below_the_floor_the_baseline_or_the_champion() -> None:
+    from pipelines.flows import gate_failures
+
+    good = {"test_average_precision": 0.6, "baseline_logistic_regression_average_precision": 0.5}
+    assert gate_failures(good, None, 0.1) == []
+    assert gate_failures(good, 0.6, 0.1) == []  # as good as the champion is enough
+    assert any("min_average_precision" in f for f in gate_failures(good, None, 0.7))
+    assert any("logistic-regression baseline" in f for f in gate_failures({**good, "baseline_logistic_regression_average_precision": 0.6}, None, 0.1))
+    assert any("champion's 0.650" in f for f in gate_failures(good, 0.65, 0.1))
