@@ -8,6 +8,7 @@ model: is today's traffic still the traffic this model was validated on?
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Literal
 
 import pandas as pd
 from evidently import Report
+from scipy.stats import norm
 from evidently.core.report import Snapshot
 from evidently.metrics import ValueDrift
 from evidently.presets import DataDriftPreset
@@ -119,14 +121,38 @@ def value_checks(reference: pd.DataFrame, current: pd.DataFrame, columns: list[s
     return out_of_range, new_values
 
 
-def rate_drift(current: pd.Series, reference: pd.Series, column: str, p_value: float) -> ColumnDrift:
+def rate_drift(current: pd.Series, reference: pd.Series, column: str, p_value: float,
+               current_customers: pd.Series | None = None, reference_customers: pd.Series | None = None) -> ColumnDrift:
     """Drift of a rare 0/1 rate (decisions, frauds): a two-proportion z-test. Evidently's default for a
-    binary column at this size is a Jensen-Shannon distance with a 0.1 cut, blind to 1.1% -> 3.0%."""
-    snapshot = Report([ValueDrift(column=column, method="z", threshold=p_value)]).run(
-        current_data=pd.DataFrame({column: current.astype(int).to_numpy()}),
-        reference_data=pd.DataFrame({column: reference.astype(int).to_numpy()}),
-    )
-    return _parse(snapshot.dict())[1][0]
+    binary column at this size is a Jensen-Shannon distance with a 0.1 cut, blind to 1.1% -> 3.0%.
+
+    With the customers of each row, the test counts customers, not rows, as the independent units: a
+    card under card testing gives ten flagged transactions in an hour, and a canary's sticky 10% of
+    customers holds a few such cards or none. Counted as independent rows, one such card made a calm
+    day's challenger "drift" at p = 2e-8 (20 of 372 flagged, 10 of them one card's)."""
+    if current_customers is None or reference_customers is None:
+        snapshot = Report([ValueDrift(column=column, method="z", threshold=p_value)]).run(
+            current_data=pd.DataFrame({column: current.astype(int).to_numpy()}),
+            reference_data=pd.DataFrame({column: reference.astype(int).to_numpy()}),
+        )
+        return _parse(snapshot.dict())[1][0]
+    (rate, variance), (reference_rate, reference_variance) = (
+        _clustered_rate(current, current_customers), _clustered_rate(reference, reference_customers))
+    spread = math.sqrt(variance + reference_variance)
+    value = float(2 * norm.sf(abs(rate - reference_rate) / spread)) if spread > 0 else float(rate == reference_rate)
+    return ColumnDrift(column, "z, customers as clusters", value, p_value, value < p_value)
+
+
+def _clustered_rate(flags: pd.Series, customers: pd.Series) -> tuple[float, float]:
+    """The share of rows flagged and its variance with customers as clusters (the ratio estimator's
+    cluster-robust variance); with one customer, the plain binomial variance."""
+    per = pd.DataFrame({"flag": flags.astype(float).to_numpy(), "customer": customers.to_numpy()}).groupby("customer")["flag"].agg(["sum", "count"])
+    rows = float(per["count"].sum())
+    rate = float(per["sum"].sum()) / rows
+    clusters = len(per)
+    if clusters < 2:
+        return rate, rate * (1 - rate) / rows
+    return rate, clusters / (clusters - 1) * float(((per["sum"] - rate * per["count"]) ** 2).sum()) / rows**2
 
 
 def drift_report(
@@ -171,7 +197,8 @@ def drift_report(
         kept.append(variant_snapshot)
         prediction[variant] = _parse(variant_snapshot.dict())[1][0]
         flagged = scored["is_fraud_predicted"] if "is_fraud_predicted" in scored else scored["score"] >= reference.threshold
-        decision_rate[variant] = rate_drift(flagged, reference.frame["score"] >= reference.threshold, "flagged", rate_p_value)
+        decision_rate[variant] = rate_drift(flagged, reference.frame["score"] >= reference.threshold, "flagged", rate_p_value,
+                                            scored.get("customer_id"), reference.frame.get("customer_id"))
 
     verdict: Verdict = "ok"
     if missing_share > max_missing_share or new_values or any(v > max_out_of_range_share for v in out_of_range.values()):

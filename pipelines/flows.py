@@ -340,7 +340,9 @@ def monitor_flow(settings: Settings | None = None, label: str = "latest", since:
                                        settings.max_quality_drop, settings.min_labelled_frauds) if len(labelled) else ({}, [])
     # A fraud wave is mostly a change in the labels: the features and scores barely move until the
     # terminals' risk catches up, so the fraud rate of the labelled traffic is tested on its own.
-    labels = (rate_drift(labelled["is_fraud"], references.frames["champion"].frame["is_fraud"], "is_fraud", settings.rate_drift_p_value)
+    champion_frame = references.frames["champion"].frame
+    labels = (rate_drift(labelled["is_fraud"], champion_frame["is_fraud"], "is_fraud", settings.rate_drift_p_value,
+                         labelled.get("customer_id"), champion_frame.get("customer_id"))
               if len(labelled) >= settings.min_rows else None)
     reasons = [f"drift verdict on {drift.current_rows:,} predictions ({drift.drifted_share:.0%} of features drifted)"] if drift.verdict == "drift" else []
     if labels is not None and labels.drifted:

@@ -224,7 +224,8 @@ def train(frame: pd.DataFrame, features: list[str], windows: Windows, config: Mo
     # The monitoring reference is all of the test window's traffic, known-compromised cards included:
     # live traffic includes them too, and a reference without them would raise false drift alarms.
     everything = window(frame, windows.test_start, windows.test_end)
-    reference = everything[["event_timestamp", *features, "is_fraud"]].assign(score=booster.predict(_matrix(everything, features)))
+    # The customer of each row: the monitor's rate tests count customers, not rows, as independent.
+    reference = everything[["event_timestamp", "customer_id", *features, "is_fraud"]].assign(score=booster.predict(_matrix(everything, features)))
     baseline_scores = {}
     for name, (validation_scores, baseline_test) in baselines(fit, validation, test, features).items():
         _, baseline_metrics = judged(validation_scores, baseline_test)

@@ -115,6 +115,25 @@ def test_a_fraud_wave_shows_in_the_labels_and_a_stable_period_does_not(tmp_path,
     assert result.method == "z" and result.drifted is detected
 
 
+def test_a_rate_test_counts_customers_not_rows() -> None:
+    """One card with ten flagged charges in a small canary sample: drift if rows were independent,
+    none once each customer counts as one unit; a real change across many customers still shows."""
+    import pandas as pd
+
+    from monitoring.drift import rate_drift
+
+    rng = np.random.default_rng(0)
+    reference = pd.Series(rng.uniform(size=20_000) < 0.015)
+    ref_customers = pd.Series(rng.integers(0, 4_000, 20_000))
+    calm = pd.Series(np.r_[rng.uniform(size=362) < 0.015, np.ones(10, dtype=bool)])
+    calm_customers = pd.Series(np.r_[rng.integers(0, 80, 362), np.full(10, 999)])
+    assert rate_drift(calm, reference, "flagged", 0.01).drifted  # rows as units: a false alarm
+    clustered = rate_drift(calm, reference, "flagged", 0.01, calm_customers, ref_customers)
+    assert clustered.method == "z, customers as clusters" and not clustered.drifted
+    wave = pd.Series(rng.uniform(size=4_000) < 0.05)
+    assert rate_drift(wave, reference, "flagged", 0.01, pd.Series(rng.integers(0, 800, 4_000)), ref_customers).drifted
+
+
 def test_out_of_range_values_and_new_categories_warn(tmp_path) -> None:
     calm = run(tmp_path, live(traffic(3_000, 7)))
     assert not calm.new_values and all(share < 0.01 for share in calm.out_of_range.values())
