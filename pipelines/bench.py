@@ -320,7 +320,7 @@ def serving_section(settings: Settings, scale: str, repeat: int) -> Section:
             "2. /predict/features (routing, model, log)": (ports["ours"], WRK_SCRIPT.format(method="POST", body=body_features, path="/predict/features")),
             "3. peer: mlflow models serve (model)": (ports["mlflow"], WRK_SCRIPT.format(method="POST", body="'" + mlflow_body + "'", path="/invocations")),
             "4. floor: constant ASGI app": (ports["floor"], WRK_SCRIPT.format(method="GET", body="nil", path="/")),
-            "5. the floor plus one online lookup per request": (ports["lookup"], WRK_SCRIPT.format(method="POST", body=body_full, path="/")),
+            "5. the floor plus one state step per request": (ports["lookup"], WRK_SCRIPT.format(method="POST", body=body_full, path="/")),
         }
         for port, script in targets.values():
             # discarded: a worker still loading its model, cold caches and the first log files

@@ -58,7 +58,7 @@ def test_every_command_named_exists(page: Path, cli: Any) -> None:
                 command = cli
                 for word in invocation.split():
                     if word.startswith("--"):
-                        options = {o for p in command.params for o in p.opts} | {"--help"}
+                        options = {o for p in command.params for o in (*p.opts, *getattr(p, "secondary_opts", []))} | {"--help"}
                         assert word.split("=")[0] in options, f"{page.name}: `fraudops {invocation}`: no option {word}"
                     elif hasattr(command, "commands"):  # a group: the word names a subcommand
                         assert word in command.commands, f"{page.name}: `fraudops {invocation}`: no command {word!r}"
