@@ -32,7 +32,6 @@ COLUMNS = {
 TABLE = "prediction_log"
 
 
-
 def read(settings: Settings, since: datetime | None = None, until: datetime | None = None) -> pd.DataFrame:
     """Logged predictions by transaction time, one column per feature, from whichever sink is set."""
     clauses = ["TRUE"]

@@ -21,7 +21,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,67 +86,61 @@ class SqliteState:
             self._local.connection = con
         return con
 
-    def update(self, batch: Sequence[Tx]) -> list[History]:
+    @contextmanager
+    def _immediate(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at its start (`BEGIN IMMEDIATE`), so concurrent workers queue
+        for the lock instead of failing when a read would turn into a write; undone on any failure."""
         con = self._connection()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            yield con
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _record(con: sqlite3.Connection, batch: Sequence[Tx]) -> None:
+        con.executemany("INSERT OR IGNORE INTO customer_events VALUES (?, ?, ?, ?)",
+                        [(tx.customer_id, tx.transaction_id, tx.us, tx.amount) for tx in batch])
+        con.executemany("INSERT OR IGNORE INTO terminal_events VALUES (?, ?, ?)", [(tx.terminal_id, tx.transaction_id, tx.us) for tx in batch])
+
+    def update(self, batch: Sequence[Tx]) -> list[History]:
         customers = sorted({tx.customer_id for tx in batch})
         terminals = sorted({tx.terminal_id for tx in batch})
         latest = max(tx.us for tx in batch)
         earliest = min(tx.us for tx in batch)
         c_marks, t_marks = ",".join("?" * len(customers)), ",".join("?" * len(terminals))
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            con.executemany("INSERT OR IGNORE INTO customer_events VALUES (?, ?, ?, ?)",
-                            [(tx.customer_id, tx.transaction_id, tx.us, tx.amount) for tx in batch])
-            con.executemany("INSERT OR IGNORE INTO terminal_events VALUES (?, ?, ?)",
-                            [(tx.terminal_id, tx.transaction_id, tx.us) for tx in batch])
+        by_customer: dict[str, list[CustomerEvent]] = defaultdict(list)
+        by_terminal: dict[str, list[TerminalEvent]] = defaultdict(list)
+        frauds: dict[str, list[TerminalEvent]] = defaultdict(list)
+        with self._immediate() as con:
+            self._record(con, batch)
             con.execute(f"DELETE FROM customer_events WHERE customer_id IN ({c_marks}) AND us < ?",
                         [*customers, latest - CUSTOMER_HORIZON_US - LATE_MARGIN_US])
             for table in ("terminal_events", "terminal_frauds"):
                 con.execute(f"DELETE FROM {table} WHERE terminal_id IN ({t_marks}) AND us < ?",
                             [*terminals, latest - self.terminal_horizon - LATE_MARGIN_US])
-            by_customer: dict[str, list[CustomerEvent]] = defaultdict(list)
             for customer, tx_id, us, amount in con.execute(
                     f"SELECT customer_id, transaction_id, us, amount FROM customer_events WHERE customer_id IN ({c_marks}) AND us > ?",
                     [*customers, earliest - CUSTOMER_HORIZON_US]):
                 by_customer[customer].append((us, tx_id, amount))
-            by_terminal: dict[str, list[TerminalEvent]] = defaultdict(list)
-            frauds: dict[str, list[TerminalEvent]] = defaultdict(list)
             for table, target in (("terminal_events", by_terminal), ("terminal_frauds", frauds)):
                 for terminal, tx_id, us in con.execute(
                         f"SELECT terminal_id, transaction_id, us FROM {table} WHERE terminal_id IN ({t_marks}) AND us > ?",
                         [*terminals, earliest - self.terminal_horizon]):
                     target[terminal].append((us, tx_id))
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
         return [History(by_customer[tx.customer_id], by_terminal[tx.terminal_id], frauds[tx.terminal_id]) for tx in batch]
-
-    def _write(self, statements: Iterable[tuple[str, list[tuple[object, ...]]]]) -> None:
-        con = self._connection()
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            for statement, rows in statements:
-                con.executemany(statement, rows)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
 
     def load(self, batch: Sequence[Tx]) -> None:
         """Record transactions without scoring them: the backfill (`features.store.materialize`)."""
-        self._write([("INSERT OR IGNORE INTO customer_events VALUES (?, ?, ?, ?)",
-                      [(tx.customer_id, tx.transaction_id, tx.us, tx.amount) for tx in batch]),
-                     ("INSERT OR IGNORE INTO terminal_events VALUES (?, ?, ?)", [(tx.terminal_id, tx.transaction_id, tx.us) for tx in batch])])
+        with self._immediate() as con:
+            self._record(con, batch)
 
     def add_frauds(self, frauds: Iterable[tuple[str, str, int]]) -> None:
         """Confirmed frauds as their labels arrive: (terminal_id, transaction_id, transaction time)."""
-        self._write([("INSERT OR IGNORE INTO terminal_frauds VALUES (?, ?, ?)", list(frauds))])
-
-    def clear(self) -> None:
-        con = self._connection()
-        for table in ("customer_events", "terminal_events", "terminal_frauds"):
-            con.execute(f"DELETE FROM {table}")
+        with self._immediate() as con:
+            con.executemany("INSERT OR IGNORE INTO terminal_frauds VALUES (?, ?, ?)", list(frauds))
 
 
 # KEYS: for each transaction its card's, terminal's and terminal-frauds' sorted sets.
@@ -169,6 +164,11 @@ end
 return out
 """
 SEPARATOR = "\x1f"  # between a card event's transaction id and its amount (ids cannot hold it)
+
+
+def _card_member(tx: Tx) -> str:
+    """A card event in its sorted set: the transaction id and the amount, exactly (repr round-trips)."""
+    return f"{tx.transaction_id}{SEPARATOR}{tx.amount!r}"
 
 
 class RedisState:
@@ -201,7 +201,7 @@ class RedisState:
         latest = max(tx.us for tx in batch)
         for tx in batch:
             keys += self._keys(tx)
-            argv += [tx.us, f"{tx.transaction_id}{SEPARATOR}{tx.amount!r}", tx.transaction_id,
+            argv += [tx.us, _card_member(tx), tx.transaction_id,
                      tx.us - CUSTOMER_HORIZON_US, tx.us - self.terminal_horizon,
                      latest - CUSTOMER_HORIZON_US - LATE_MARGIN_US, latest - self.terminal_horizon - LATE_MARGIN_US]
         raw = self.script(keys=keys, args=argv)
@@ -221,7 +221,7 @@ class RedisState:
             pipe = self.client.pipeline(transaction=True)
             for tx in batch[first:first + chunk]:
                 card, terminal, _ = self._keys(tx)
-                pipe.zadd(card, {f"{tx.transaction_id}{SEPARATOR}{tx.amount!r}": tx.us}, nx=True)
+                pipe.zadd(card, {_card_member(tx): tx.us}, nx=True)
                 pipe.zadd(terminal, {tx.transaction_id: tx.us}, nx=True)
             pipe.execute()
 
@@ -230,10 +230,6 @@ class RedisState:
         for terminal, tx_id, us in frauds:
             pipe.zadd(f"{self.prefix}:f:{terminal}", {tx_id: us}, nx=True)
         pipe.execute()
-
-    def clear(self) -> None:
-        for key in self.client.scan_iter(f"{self.prefix}:*", count=1000):
-            self.client.delete(key)
 
 
 State = SqliteState | RedisState

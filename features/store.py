@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from string import Template
 
+import numpy as np
 import pandas as pd
 import prometheus_client  # noqa: F401  (first: see below)
 import yaml
@@ -60,17 +61,17 @@ def materialize(settings: Settings, end: datetime) -> int:
     keeps it current from there, transaction by transaction. Idempotent: events are keyed by
     transaction id, so a second backfill over the same period changes nothing. The number of
     transactions loaded."""
-    from features.live import SECOND_US, terminal_horizon_us
-    from features.offline import read_transactions
+    from features.live import DAY_US, terminal_horizon_us
+    from features.offline import micros, read_transactions
     from features.state import LATE_MARGIN_US, Tx, open_state
 
     start = end - timedelta(microseconds=terminal_horizon_us(settings.label_delay_days) + LATE_MARGIN_US)
     frame = read_transactions(settings.transactions_dir, f"timestamp >= TIMESTAMP '{start}' AND timestamp < TIMESTAMP '{end}'")
-    us = frame["timestamp"].to_numpy().astype("datetime64[us]").astype("int64")
+    us = np.asarray(micros(frame))
     state = open_state(settings)
     state.load([Tx(str(t), str(c), str(m), float(a), int(u)) for t, c, m, a, u in
                 zip(frame["transaction_id"], frame["customer_id"], frame["terminal_id"], frame["amount"], us)])
-    known = (frame["is_fraud"].to_numpy() == 1) & (us + settings.label_delay_days * 86_400 * SECOND_US <= int(pd.Timestamp(end).value // 1000))
+    known = (frame["is_fraud"].to_numpy() == 1) & (us + settings.label_delay_days * DAY_US <= int(pd.Timestamp(end).value // 1000))
     state.add_frauds(zip(frame["terminal_id"][known], frame["transaction_id"][known], us[known].tolist()))
     return len(frame)
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from core.settings import Settings
 from features.live import DAY_US
-from features.offline import read_transactions
+from features.offline import micros, read_transactions
 
 Fraud = tuple[str, str, int]  # (terminal_id, transaction_id, transaction time in microseconds)
 
@@ -49,7 +49,7 @@ def label_feed(settings: Settings, start: pd.Timestamp, end: pd.Timestamp) -> La
     delay = settings.label_delay_days * DAY_US
     frauds = read_transactions(settings.transactions_dir, f"is_fraud = 1 AND timestamp >= TIMESTAMP '{start - pd.Timedelta(microseconds=delay)}' "
                                                           f"AND timestamp < TIMESTAMP '{end}'")
-    us = frauds["timestamp"].to_numpy().astype("datetime64[us]").astype("int64").tolist()
+    us = micros(frauds)
     arrivals = sorted((u + delay, (str(m), str(t), u)) for m, t, u in zip(frauds["terminal_id"], frauds["transaction_id"], us))
     return LabelFeed(arrivals, open_state(settings).add_frauds)
 
@@ -134,5 +134,5 @@ def replay(url: str, transactions: pd.DataFrame, concurrency: int = 8, on_done: 
            feed: LabelFeed | None = None) -> ReplayStats:
     """Send `transactions` in time order, `concurrency` at a time; with a `feed`, each label is
     delivered before the first transaction at or after its arrival is sent."""
-    times = transactions["timestamp"].to_numpy().astype("datetime64[us]").astype("int64").tolist()
+    times = micros(transactions)
     return asyncio.run(_replay(url, payloads(transactions), times, concurrency, on_done, feed))
