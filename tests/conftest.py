@@ -9,6 +9,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import uuid
 from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
@@ -102,6 +103,36 @@ def require_service(name: str, host: str, port: int) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{message}, and CI=true makes it mandatory")
     pytest.skip(f"{message}; start it to run this integration test")
+
+
+PG = ("PostgreSQL", "127.0.0.1", 5432)
+REDIS = ("Redis", "127.0.0.1", 6379)
+
+
+@pytest.fixture
+def database():
+    """A throwaway PostgreSQL database, dropped afterwards."""
+    require_service(*PG)
+    import psycopg
+
+    name = f"fraudops_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_db():
+    """A Redis database number of its own, flushed before and after."""
+    require_service(*REDIS)
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=6379, db=7)
+    client.flushdb()
+    yield "127.0.0.1:6379,db=7"
+    client.flushdb()
 
 
 @pytest.fixture(scope="session")

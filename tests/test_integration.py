@@ -5,44 +5,15 @@ from __future__ import annotations
 
 import socket
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
 
 import pytest
 
 from features.state import Tx
-from tests.conftest import failures_when_run_together, mismatches, replay_live, require_service, tiny_settings
+from tests.conftest import failures_when_run_together, mismatches, replay_live, tiny_settings
 
 pytestmark = pytest.mark.integration
-PG = ("PostgreSQL", "127.0.0.1", 5432)
-REDIS = ("Redis", "127.0.0.1", 6379)
-
-
-@pytest.fixture
-def database():
-    """A throwaway PostgreSQL database, dropped afterwards."""
-    require_service(*PG)
-    import psycopg
-
-    name = f"fraudops_test_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-
-
-@pytest.fixture
-def redis_db():
-    """A Redis database number of its own, flushed before and after."""
-    require_service(*REDIS)
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=6379, db=7)
-    client.flushdb()
-    yield "127.0.0.1:6379,db=7"
-    client.flushdb()
 
 
 def test_feast_on_postgres_registry_and_the_live_state_on_redis(tmp_path, database, redis_db) -> None:
