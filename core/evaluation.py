@@ -44,6 +44,14 @@ def recall_at_fpr(labels: np.ndarray, scores: np.ndarray, max_fpr: float) -> flo
     return float(tpr[fpr <= max_fpr].max())
 
 
+def card_precision_key(top_k: int) -> str:
+    return f"card_precision_at_{top_k}"
+
+
+def recall_key(max_fpr: float) -> str:
+    return f"recall_at_fpr_{max_fpr:g}"
+
+
 def evaluate(frame: pd.DataFrame, scores: np.ndarray, threshold: float, review_fee: float, top_k: int, max_fpr: float = 0.01) -> dict[str, float]:
     labels = frame["is_fraud"].to_numpy()
     amounts = frame["amount"].to_numpy()
@@ -52,8 +60,8 @@ def evaluate(frame: pd.DataFrame, scores: np.ndarray, threshold: float, review_f
     return {
         "roc_auc": float(roc_auc_score(labels, scores)) if both_classes else float("nan"),
         "average_precision": float(average_precision_score(labels, scores)) if both_classes else float("nan"),
-        f"card_precision_at_{top_k}": card_precision_at_k(frame, scores, top_k),
-        f"recall_at_fpr_{max_fpr:g}": recall_at_fpr(labels, scores, max_fpr) if both_classes else float("nan"),
+        card_precision_key(top_k): card_precision_at_k(frame, scores, top_k),
+        recall_key(max_fpr): recall_at_fpr(labels, scores, max_fpr) if both_classes else float("nan"),
         "expected_cost": expected_cost(labels, amounts, flagged, review_fee),
         "cost_of_no_model": expected_cost(labels, amounts, np.zeros_like(flagged), review_fee),
         "flag_rate": float(flagged.mean()),

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -38,8 +37,10 @@ def prepare(settings: Settings, quiet: bool = False) -> None:
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
     if quiet:
-        # Libraries here reset warning filters on import; silencing the display is what sticks.
-        warnings.showwarning = lambda *args, **kwargs: None
+        # Libraries here reset warning filters on import, so filters do not stick; sending warnings to
+        # logging (the standard library's own switch for this) and quieting that logger does.
+        logging.captureWarnings(True)
+        logging.getLogger("py.warnings").setLevel(logging.ERROR)
         os.environ.setdefault("PYTHONWARNINGS", "ignore")
         for name in ("mlflow", "feast", "alembic", "httpx", "prefect"):
             logging.getLogger(name).setLevel(logging.ERROR)
@@ -54,19 +55,28 @@ def service_available(host: str, port: int) -> bool:
         return False
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write beside, then rename over: a reader (the API's scrape, a starting worker) sees the old
-    file or the new one, never half of one. The partial file's name is unique, because writers race
-    too: API workers starting together cache the same model."""
-    fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A partial file to write beside `path`, renamed over it when the block ends and removed when it
+    fails: a reader (a query, the API's scrape, a starting worker) sees the old file or the new one,
+    never half of one, and a failed write leaves nothing. The partial name is unique, because writers
+    race (API workers starting together cache the same model) and hidden with a `.tmp` suffix, because
+    readers glob for `*.parquet`."""
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o644)  # as a plain write would leave it, not mkstemp's 0600
+    os.close(fd)
+    partial = Path(name)
     try:
-        os.fchmod(fd, 0o644)  # as a plain write would leave it, not mkstemp's 0600
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
+        yield partial
         os.replace(partial, path)
-    except BaseException:
-        Path(partial).unlink(missing_ok=True)
-        raise
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """`text` into `path`, whole or not at all (`atomic_path`)."""
+    with atomic_path(path) as partial:
+        partial.write_text(text)
 
 
 def poll_until(check: Callable[[], T | None], timeout: float, interval: float, stopped: Callable[[], str | None] = lambda: None) -> T:

@@ -19,11 +19,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def default_state_dir() -> Path:
+    """`.fraudops` in the source checkout (where `make` runs); installed from a wheel, where the
+    package's parent is site-packages, `.fraudops` in the folder the command runs in."""
+    return REPO_ROOT / ".fraudops" if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd() / ".fraudops"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FRAUDOPS_", env_file=".env", extra="ignore")
 
     environment: Literal["local", "ci", "production"] = "local"
-    state_dir: Path = Field(REPO_ROOT / ".fraudops", description="Every file fraudops writes lives under here.")
+    state_dir: Path = Field(default_factory=default_state_dir, description="Every file fraudops writes lives under here.")
     seed: int = 42
 
     # Simulator: the demo scale. The handbook's full scale is 5,000 customers, 10,000 terminals, 183 days.
@@ -75,7 +81,7 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     api_workers: int = Field(2, ge=1, le=64, description="uvicorn worker processes; one per core is the usual choice.")
-    api_pin_workers: bool = Field(True, description="Hold each API worker to a CPU of its own (serving/workers.py): its event loop and scoring thread then share one core, under SCHED_BATCH so that neither preempts the other when it wakes it. Turn off where other busy processes share the CPUs.")
+    api_pin_workers: bool = Field(False, description="Hold each API worker to a CPU of its own (serving/workers.py): its event loop and scoring thread then share one core, under SCHED_BATCH so that neither preempts the other when it wakes it. Off by default: a pinned worker cannot move away from other busy processes on its CPU (docker-compose runs Postgres, Redis, MLflow and Prefect beside the API); turn it on where the API has its CPUs to itself, as `make bench` does.")
     admin_token: str | None = Field(None, description="Bearer token of /admin; unset means the admin API is off.")
     challenger_share: float = Field(0.1, ge=0.0, le=1.0, description="Share of customers routed to challenger.")
     # Canary guardrails: over the last `guardrail_window` requests per variant, cut the challenger to 0.

@@ -10,11 +10,11 @@ with the number of transactions, not with cards x days (1.75 M transactions in s
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import duckdb
 
+from core.runtime import atomic_path
 from features.live import CUSTOMER_HORIZON_US, CUSTOMER_WINDOWS, MEAN_WINDOWS, SECOND_US, TERMINAL_WINDOWS, label_lag_us
 from features.offline import parts_glob
 
@@ -62,13 +62,11 @@ def compute_features(transactions_dir: Path, features_dir: Path, delay_days: int
     """Write the per-transaction feature table (by rename, whole or not at all); its row count."""
     path = features_dir / FEATURES_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.tmp")
     con = duckdb.connect()
     try:
-        con.execute(f"COPY ({features_sql(parts_glob(transactions_dir), delay_days)}) TO '{partial}' (FORMAT parquet)")
-        rows = con.execute(f"SELECT COUNT(*) FROM read_parquet('{partial}')").fetchall()[0][0]
-        os.replace(partial, path)
+        with atomic_path(path) as partial:
+            con.execute(f"COPY ({features_sql(parts_glob(transactions_dir), delay_days)}) TO '{partial}' (FORMAT parquet)")
+            rows = con.execute(f"SELECT COUNT(*) FROM read_parquet('{partial}')").fetchall()[0][0]
     finally:
-        partial.unlink(missing_ok=True)
         con.close()
     return {"transaction": int(rows)}

@@ -6,12 +6,12 @@ half-written file and a failed batch leaves nothing behind.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
 
 from core.query import select
+from core.runtime import atomic_path
 from features.schema import validate_transactions
 
 
@@ -19,9 +19,8 @@ def write_part(frame: pd.DataFrame, directory: Path, name: str) -> Path:
     batch = validate_transactions(frame, source=name)
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"{name}.parquet"
-    partial = directory / f".{name}.parquet.tmp"
-    batch.to_parquet(partial, index=False)
-    os.replace(partial, final)
+    with atomic_path(final) as partial:
+        batch.to_parquet(partial, index=False)
     return final
 
 

@@ -4,23 +4,30 @@ the live feature state."""
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timedelta
 from pathlib import Path
 from string import Template
 
 import numpy as np
 import pandas as pd
-import prometheus_client  # noqa: F401  (first: see below)
 import yaml
-from feast import FeatureStore, RepoConfig
 
+from core.runtime import write_atomically
 from core.settings import Settings
 
-# prometheus_client picks how it stores values once, when imported: in files when
-# PROMETHEUS_MULTIPROC_DIR is set. Feast's metrics module, which materializing imports, sets it to a
-# folder of its own when it is unset; imported before prometheus_client, it put every counter of the
-# process in shared files, so two API instances in one process (the tests) counted together. Imported
-# here first, values stay in memory unless a launcher asked for files (`serving.metrics`).
+# Feast's metrics module, which `import feast` loads, sets PROMETHEUS_MULTIPROC_DIR to a folder of its
+# own when it is unset: for this process, where prometheus_client then keeps every counter in shared
+# files (two API instances in one process, as in the tests, counted together), and for every child the
+# process starts (`fraudops serve` from the demo). prometheus_client picks its value store once, at its
+# own import: imported before Feast it keeps values in memory unless a launcher asked for files
+# (`serving.metrics`), and Feast's folder is taken back out of the environment.
+_ASKED_FOR_FILES = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+import prometheus_client  # noqa: E402,F401  (before Feast, see above)
+from feast import FeatureStore, RepoConfig  # noqa: E402
+
+if not _ASKED_FOR_FILES:
+    os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 TEMPLATE = Path(__file__).parent / "repo" / "feature_store.yaml"
 
@@ -42,7 +49,7 @@ def render_config(settings: Settings) -> str:
 def open_store(settings: Settings) -> FeatureStore:
     settings.feast_dir.mkdir(parents=True, exist_ok=True)
     rendered = render_config(settings)
-    (settings.feast_dir / "feature_store.yaml").write_text(rendered)
+    write_atomically(settings.feast_dir / "feature_store.yaml", rendered)  # processes opening the store together each write it
     config = RepoConfig(repo_path=settings.feast_dir, **yaml.safe_load(rendered))
     return FeatureStore(config=config)
 

@@ -17,6 +17,8 @@ from typing import Literal
 import pandas as pd
 from evidently import Report
 from scipy.stats import norm
+
+from core.settings import Settings
 from evidently.core.report import Snapshot
 from evidently.metrics import ValueDrift
 from evidently.presets import DataDriftPreset
@@ -155,17 +157,31 @@ def _clustered_rate(flags: pd.Series, customers: pd.Series) -> tuple[float, floa
     return rate, clusters / (clusters - 1) * float(((per["sum"] - rate * per["count"]) ** 2).sum()) / rows**2
 
 
+@dataclass(frozen=True)
+class DriftLimits:
+    """What the monitor calls drift or a warning; set in `Settings` (their descriptions say why)."""
+
+    drift_share: float
+    min_rows: int
+    max_missing_share: float
+    rate_p_value: float
+    max_out_of_range_share: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DriftLimits:
+        return cls(settings.drift_share, settings.min_rows, settings.max_missing_share, settings.rate_drift_p_value,
+                   settings.max_out_of_range_share)
+
+
 def drift_report(
-    references: dict[str, Reference], current: pd.DataFrame, features: list[str], out_dir: Path,
-    drift_share: float, min_rows: int, max_missing_share: float, rate_p_value: float = 0.01,
-    max_out_of_range_share: float = 0.01,
+    references: dict[str, Reference], current: pd.DataFrame, features: list[str], out_dir: Path, limits: DriftLimits,
 ) -> tuple[DriftSummary, list[Snapshot]]:
     """Data drift of all traffic against the champion's reference, prediction drift of each variant's
     scores against its own model's reference; HTML reports and a JSON summary in `out_dir`. Also
     returns the Evidently snapshots, for the workspace's history across runs."""
     out_dir.mkdir(parents=True, exist_ok=True)
     champion = references["champion"].frame
-    if len(current) < min_rows:
+    if len(current) < limits.min_rows:
         summary = DriftSummary("insufficient_data", len(current), len(champion))
         (out_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2))
         return summary, []
@@ -173,7 +189,7 @@ def drift_report(
     missing_share = float((current["features_missing"] > 0).mean()) if "features_missing" in current else 0.0
     columns, excluded = _usable(champion, current, features)
     out_of_range, new_values = value_checks(champion, current, [f for f in features if f in current])
-    snapshot = Report([DataDriftPreset(columns=columns, drift_share=drift_share)]).run(current_data=current[columns], reference_data=champion[columns])
+    snapshot = Report([DataDriftPreset(columns=columns, drift_share=limits.drift_share)]).run(current_data=current[columns], reference_data=champion[columns])
     html = out_dir / "report.html"
     snapshot.save_html(str(html))
     drifted_share, results = _parse(snapshot.dict())
@@ -183,27 +199,27 @@ def drift_report(
     decision_rate: dict[str, ColumnDrift] = {}
     for variant, reference in references.items():
         scored = current[(current["variant"] == variant) & (current["model_version"] == reference.version)]
-        if len(scored) < min_rows:
-            excluded[f"score ({variant})"] = f"{len(scored)} predictions, fewer than min_rows={min_rows}"
+        if len(scored) < limits.min_rows:
+            excluded[f"score ({variant})"] = f"{len(scored)} predictions, fewer than min_rows={limits.min_rows}"
             continue
         # A distance on a few hundred scores is mostly noise; a test with a p-value accounts for the
         # sample size. Evidently's own default switches the same way for its feature drift. The test
         # runs at the level of the rate tests: a run makes four or more such tests, and at Evidently's
         # 0.05 a calm period of the demo raised a false alarm on a challenger's 105 scores (p = 0.012).
         small = len(scored) <= SMALL_SAMPLE
-        test = ValueDrift(column="score", method="ks", threshold=rate_p_value) if small else ValueDrift(column="score")
+        test = ValueDrift(column="score", method="ks", threshold=limits.rate_p_value) if small else ValueDrift(column="score")
         variant_snapshot = Report([test]).run(current_data=scored[["score"]], reference_data=reference.frame[["score"]])
         variant_snapshot.save_html(str(out_dir / f"prediction_drift_{variant}.html"))
         kept.append(variant_snapshot)
         prediction[variant] = _parse(variant_snapshot.dict())[1][0]
         flagged = scored["is_fraud_predicted"] if "is_fraud_predicted" in scored else scored["score"] >= reference.threshold
-        decision_rate[variant] = rate_drift(flagged, reference.frame["score"] >= reference.threshold, "flagged", rate_p_value,
+        decision_rate[variant] = rate_drift(flagged, reference.frame["score"] >= reference.threshold, "flagged", limits.rate_p_value,
                                             scored.get("customer_id"), reference.frame.get("customer_id"))
 
     verdict: Verdict = "ok"
-    if missing_share > max_missing_share or new_values or any(v > max_out_of_range_share for v in out_of_range.values()):
+    if missing_share > limits.max_missing_share or new_values or any(v > limits.max_out_of_range_share for v in out_of_range.values()):
         verdict = "warn"
-    if drifted_share >= drift_share or any(c.drifted for c in [*prediction.values(), *decision_rate.values()]):
+    if drifted_share >= limits.drift_share or any(c.drifted for c in [*prediction.values(), *decision_rate.values()]):
         verdict = "drift"
     summary = DriftSummary(verdict, len(current), len(champion), drifted_share, prediction, decision_rate, missing_share,
                            out_of_range, new_values, results, excluded, str(html))

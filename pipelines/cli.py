@@ -78,25 +78,6 @@ def features_materialize(
     console.print(f"live state backfilled with {loaded:,} transactions")
 
 
-MODELS = {"lightgbm": "test", "logistic_regression": "baseline_logistic_regression", "amount_rule": "baseline_amount_rule"}
-
-
-def per_model(result: dict[str, object], top_k: int) -> dict[str, dict[str, object]]:
-    """Test metrics as one object per model, each with the test window's row and fraud counts."""
-    counts = {"test_rows": result.get("test_rows"), "test_frauds": result.get("test_frauds")}
-    return {
-        model: {
-            "roc_auc": result.get(f"{prefix}_roc_auc"),
-            "average_precision": result.get(f"{prefix}_average_precision"),
-            f"card_precision_at_{top_k}": result.get(f"{prefix}_card_precision_at_{top_k}"),
-            "recall_at_fpr_0.01": result.get(f"{prefix}_recall_at_fpr_0.01"),
-            "expected_cost": result.get(f"{prefix}_expected_cost"),
-            **counts,
-        }
-        for model, prefix in MODELS.items()
-    }
-
-
 @app.command()
 def train(
     train_start: Annotated[Optional[datetime], typer.Option(help="First training day (default: start_date + train_start_day).")] = None,
@@ -115,23 +96,18 @@ def train(
     """
     s = settings(train_start=train_start.date() if train_start else None, train_days=train_days, label_delay_days=delay_days, test_days=test_days)
     prepare(s)
-    from rich.table import Table
-
     from pipelines.flows import training_flow
+    from pipelines.results import scores_table, model_scores
     from pipelines.training import ModelConfig
 
     chosen: dict[str, Any] = {"num_leaves": num_leaves, "learning_rate": learning_rate, "scale_pos_weight": scale_pos_weight}
     result = training_flow(s)(s, ModelConfig(**{k: v for k, v in chosen.items() if v is not None}))
-    models = per_model(result, s.top_k)
-    table = Table(title=f"test window: {result.get('test_rows', 0):,.0f} transactions, {result.get('test_frauds', 0):,.0f} frauds")
-    for column in ("model", "ROC AUC", "average precision", f"CP@{s.top_k}", "recall @ 1% FPR", "expected cost"):
-        table.add_column(column)
-    for model, m in models.items():
-        table.add_row(model, *(f"{m[k]:.3f}" if m[k] is not None else "-" for k in ("roc_auc", "average_precision", f"card_precision_at_{s.top_k}", "recall_at_fpr_0.01")),
-                      f"{m['expected_cost']:,.0f}" if m["expected_cost"] is not None else "-")
-    console.print(table)
+    scores = model_scores(result, s)
+    console.print(scores_table(scores, s, f"test window: {result.get('test_rows', 0):,.0f} transactions, {result.get('test_frauds', 0):,.0f} frauds"))
     console.print(f"gate: {result['gate']}; version: {result['version']}; alias: {result['alias']}")
     if json_out:
+        counts = {"test_rows": result.get("test_rows"), "test_frauds": result.get("test_frauds")}
+        models = {row.model: {**row.as_json(s), **counts} for row in scores}
         json_out.write_text(json.dumps({"models": models, "version": result["version"], "alias": result["alias"], "gate": result["gate"]}, indent=2))
 
 

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from core.runtime import prepare, quiet_stdout, wait_until_up
 from core.settings import Settings
+from pipelines.results import scores_table, model_scores
 
 PRODUCTION_DAYS = 2  # days replayed per period: enough rows for a drift test, quick on 2 cores
 
@@ -138,17 +139,12 @@ def run(settings: Settings, console: Console) -> dict[str, object]:
                     summary["canary"] = wait_for_challenger(settings, str(outcome.retrain["version"]))
                 console.print(f"[green]✓[/] the API serves challenger v{summary['canary']} to {settings.challenger_share:.0%} of customers")
 
+    scores = [model_scores(result, settings, f"{role} v{result['version']}")[0] for role, result in trained.items()]
+    console.print(scores_table(scores + model_scores(trained["champion"], settings)[1:], settings,
+                               f"test window (no model costs {trained['champion']['test_cost_of_no_model']:,.0f})"))
     table = Table(title=f"fraudops demo finished in {time.monotonic() - started:.0f}s")
     table.add_column("what")
     table.add_column("result")
-    k = settings.top_k
-    rows = [(f"{role} v{result['version']}", "test", result) for role, result in trained.items()]
-    rows += [(f"baseline: {name.replace('_', ' ')}", f"baseline_{name}", trained["champion"]) for name in ("logistic_regression", "amount_rule")]
-    for label, prefix, result in rows:
-        table.add_row(f"{label}, test window",
-                      f"ROC AUC {result[f'{prefix}_roc_auc']:.3f} · AP {result[f'{prefix}_average_precision']:.3f} · "
-                      f"CP@{k} {result[f'{prefix}_card_precision_at_{k}']:.3f} · cost {result[f'{prefix}_expected_cost']:,.0f} "
-                      f"(no model: {trained['champion']['test_cost_of_no_model']:,.0f})")
     for period, verdict in verdicts.items():
         table.add_row(f"drift, {period} period", f"{verdict.verdict}: {os.path.relpath(str(verdict.drift.html))}")
     for period, outcome in verdicts.items():

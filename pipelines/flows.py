@@ -25,7 +25,7 @@ from features.compute import compute_features
 from features.offline import read_transactions
 from features.schema import SchemaError
 from features.store import apply, historical_features, materialize, model_features, open_store
-from monitoring.drift import ColumnDrift, DriftSummary, Reference, drift_report, rate_drift
+from monitoring.drift import ColumnDrift, DriftLimits, DriftSummary, Reference, drift_report, rate_drift
 from monitoring import workspace
 from core.monitor_metrics import LATEST
 from monitoring.quality import Quality, judge, with_labels
@@ -329,9 +329,7 @@ def monitor_flow(settings: Settings | None = None, label: str = "latest", since:
     current = predictions.read(settings, since, until)  # live traffic
     if current.empty:
         current = references.frames["champion"].frame.iloc[0:0]
-    drift, snapshots = drift_report(references.frames, current, references.features, out_dir, settings.drift_share,
-                                    settings.min_rows, settings.max_missing_share, settings.rate_drift_p_value,
-                                    settings.max_out_of_range_share)
+    drift, snapshots = drift_report(references.frames, current, references.features, out_dir, DriftLimits.from_settings(settings))
     as_of = until or (current["timestamp"].max() if len(current) else datetime.now(timezone.utc).replace(tzinfo=None))
     matured_until = as_of - timedelta(days=settings.label_delay_days)
     logged = predictions.read(settings, matured_until - timedelta(days=settings.quality_days), matured_until)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from core.settings import Settings
+
 # Bins of equal width in log-odds: fraud scores pile up near zero with many ties, which makes
 # quantile bins collapse and PSI explode between two models that merely round differently.
 PSI_EDGES = np.linspace(-12.0, 4.0, 17)
@@ -21,12 +23,17 @@ PSI_FLOOR = 1e-4  # an empty bin would make PSI infinite
 
 @dataclass(frozen=True)
 class Limits:
-    window: int = 1_000
-    min_samples: int = 200
-    max_error_rate: float = 0.02
-    max_p99_ratio: float = 3.0
-    max_psi: float = 1.0
-    check_every: int = 100
+    window: int
+    min_samples: int
+    max_error_rate: float
+    max_p99_ratio: float
+    max_psi: float
+    check_every: int = 100  # requests between checks: a cost, not a policy
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(settings.guardrail_window, settings.guardrail_min_samples, settings.guardrail_max_error_rate,
+                   settings.guardrail_max_p99_ratio, settings.guardrail_max_psi)
 
 
 def _log_odds(p: np.ndarray) -> np.ndarray:

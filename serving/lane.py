@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 import orjson
 from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
-from fastapi.telemetry._api import _route_selected
 from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.datastructures import State
@@ -29,6 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from core.settings import Settings
 from serving.asgi import BodyTooLarge, read_body, send_json, too_large
 from serving.logs import AccessLog
+from serving.native.fastapi_route import name_route
 from serving.schemas import Score, Transaction, TransactionWithFeatures
 from serving.service import ScoringService
 
@@ -105,11 +105,8 @@ class ScoringLane:
         route = self.routes.get(scope["path"]) if scope["type"] == "http" else None
         if route is None:
             return await self.app(scope, receive, send)
-        if "fastapi.telemetry" in scope:
-            # With OpenTelemetry on, FastAPI's wrapper has opened this request's span, but only its router
-            # names the route, and the lane answers ahead of it: named here (FastAPI's own call, pinned
-            # version), traces and HTTP metrics show `POST /predict`, not a bare `POST`.
-            _route_selected(scope=scope, path=scope["path"])
+        if "fastapi.telemetry" in scope:  # OpenTelemetry is on: name the span as FastAPI's router would
+            name_route(scope)
         rid, token = self.access.open(scope)
         started = time.perf_counter()
         status = CLIENT_LEFT  # what the access line and the metric say if the client leaves before its answer

@@ -15,15 +15,14 @@ import asyncio
 import os
 import tempfile
 import threading
-from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 from core.monitor_metrics import MonitoringCollector
+from serving.native.prometheus_bulk import observe_many
 
 MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR"
 PREFIX = "fraudops-metrics-"
@@ -135,19 +134,3 @@ class Metrics:
         """Drop this worker's live gauges (its queue depth, its breaker) from the sums."""
         if self.shared:
             multiprocess.mark_process_dead(os.getpid())
-
-
-def observe_many(histogram: Histogram, values: Sequence[float]) -> None:
-    """`histogram.observe(v)` for every v, with each bucket and the sum written once. prometheus_client
-    has no bulk observe, so this adds to the child's own values (`_upper_bounds`, `_buckets`, `_sum`
-    of the pinned 0.24); a test holds it to `observe`'s exposition, so an upgrade that moves them fails
-    there. NaN counts in the sum only, as with `observe`."""
-    bounds = histogram._upper_bounds
-    counts = [0] * len(bounds)
-    for value in values:
-        if value == value:
-            counts[bisect_left(bounds, value)] += 1
-    histogram._sum.inc(sum(values))
-    for bucket, count in zip(histogram._buckets, counts):
-        if count:
-            bucket.inc(count)

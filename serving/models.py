@@ -6,12 +6,8 @@ service at a path or URI.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
-import threading
-import weakref
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,47 +16,9 @@ import numpy as np
 
 from core.runtime import write_atomically
 from core.settings import Settings
+from serving.native.lightgbm_row import RowScorer, row_predictor
 
 log = logging.getLogger("fraudops.models")
-
-
-class SingleRowPredictor:
-    """One row through LightGBM's C API for exactly that (LGBM_BoosterPredictForMatSingleRowFast). Its
-    configuration, input and output buffers are prepared once per model, so a request pays for walking
-    the trees and not for Booster.predict's per-call set-up, which took more time than the trees
-    (`make bench`). The call holds the GIL: it lasts microseconds, and handing the GIL over and back
-    around it (as lightgbm's own ctypes handle does) let a busy background thread stall requests."""
-
-    def __init__(self, booster: lgb.Booster, n_features: int) -> None:
-        from lightgbm.basic import _C_API_DTYPE_FLOAT64, _C_API_PREDICT_NORMAL, _LIB, _c_str, _safe_call
-
-        self._booster = booster  # the configuration points into it: keep it alive as long as we are
-        self._n = n_features
-        self._config = ctypes.c_void_p()
-        # as Booster.predict does by default: up to the best iteration when early stopping found one
-        iterations = booster.best_iteration if booster.best_iteration > 0 else -1
-        _safe_call(_LIB.LGBM_BoosterPredictForMatSingleRowFastInit(
-            booster._handle, ctypes.c_int(_C_API_PREDICT_NORMAL), ctypes.c_int(0), ctypes.c_int(iterations),
-            ctypes.c_int(_C_API_DTYPE_FLOAT64), ctypes.c_int32(n_features), _c_str("num_threads=1"), ctypes.byref(self._config),
-        ))
-        weakref.finalize(self, _LIB.LGBM_FastConfigFree, self._config)
-        self._predict = ctypes.PyDLL(_LIB._name).LGBM_BoosterPredictForMatSingleRowFast
-        self._row, self._out, self._out_len = np.zeros(n_features), np.zeros(1), ctypes.c_int64(0)
-        self._args = (self._config, self._row.ctypes.data_as(ctypes.c_void_p), ctypes.byref(self._out_len),
-                      self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_double)))
-        self._lock = threading.Lock()  # one configuration and one pair of buffers: one row at a time
-
-    def __call__(self, row: Sequence[float] | np.ndarray) -> float:
-        """The score of one row of `n_features` values in the model's feature order."""
-        if len(row) != self._n:
-            raise ValueError(f"expected {self._n} features, got {len(row)}")
-        with self._lock:
-            self._row[:] = row
-            if self._predict(*self._args) != 0:
-                from lightgbm.basic import _LIB
-
-                raise lgb.basic.LightGBMError(_LIB.LGBM_GetLastError().decode())
-            return float(self._out[0])
 
 
 @dataclass(frozen=True)
@@ -71,10 +29,10 @@ class LoadedModel:
     features: tuple[str, ...]
     threshold: float
     source: str  # "registry" or "cache"
-    score_one: SingleRowPredictor = field(init=False, repr=False, compare=False)
+    score_one: RowScorer = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "score_one", SingleRowPredictor(self.booster, len(self.features)))
+        object.__setattr__(self, "score_one", row_predictor(self.booster, len(self.features)))
 
     def score(self, rows: np.ndarray) -> np.ndarray:
         """Scores for rows already in `features` order: the booster on a NumPy array, no DataFrame."""

@@ -9,7 +9,6 @@ folder layout and the reader the monitoring jobs use are the log's contract, in 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import uuid
 from collections import deque
@@ -23,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.predictions import COLUMNS, TABLE, day_folder
+from core.runtime import atomic_path
 from core.settings import Settings
 
 log = logging.getLogger("fraudops.predlog")
@@ -50,16 +50,12 @@ class ParquetSink:
         partition = day_folder(self.directory, now.date())
         partition.mkdir(exist_ok=True)
         name = f"part-{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}.parquet"
-        partial = partition / f".{name}.tmp"  # not `*.parquet`: readers glob for those
         # Columns from every record, not the first only (as `Table.from_pylist` takes them): a batch can
         # mix a champion and a challenger whose feature sets differ; a feature one model lacks is null.
         columns = dict.fromkeys(key for keys in dict.fromkeys(tuple(record) for record in batch) for key in keys)
         schema = pa.struct([(column, ARROW_TYPES[COLUMNS[column]] if column in COLUMNS else pa.float64()) for column in columns])
-        try:
+        with atomic_path(partition / name) as partial:  # readers never see half a part
             pq.write_table(pa.Table.from_struct_array(pa.array(batch, type=schema)), partial, use_dictionary=TEXT_COLUMNS)
-            os.replace(partial, partition / name)  # readers never see half a part
-        finally:
-            partial.unlink(missing_ok=True)
 
 
 class PostgresSink:

@@ -49,11 +49,7 @@ class ScoringService:
         # shadow scores (counted), never delay an answer.
         self.shadow_queue: queue.Queue[tuple[Transaction, dict[str, float], float] | None] = queue.Queue(maxsize=settings.log_queue_size)
         self.shadow_dropped = 0
-        self.guardrail = Guardrail(Limits(
-            window=settings.guardrail_window, min_samples=settings.guardrail_min_samples,
-            max_error_rate=settings.guardrail_max_error_rate, max_p99_ratio=settings.guardrail_max_p99_ratio,
-            max_psi=settings.guardrail_max_psi,
-        ))
+        self.guardrail = Guardrail(Limits.from_settings(settings))
         self.last_trip: str | None = None
         self._shadow = threading.Thread(target=self._shadow_loop, name="shadow-scoring", daemon=True)
         self._stopping = threading.Event()

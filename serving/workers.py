@@ -38,6 +38,11 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from core.runtime import poll_until
+from serving.native import written_for
+
+# The supervisor's hand-over of sockets to its workers (pickled for the spawned process) is how
+# uvicorn works, not a promise of its API: with another version, its own shared socket is used.
+UVICORN = "0.54.0"
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -101,7 +106,8 @@ def serve(app: str, host: str, port: int, workers: int, pin: bool = False, log_l
     # uvicorn's own access line is off: the app writes a structured one (`serving.logs.AccessLog`), and
     # below its log level uvicorn still built each line's client address and quoted path to discard it
     options: dict[str, Any] = {"factory": True, "host": host, "port": port, "workers": workers, "log_level": log_level, "access_log": False}
-    if workers == 1 or not sys.platform.startswith("linux"):  # elsewhere SO_REUSEPORT does not spread connections
+    # elsewhere SO_REUSEPORT does not spread connections; another uvicorn may hand sockets over otherwise
+    if workers == 1 or not sys.platform.startswith("linux") or not written_for("uvicorn", UVICORN):
         return uvicorn.run(app, **options)
     # A port someone else listens on must fail here, as uvicorn would: a socket with SO_REUSEPORT would
     # instead join any group of the same user's sockets on that port and quietly share its traffic.

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from monitoring.drift import Reference, drift_report
+from core.settings import Settings
+from monitoring.drift import DriftLimits, Reference, drift_report
 
 FEATURES = ["amount", "customer_tx_count_7d", "terminal_risk_7d", "is_night"]  # is_night: a clock feature, never tested
 
@@ -34,8 +37,8 @@ def run(tmp_path, current: pd.DataFrame, challenger: bool = False, **overrides):
     references = {"champion": Reference("1", traffic(5_000, 0))}
     if challenger:
         references["challenger"] = Reference("2", traffic(5_000, 1))
-    options = dict(drift_share=0.3, min_rows=200, max_missing_share=0.05) | overrides
-    summary, _ = drift_report(references, current, FEATURES, tmp_path, **options)
+    limits = replace(DriftLimits.from_settings(Settings()), **({"drift_share": 0.3, "min_rows": 200, "max_missing_share": 0.05} | overrides))
+    summary, _ = drift_report(references, current, FEATURES, tmp_path, limits)
     return summary
 
 

@@ -67,17 +67,14 @@ def test_grafana_provisioning_points_at_what_compose_mounts() -> None:
     assert source["datasources"][0]["url"] == "http://prometheus:9090" and "prometheus" in compose["services"]
 
 
-def test_a_batch_observed_at_once_reads_as_observed_one_by_one() -> None:
-    """`observe_many` writes into prometheus_client's own histogram values; this holds it to `observe`,
-    values on the bucket bounds, past the last bound and NaN included."""
-    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+def test_importing_feast_leaves_prometheus_in_memory_and_the_environment_as_it_was() -> None:
+    """In a fresh interpreter, as the CLI and the demo start: after the Feast store module is loaded,
+    metrics are kept in memory and no child process inherits Feast's metrics folder."""
+    import subprocess
+    import sys
 
-    from serving.metrics import observe_many
-
-    values = [0.0, 0.01, 0.0100001, 0.05, 0.2, 0.21, 0.95, 0.99, 3.0, float("nan"), 0.01]
-    one_by_one, at_once = CollectorRegistry(), CollectorRegistry()
-    for registry, observe in ((one_by_one, lambda h: [h.observe(v) for v in values]), (at_once, lambda h: observe_many(h, values))):
-        observe(Histogram("scores", "s", ["variant"], registry=registry, buckets=(0.01, 0.05, 0.2, 0.95)).labels("champion"))
-    expected = [line for line in generate_latest(one_by_one).decode().splitlines() if "_created" not in line]
-    assert [line for line in generate_latest(at_once).decode().splitlines() if "_created" not in line] == expected
-    assert 'scores_bucket{le="0.01",variant="champion"} 3.0' in expected  # the bounds are inclusive, as observe has them
+    code = ("import os, features.store, prometheus_client.values as v; "
+            "print(v.ValueClass.__name__, os.environ.get('PROMETHEUS_MULTIPROC_DIR'))")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.split() == ["MutexValue", "None"], done.stdout + done.stderr
