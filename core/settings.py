@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,6 +23,16 @@ def default_state_dir() -> Path:
     """`.fraudops` in the source checkout (where `make` runs); installed from a wheel, where the
     package's parent is site-packages, `.fraudops` in the folder the command runs in."""
     return REPO_ROOT / ".fraudops" if (REPO_ROOT / "pyproject.toml").is_file() else Path.cwd() / ".fraudops"
+
+
+class Under:
+    """A folder under the settings' `state_dir`, read as an attribute."""
+
+    def __init__(self, *parts: str) -> None:
+        self.parts = parts
+
+    def __get__(self, settings: Settings, owner: type | None = None) -> Path:
+        return settings.state_dir.joinpath(*self.parts)
 
 
 class Settings(BaseSettings):
@@ -81,6 +91,7 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     api_workers: int = Field(2, ge=1, le=64, description="uvicorn worker processes; one per core is the usual choice.")
+    scoring_lane: bool = Field(True, description="Answer /predict and /predict/features ahead of FastAPI's stack (serving/lane.py): the same validation and answers for a fraction of the cost per request (`make bench`). Off: FastAPI's own routes answer them.")
     api_pin_workers: bool = Field(False, description="Hold each API worker to a CPU of its own (serving/workers.py): its event loop and scoring thread then share one core, under SCHED_BATCH so that neither preempts the other when it wakes it. Off by default: a pinned worker cannot move away from other busy processes on its CPU (docker-compose runs Postgres, Redis, MLflow and Prefect beside the API); turn it on where the API has its CPUs to itself, as `make bench` does.")
     admin_token: str | None = Field(None, description="Bearer token of /admin; unset means the admin API is off.")
     challenger_share: float = Field(0.1, ge=0.0, le=1.0, description="Share of customers routed to challenger.")
@@ -137,33 +148,13 @@ class Settings(BaseSettings):
         return self
 
     # Derived locations: computed, never configured separately, so they cannot disagree.
-    @property
-    def transactions_dir(self) -> Path:
-        return self.state_dir / "data" / "transactions"
-
-    @property
-    def features_dir(self) -> Path:
-        return self.state_dir / "data" / "features"
-
-    @property
-    def feast_dir(self) -> Path:
-        return self.state_dir / "feast"
-
-    @property
-    def predictions_dir(self) -> Path:
-        return self.state_dir / "predictions"
-
-    @property
-    def reports_dir(self) -> Path:
-        return self.state_dir / "reports"
-
-    @property
-    def evidently_dir(self) -> Path:
-        return self.state_dir / "evidently"
-
-    @property
-    def model_cache_dir(self) -> Path:
-        return self.state_dir / "model-cache"
+    transactions_dir: ClassVar[Under] = Under("data", "transactions")
+    features_dir: ClassVar[Under] = Under("data", "features")
+    feast_dir: ClassVar[Under] = Under("feast")
+    predictions_dir: ClassVar[Under] = Under("predictions")
+    reports_dir: ClassVar[Under] = Under("reports")
+    evidently_dir: ClassVar[Under] = Under("evidently")
+    model_cache_dir: ClassVar[Under] = Under("model-cache")
 
     @property
     def tracking_uri(self) -> str:

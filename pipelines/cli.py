@@ -230,13 +230,20 @@ def monitor(
 
 
 @app.command()
-def deploy() -> None:
-    """Serve the scheduled deployments (daily retrain, hourly monitor) against PREFECT_API_URL."""
+def deploy(
+    work_pool: Annotated[Optional[str], typer.Option(help="Register on this work pool instead of serving here; its worker runs each flow run as the pool's job (infra/k8s: a Kubernetes Job).")] = None,
+    image: Annotated[str, typer.Option(help="With --work-pool: the image each run starts, holding the code.")] = "ghcr.io/fraudops/fraudops:0.1.0",
+) -> None:
+    """Serve the scheduled deployments (daily retrain, hourly monitor) against PREFECT_API_URL, or register them on a work pool."""
     s = settings()
     prepare(s)
-    from pipelines.deployments import serve as serve_deployments
+    from pipelines.deployments import register, serve as serve_deployments
 
-    serve_deployments(s)
+    if work_pool is None:
+        serve_deployments(s)
+        return
+    ids = register(s, work_pool, image)
+    console.print(f"{len(ids)} deployments registered on work pool {work_pool!r}, running in {image}")
 
 
 @app.command()

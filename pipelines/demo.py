@@ -12,10 +12,11 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
 from pathlib import Path
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import httpx
 import pandas as pd
@@ -24,7 +25,10 @@ from rich.table import Table
 
 from core.runtime import prepare, quiet_stdout, wait_until_up
 from core.settings import Settings
-from pipelines.results import scores_table, model_scores
+from pipelines.results import model_scores, scores_table
+
+if TYPE_CHECKING:
+    from pipelines.flows import Monitoring
 
 PRODUCTION_DAYS = 2  # days replayed per period: enough rows for a drift test, quick on 2 cores
 
@@ -67,11 +71,8 @@ def wait_for_challenger(settings: Settings, version: str, timeout: float = 60.0)
 def run(settings: Settings, console: Console) -> dict[str, object]:
     started = time.monotonic()
     prepare(settings, quiet=True)
-    from features.offline import read_transactions
     from features.simulator import Drift, SimulationConfig, write_simulation
-    from features.store import materialize
-    from pipelines.flows import features_flow, monitor_flow, training_flow
-    from pipelines.replay import label_feed, replay
+    from pipelines.flows import features_flow, training_flow
     from pipelines.training import ModelConfig, Windows
 
     windows = Windows.from_settings(settings)
@@ -105,39 +106,11 @@ def run(settings: Settings, console: Console) -> dict[str, object]:
         console.print(f"[green]✓[/] {role}: version {trained[role]['version']} "
                       f"AP {trained[role]['test_average_precision']:.3f}, ROC AUC {trained[role]['test_roc_auc']:.3f}")
 
-    verdicts = {}
+    verdicts: dict[str, Monitoring] = {}
     with console.status("[4/6] starting the API"), running_api(settings):
         console.print(f"[green]✓[/] API ready at {settings.api_url}/docs")
         for period, first in (("calm", calm_start.to_pydatetime()), ("drifted", drift_start)):
-            stats = None
-            materialize(settings, first)  # the live state as it stood when the period began: the days between were not replayed
-            for offset in range(PRODUCTION_DAYS):
-                day = first + timedelta(days=offset)
-                with console.status(f"[5/6] replaying the {period} period, {day.date()}"):
-                    tx = read_transactions(
-                        settings.transactions_dir, f"timestamp >= TIMESTAMP '{day}' AND timestamp < TIMESTAMP '{day + timedelta(days=1)}'"
-                    )
-                    # the labels of earlier transactions arrive as the day goes on, and move terminal risk then
-                    stats = replay(settings.api_url, tx, feed=label_feed(settings, pd.Timestamp(day), pd.Timestamp(day + timedelta(days=1))))
-                console.print(f"[green]✓[/] replayed {stats.sent:,} transactions of {day.date()} at {stats.rate:,.0f}/s, "
-                              f"statuses {stats.statuses}, variants {stats.by_variant}")
-            time.sleep(1.5)  # let the prediction log's writer flush its last batch
-            with console.status(f"[6/6] monitoring the {period} period"):
-                verdicts[period] = monitor_flow(settings, period, first, first + timedelta(days=PRODUCTION_DAYS))
-            outcome = verdicts[period]
-            console.print(f"[green]✓[/] {period} period: drift verdict [bold]{outcome.verdict}[/] "
-                          f"({outcome.drift.drifted_share:.0%} of features drifted)")
-            for q in outcome.quality.values():
-                console.print(f"[green]✓[/] labels arrived for {q.labelled_rows:,} {q.variant} predictions: AP {q.average_precision:.3f} "
-                              f"(shipped with {q.shipped_average_precision:.3f}), precision {q.precision:.3f}, recall {q.recall:.3f}")
-            if outcome.retrain is not None and outcome.retrain["version"] is None:
-                console.print(f"[yellow]![/] the monitor retrained, and the candidate failed the gate: {outcome.retrain['gate']}")
-            elif outcome.retrain is not None:
-                console.print(f"[green]✓[/] the monitor retrained: version {outcome.retrain['version']} is the {outcome.retrain['alias']} "
-                              f"(AP {outcome.retrain['test_average_precision']:.3f}); why: {'; '.join(outcome.reasons)}")
-                with console.status("waiting for the API to follow the registry"):
-                    summary["canary"] = wait_for_challenger(settings, str(outcome.retrain["version"]))
-                console.print(f"[green]✓[/] the API serves challenger v{summary['canary']} to {settings.challenger_share:.0%} of customers")
+            verdicts[period] = production_period(settings, console, period, first, summary)
 
     scores = [model_scores(result, settings, f"{role} v{result['version']}")[0] for role, result in trained.items()]
     console.print(scores_table(scores + model_scores(trained["champion"], settings)[1:], settings,
@@ -160,3 +133,39 @@ def run(settings: Settings, console: Console) -> dict[str, object]:
     summary.update(trained=trained, verdicts={k: v.verdict for k, v in verdicts.items()},
                    retrained={k: v.retrain for k, v in verdicts.items() if v.retrain is not None})
     return summary
+
+
+def production_period(settings: Settings, console: Console, period: str, first: datetime, summary: dict[str, object]) -> Monitoring:
+    """Replay `PRODUCTION_DAYS` from `first` through the running API with labels at their delay, then
+    run the monitor over them, and follow a retrain it triggers into the canary."""
+    from features.offline import read_transactions
+    from features.store import materialize
+    from pipelines.flows import monitor_flow
+    from pipelines.replay import label_feed, replay
+
+    materialize(settings, first)  # the live state as it stood when the period began: the days between were not replayed
+    for offset in range(PRODUCTION_DAYS):
+        day = first + timedelta(days=offset)
+        with console.status(f"[5/6] replaying the {period} period, {day.date()}"):
+            tx = read_transactions(settings.transactions_dir, f"timestamp >= TIMESTAMP '{day}' AND timestamp < TIMESTAMP '{day + timedelta(days=1)}'")
+            # the labels of earlier transactions arrive as the day goes on, and move terminal risk then
+            stats = replay(settings.api_url, tx, feed=label_feed(settings, pd.Timestamp(day), pd.Timestamp(day + timedelta(days=1))))
+        console.print(f"[green]✓[/] replayed {stats.sent:,} transactions of {day.date()} at {stats.rate:,.0f}/s, "
+                      f"statuses {stats.statuses}, variants {stats.by_variant}")
+    time.sleep(1.5)  # let the prediction log's writer flush its last batch
+    with console.status(f"[6/6] monitoring the {period} period"):
+        outcome = monitor_flow(settings, period, first, first + timedelta(days=PRODUCTION_DAYS))
+    console.print(f"[green]✓[/] {period} period: drift verdict [bold]{outcome.verdict}[/] "
+                  f"({outcome.drift.drifted_share:.0%} of features drifted)")
+    for q in outcome.quality.values():
+        console.print(f"[green]✓[/] labels arrived for {q.labelled_rows:,} {q.variant} predictions: AP {q.average_precision:.3f} "
+                      f"(shipped with {q.shipped_average_precision:.3f}), precision {q.precision:.3f}, recall {q.recall:.3f}")
+    if outcome.retrain is not None and outcome.retrain["version"] is None:
+        console.print(f"[yellow]![/] the monitor retrained, and the candidate failed the gate: {outcome.retrain['gate']}")
+    elif outcome.retrain is not None:
+        console.print(f"[green]✓[/] the monitor retrained: version {outcome.retrain['version']} is the {outcome.retrain['alias']} "
+                      f"(AP {outcome.retrain['test_average_precision']:.3f}); why: {'; '.join(outcome.reasons)}")
+        with console.status("waiting for the API to follow the registry"):
+            summary["canary"] = wait_for_challenger(settings, str(outcome.retrain["version"]))
+        console.print(f"[green]✓[/] the API serves challenger v{summary['canary']} to {settings.challenger_share:.0%} of customers")
+    return outcome

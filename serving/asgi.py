@@ -51,15 +51,29 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
             return b"".join(chunks)  # one chunk comes back as itself, not copied
 
 
-class BodyLimit:
-    """The body limit for FastAPI's routes, which read the body as a stream."""
+class HttpMiddleware:
+    """ASGI middleware over HTTP requests only: everything else (the lifespan) passes through."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        return await self.http(scope, receive, send)
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class BodyLimit(HttpMiddleware):
+    """The body limit for FastAPI's routes, which read the body as a stream."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        super().__init__(app)
+        self.limit = limit
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         if declared_over(scope, self.limit):
             return await send_json(send, 413, too_large(self.limit))
         received = 0

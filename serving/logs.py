@@ -19,6 +19,8 @@ import orjson
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.asgi import HttpMiddleware
+
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
@@ -101,15 +103,14 @@ class AccessLog:
         request_id.reset(token)
 
 
-class RequestId:
+class RequestId(HttpMiddleware):
     """`AccessLog` as middleware: the id goes back on the answer's headers too."""
 
     def __init__(self, app: ASGIApp, access: AccessLog) -> None:
-        self.app, self.access = app, access
+        super().__init__(app)
+        self.access = access
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         rid, token = self.access.open(scope)
         started = time.perf_counter()
         status = 500

@@ -113,13 +113,22 @@ def _on_every_path(client, body: object, content_type: str | None, features: dic
     }
 
 
+@pytest.fixture(scope="module")
+def without_lane(trained):
+    """The same API with the scoring lane off: FastAPI's own routes answer /predict and /predict/features."""
+    with TestClient(create_app(trained.model_copy(update={"scoring_lane": False}))) as c:
+        yield c
+
+
 @pytest.mark.parametrize("what, body, content_type", HOSTILE, ids=[h[0] for h in HOSTILE])
-def test_every_scoring_path_gives_the_same_answer_to_the_same_body(client, what, body, content_type) -> None:
+def test_every_scoring_path_gives_the_same_answer_to_the_same_body(client, without_lane, what, body, content_type) -> None:
     """The fast lane answers /predict and /predict/features ahead of FastAPI, which answers
-    /predict/batch: one validation model, one status and one error shape on all three."""
+    /predict/batch, and FastAPI's own routes answer all three with the lane off: one validation
+    model, one status and one error shape everywhere."""
     service = client.app.state.service
     features = dict.fromkeys(service.models["champion"].features, 1.0)
     answers = _on_every_path(client, body, content_type, features)
+    assert _on_every_path(without_lane, body, content_type, features) == answers
     statuses = {status for status, _ in answers.values()}
     assert len(statuses) == 1 and not any(s >= 500 for s in statuses), answers
     assert len({repr(shape) for _, shape in answers.values()}) == 1, answers

@@ -4,30 +4,13 @@ so these tests are what keeps the layering true."""
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
 
+from pipelines.package_map import ALLOWED, PAGES, import_edges, imported_packages, render
+
 ROOT = Path(__file__).resolve().parent.parent
-# What each package may import of fraudops besides itself.
-ALLOWED = {
-    "core": set(),
-    "features": {"core"},
-    "monitoring": {"core", "features"},
-    "serving": {"core", "features"},
-    "pipelines": {"core", "features", "monitoring", "serving"},
-}
-
-
-def imported_packages(path: Path) -> set[str]:
-    """The top-level fraudops packages a module imports, at the top or inside functions alike."""
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
-        names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else (
-            [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
-        found.update(name.split(".")[0] for name in names if name.split(".")[0] in ALLOWED)
-    return found
 
 
 def test_every_import_follows_the_layer_order() -> None:
@@ -56,3 +39,12 @@ def test_the_api_loads_no_orchestration_or_monitoring_code() -> None:
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "", f"the API process loaded {result.stdout.strip()}"
+
+
+def test_the_package_map_in_the_docs_is_the_code_s() -> None:
+    """README.md and docs/package-map.md show the imports as they are: regenerate with
+    `python -m pipelines.package_map` after moving an import."""
+    edges = import_edges(ROOT)
+    for page in PAGES:
+        text = (ROOT / page).read_text()
+        assert "```mermaid" in text and render(text, edges) == text, f"{page}: run python -m pipelines.package_map"

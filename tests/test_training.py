@@ -152,7 +152,7 @@ def test_a_rollback_that_fails_leaves_the_champion_and_its_tags(registry_copy, m
 def test_validation_errors_are_not_retried() -> None:
     from prefect.states import Failed
 
-    from pipelines.flows import _transient
+    from pipelines.flows.train import _transient
 
     assert _transient(None, None, Failed(data=ValueError("bad data"))) is False
     assert _transient(None, None, Failed(data=ConnectionError("flaky"))) is True

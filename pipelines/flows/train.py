@@ -1,7 +1,6 @@
-"""Prefect flows: each body reads as the DAG, each step a task over the plain functions beside it.
-
-Run in Prefect's local ephemeral mode unless PREFECT_API_URL points at a server (docker-compose).
-"""
+"""The train flow: the point-in-time training set, checks, the fit beside its baselines, and the
+registration behind the gate, with MLflow lineage. Reads as the DAG; each step a task over the plain
+functions of pipelines.training."""
 
 from __future__ import annotations
 
@@ -9,8 +8,8 @@ import hashlib
 import json
 import re
 import tempfile
-from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta, timezone
+from dataclasses import asdict
+from datetime import datetime, timedelta
 from importlib.metadata import version as installed_version
 from pathlib import Path
 
@@ -21,50 +20,18 @@ from mlflow.models import infer_signature
 from prefect import Flow, flow, get_run_logger, task
 from sklearn.metrics import average_precision_score
 
-from features.compute import compute_features
+from core import registry
+from core.settings import Settings
 from features.offline import read_transactions
 from features.schema import SchemaError
-from features.store import apply, historical_features, materialize, model_features, open_store
-from monitoring.drift import ColumnDrift, DriftLimits, DriftSummary, Reference, drift_report, rate_drift
-from monitoring import workspace
-from core.monitor_metrics import LATEST
-from monitoring.quality import Quality, judge, with_labels
-from core import registry
+from features.store import historical_features, model_features, open_store
 from pipelines.plots import write_plots
-from core.runtime import write_atomically
-from core.settings import Settings
 from pipelines.training import ModelConfig, TrainResult, Windows, train, window
-from core import predictions
 
-REFERENCE_FILE = "reference.parquet"
 # What the logged model needs to load and score, pinned to the versions that trained it. Named, not
 # inferred: MLflow's inference loads the model in a subprocess, 7 of a tiny training's 12 seconds.
 MODEL_REQUIREMENTS = ("lightgbm", "numpy", "pandas", "scipy", "scikit-learn")
-
-
-@task
-def compute_feature_tables(settings: Settings) -> dict[str, int]:
-    return compute_features(settings.transactions_dir, settings.features_dir, settings.label_delay_days)
-
-
-@task
-def apply_feature_repo(settings: Settings) -> None:
-    apply(settings)
-
-
-@task
-def backfill_live_state(settings: Settings, end: datetime) -> int:
-    return materialize(settings, end)
-
-
-@flow(name="features")
-def features_flow(settings: Settings | None = None, materialize_until: datetime | None = None) -> dict[str, int]:
-    settings = settings or Settings()
-    rows = compute_feature_tables(settings)  # one row per transaction, as of its own time
-    apply_feature_repo(settings)  # register definitions in the Feast registry
-    if materialize_until is not None:
-        backfill_live_state(settings, materialize_until)  # the online state as it stood then
-    return rows
+REFERENCE_FILE = "reference.parquet"
 
 
 def _transient(task: object, run: object, state: object) -> bool:
@@ -268,95 +235,3 @@ def training_flow(settings: Settings) -> Flow[..., dict[str, object]]:
     from prefect_dask import DaskTaskRunner
 
     return train_flow.with_options(task_runner=DaskTaskRunner(address=settings.dask_address))  # type: ignore[arg-type]  # typed for Prefect's own futures
-
-
-@dataclass
-class References:
-    """What each aliased model was validated on: its reference traffic and scores, its test AP."""
-
-    frames: dict[str, Reference]
-    features: list[str]  # the champion's
-    shipped_ap: dict[str, tuple[str, float]]  # alias -> (version, test average precision)
-
-
-@task
-def load_references(settings: Settings) -> References:
-    client = registry.connect(settings)
-    frames: dict[str, Reference] = {}
-    features: list[str] = []
-    shipped: dict[str, tuple[str, float]] = {}
-    for alias in (registry.CHAMPION, registry.CHALLENGER):
-        if registry.aliased_version(client, settings.model_name, alias) is None:
-            continue
-        version = client.get_model_version_by_alias(settings.model_name, alias)
-        run = registry.logged_run(client, version)
-        path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=f"reference/{REFERENCE_FILE}")
-        frames[alias] = Reference(str(version.version), pd.read_parquet(path), float(run.data.params["threshold"]))
-        shipped[alias] = (str(version.version), float(run.data.metrics["test_average_precision"]))
-        if alias == registry.CHAMPION:
-            features = json.loads(run.data.tags["features"])
-    if registry.CHAMPION not in frames:
-        raise ValueError(f"model {settings.model_name!r} has no champion to monitor")
-    return References(frames, features, shipped)
-
-
-@dataclass
-class Monitoring:
-    """One monitor run: drift of the window, quality where labels have arrived, and what it did."""
-
-    drift: DriftSummary
-    quality: dict[str, Quality]
-    label_drift: ColumnDrift | None  # the fraud rate of labelled traffic against the reference
-    reasons: list[str]  # why a retrain is called for; empty when none is
-    retrain: dict[str, object] | None  # the triggered train flow's outcome
-
-    @property
-    def verdict(self) -> str:
-        return self.drift.verdict
-
-
-@flow(name="monitor")
-def monitor_flow(settings: Settings | None = None, label: str = "latest", since: datetime | None = None,
-                 until: datetime | None = None) -> Monitoring:
-    """Drift of [since, until) against each model's reference; quality of the predictions whose labels
-    have arrived by `until`; on drift or a quality drop, a retrain on the latest labelled windows."""
-    settings = settings or Settings()
-    references = load_references(settings)  # what each model was validated on
-    out_dir = settings.reports_dir / label
-    merged = predictions.compact(settings)  # one file a finished day to read, not one a second per worker
-    if merged:
-        get_run_logger().info("prediction log: %d parts of finished days merged", merged)
-    current = predictions.read(settings, since, until)  # live traffic
-    if current.empty:
-        current = references.frames["champion"].frame.iloc[0:0]
-    drift, snapshots = drift_report(references.frames, current, references.features, out_dir, DriftLimits.from_settings(settings))
-    as_of = until or (current["timestamp"].max() if len(current) else datetime.now(timezone.utc).replace(tzinfo=None))
-    matured_until = as_of - timedelta(days=settings.label_delay_days)
-    logged = predictions.read(settings, matured_until - timedelta(days=settings.quality_days), matured_until)
-    labelled = with_labels(logged, settings.transactions_dir, as_of, settings.label_delay_days) if len(logged) else logged
-    quality, quality_snapshots = judge(labelled, references.shipped_ap, out_dir, settings.review_fee, settings.top_k,
-                                       settings.max_quality_drop, settings.min_labelled_frauds) if len(labelled) else ({}, [])
-    # A fraud wave is mostly a change in the labels: the features and scores barely move until the
-    # terminals' risk catches up, so the fraud rate of the labelled traffic is tested on its own.
-    champion_frame = references.frames["champion"].frame
-    labels = (rate_drift(labelled["is_fraud"], champion_frame["is_fraud"], "is_fraud", settings.rate_drift_p_value,
-                         labelled.get("customer_id"), champion_frame.get("customer_id"))
-              if len(labelled) >= settings.min_rows else None)
-    reasons = [f"drift verdict on {drift.current_rows:,} predictions ({drift.drifted_share:.0%} of features drifted)"] if drift.verdict == "drift" else []
-    if labels is not None and labels.drifted:
-        reasons.append(f"fraud rate of labelled traffic {labelled['is_fraud'].mean():.2%} against "
-                       f"{references.frames['champion'].frame['is_fraud'].mean():.2%} in the reference (z-test p={labels.value:.1g})")
-    reasons += [f"{q.variant} v{q.version}: live AP {q.average_precision:.3f} vs {q.shipped_average_precision:.3f} when shipped"
-                for q in quality.values() if q.dropped]
-    retrain = None
-    if reasons and settings.retrain_on_drift:
-        get_run_logger().warning("retraining: %s", "; ".join(reasons))
-        features_flow(settings)  # the newest transactions into the offline features first
-        retrain = training_flow(settings)(settings, ModelConfig(), as_of=as_of, trigger="monitor: " + "; ".join(reasons))
-    outcome = Monitoring(drift, quality, labels, reasons, retrain)
-    workspace.record(settings.evidently_dir, label, snapshots + quality_snapshots)  # history for the Evidently UI
-    text = json.dumps(asdict(outcome), indent=2, default=str)
-    (out_dir / "monitor.json").write_text(text)
-    write_atomically(settings.reports_dir / LATEST, text)  # what /metrics exports: the newest run, whole
-    get_run_logger().info("drift verdict %s over %d predictions; retrain: %s", drift.verdict, drift.current_rows, retrain)
-    return outcome

@@ -1,0 +1,45 @@
+"""`fraudops bench`: measured performance, each figure beside a peer measured in the same run.
+
+Timings are repeated and reported as medians (and p99 for latencies), never a single run; the
+machine's own noise is part of what a reader should see. One module per section.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from core.settings import Settings
+from pipelines.bench.common import Section
+from pipelines.bench.features_section import features_section
+from pipelines.bench.monitoring_section import monitoring_section
+from pipelines.bench.serving_section import serving_section
+from pipelines.bench.training_section import training_section
+
+SECTIONS: dict[str, Callable[[Settings, str, int], Section]] = {
+    "features": features_section,
+    "training": training_section,
+    "serving": serving_section,
+    "monitoring": monitoring_section,
+}
+
+
+def run(settings: Settings, sections: list[str], scale: str, repeat: int, json_path: Path | None, console: Console) -> dict[str, dict[str, float]]:
+    results: dict[str, dict[str, float]] = {}
+    for name in sections:
+        with console.status(f"benchmarking {name}"):
+            section = SECTIONS[name](settings, scale, repeat)
+        table = Table(title=section.name)
+        for column in ("figure", "value", "unit", "note"):
+            table.add_column(column, justify="right" if column == "value" else "left")
+        for figure, value, unit, note in section.rows:
+            table.add_row(figure, f"{value:,.3f}" if value < 100 else f"{value:,.0f}", unit, note)
+        console.print(table)
+        results[name] = {figure: value for figure, value, _, _ in section.rows}
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=2))
+    return results

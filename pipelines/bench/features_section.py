@@ -1,0 +1,95 @@
+"""Simulation, the event-time feature job, Feast's join, the live state's backfill and its step."""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+import numpy as np
+
+from core.runtime import service_available
+from core.settings import Settings
+from pipelines.bench.common import REDIS_URL, Section, latency_ms, timed
+
+
+def features_section(settings: Settings, scale: str, repeat: int) -> Section:
+    """Simulation, the event-time feature job, Feast's join into a training set, the backfill of the
+    live state, and the state step a scored transaction pays (update, read, windows)."""
+    import pandas as pd
+
+    from features.compute import compute_features
+    from features.offline import read_transactions
+    from features.simulator import SimulationConfig, write_simulation
+    from features.state import Tx, features, open_state
+    from features.store import apply, historical_features, materialize, open_store
+
+    section = Section(f"features ({scale} scale)")
+    customers, terminals, days = (5_000, 10_000, 183) if scale == "full" else (1_000, 2_000, 60)
+    cfg = SimulationConfig.from_settings(settings, customers=customers, terminals=terminals, days=days)
+    rows = 0
+
+    def simulate() -> None:
+        nonlocal rows
+        rows = write_simulation(cfg, settings.transactions_dir, replace=True)
+
+    runs = timed(simulate, repeat)
+    section.add("simulate", statistics.median(runs), "s", f"{rows:,} transactions, median of {repeat}")
+    compute = timed(lambda: compute_features(settings.transactions_dir, settings.features_dir, settings.label_delay_days), repeat)
+    section.add("event-time features (DuckDB window functions)", statistics.median(compute), "s",
+                f"{rows:,} rows, one per transaction; {rows / statistics.median(compute) / 1e6:.2f} M rows/s; median of {repeat}")
+
+    apply(settings)
+    store = open_store(settings)
+    entity = read_transactions(settings.transactions_dir)
+    joined = timed(lambda: historical_features(store, settings.feature_service, entity), 1 if scale == "full" else repeat)
+    section.add("Feast point-in-time join into the training set", min(joined), "s", f"{len(entity):,} entity rows, DuckDB offline store")
+    section.add("training set from raw transactions (features + join)", statistics.median(compute) + min(joined), "s", "target < 60 s at full scale")
+
+    end = datetime.combine(cfg.start_date, datetime.min.time()) + timedelta(days=cfg.days)
+    started = time.perf_counter()
+    loaded = materialize(settings, end)
+    seconds = time.perf_counter() - started
+    section.add("backfill the live state (SQLite)", loaded / seconds, "rows/s", f"{loaded:,} transactions in {seconds:.1f}s")
+
+    customer_ids = entity["customer_id"].to_numpy()
+    terminal_ids = entity["terminal_id"].to_numpy()
+    rng = np.random.default_rng(0)
+    clock = [int(pd.Timestamp(end).value // 1000)]
+
+    def next_tx() -> Tx:
+        i = int(rng.integers(len(customer_ids)))
+        clock[0] += 60_000_000  # a transaction a minute of event time: the cards' histories stay their real size
+        return Tx(f"bench-{clock[0]}", str(customer_ids[i]), str(terminal_ids[i]), 10.0, clock[0])
+
+    def step(state: object) -> Callable[[], object]:
+        def call() -> object:
+            tx = next_tx()
+            return features(tx, state.update([tx])[0], settings.label_delay_days)  # type: ignore[attr-defined]
+        return call
+
+    history = open_state(settings).update([next_tx()])[0]
+    sample = next_tx()
+    p50, p99 = latency_ms(lambda: features(sample, history, settings.label_delay_days), 2_000)
+    section.add("windows alone (features.live on a card's history), p50 / p99", p50, "ms", f"p99 {p99:.3f} ms; no store")
+    p50, p99 = latency_ms(step(open_state(settings)), 2_000)
+    section.add("state step, SQLite (insert, prune, read, windows), p50 / p99", p50, "ms", f"p99 {p99:.3f} ms; one transaction at a time")
+
+    if service_available("127.0.0.1", 6379):
+        import redis
+
+        redis.Redis(host="127.0.0.1", port=6379, db=9).flushdb()
+        on_redis = settings.model_copy(update={"feast_redis_url": REDIS_URL, "state_dir": settings.state_dir / "redis"})
+        shutil.copytree(settings.transactions_dir, on_redis.transactions_dir, dirs_exist_ok=True)
+        started = time.perf_counter()
+        loaded = materialize(on_redis, end)
+        seconds = time.perf_counter() - started
+        section.add("backfill the live state (Redis)", loaded / seconds, "rows/s", f"{loaded:,} transactions in {seconds:.1f}s")
+        p50, p99 = latency_ms(step(open_state(on_redis)), 2_000)
+        section.add("state step, Redis (one Lua script), p50 / p99", p50, "ms", f"p99 {p99:.3f} ms; one transaction at a time")
+        redis.Redis(host="127.0.0.1", port=6379, db=9).flushdb()
+    else:
+        section.add("state step, Redis", float("nan"), "ms", "Redis not reachable on 127.0.0.1:6379: skipped")
+    return section

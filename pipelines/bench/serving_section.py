@@ -1,0 +1,181 @@
+"""Our API as users call it, beside mlflow models serve at equal work and bare ASGI peers, each at
+the same worker count, loaded by wrk (closed loop) and hey (constant rate) from this machine."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from core.runtime import quiet_stdout, wait_until_up
+from core.settings import Settings
+from pipelines.bench.common import Section
+from pipelines.bench.load import WRK_SCRIPT, closed_loop, constant_rate
+from pipelines.bench.peers import write_snapshot
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+WORKERS = 2
+PORTS = {"ours": 18081, "mlflow": 18082, "floor": 18083, "lookup": 18084, "snapshot": 18085, "no-lane": 18086}
+HEALTH = {"ours": "/readyz", "no-lane": "/readyz", "mlflow": "/ping"}  # the peers answer on "/"
+Run = tuple[float, float, float, int]  # req/s, p50 ms, p99 ms, non-2xx
+
+
+def prepared(settings: Settings) -> tuple[Settings, pd.DataFrame]:
+    """The bench's own state at the settings' scale with a trained champion (made once, then kept),
+    and the first transaction after the test window."""
+    from features.offline import read_transactions
+    from features.simulator import SimulationConfig, write_simulation
+    from pipelines.flows import features_flow, training_flow
+    from pipelines.training import ModelConfig, Windows
+
+    # pinned: the bench's API has the machine's CPUs to itself (the setting's own description)
+    s = settings.model_copy(update={"state_dir": settings.state_dir / "serving", "api_pin_workers": True})
+    if not (s.state_dir / "mlflow.db").exists():
+        write_simulation(SimulationConfig.from_settings(s), s.transactions_dir, replace=True)
+        with quiet_stdout():
+            features_flow(s, materialize_until=Windows.from_settings(s).test_end.to_pydatetime())
+        training_flow(s)(s, ModelConfig(scale_pos_weight=1.0))
+    tx = read_transactions(s.transactions_dir, f"timestamp >= TIMESTAMP '{Windows.from_settings(s).test_end}'").head(1)
+    return s, tx
+
+
+def bodies(s: Settings, tx: pd.DataFrame) -> dict[str, str]:
+    """Lua expressions for wrk's request bodies, and hey's one body."""
+    from features.store import historical_features, open_store
+    from serving.models import load_from_registry
+
+    model = load_from_registry(s, "champion")
+    if model is None:
+        raise RuntimeError(f"no champion in the bench's registry at {s.tracking_uri}")
+    joined = historical_features(open_store(s), s.feature_service, tx)
+    row = {name: float(joined[name].iloc[0]) for name in model.features}
+    transaction = {"transaction_id": "t", "customer_id": str(tx["customer_id"].iloc[0]), "terminal_id": str(tx["terminal_id"].iloc[0]),
+                   "amount": float(tx["amount"].iloc[0]), "timestamp": tx["timestamp"].iloc[0].isoformat() + "Z"}
+    features = {k: (None if v != v else v) for k, v in row.items()}
+    mlflow_body = json.dumps({"dataframe_split": {"columns": list(model.features), "data": [[row[k] for k in model.features]]}})
+    # Every request a new transaction of one of the cards, event time moving 43 s a request (a card
+    # then pays about twice a day, as in the simulation) and on by a day and a half a second between
+    # runs, so that each card's live state holds its real amount of history, never a pile-up.
+    base, started = int(tx["timestamp"].iloc[0].timestamp()), int(time.time())
+    full = ("string.format('{\"transaction_id\":\"t%d-%d\",\"customer_id\":\"%d\",\"terminal_id\":\"%d\",\"amount\":%d.5,\"timestamp\":\"%s\"}', "
+            f"run, counter, counter % {s.customers}, counter % {s.terminals}, counter % 300, "
+            f"os.date('!%Y-%m-%dT%H:%M:%SZ', {base} + (os.time() - {started}) * 130000 + counter * 43))")
+    with_features = "'" + json.dumps({"transaction": transaction, "features": features}).replace("'", "\\'") + "'"
+    return {"full": full, "features": with_features, "mlflow": "'" + mlflow_body + "'", "hey": json.dumps(transaction)}
+
+
+@contextmanager
+def servers(s: Settings) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+    """Ours as users run it, with the lane and without; the peers through the same launcher (a socket
+    per worker, pinned as ours), so a ratio compares the apps, not how connections reach the workers;
+    mlflow as it runs itself."""
+    from pipelines.demo import settings_env
+    from serving.workers import wait_listening
+
+    env = settings_env(s) | {"MLFLOW_TRACKING_URI": s.tracking_uri, "MLFLOW_MODELS_WORKERS": str(WORKERS), "FRAUDOPS_API_WORKERS": str(WORKERS)}
+    bin_dir = Path(sys.executable).parent
+    env["PATH"] = f"{bin_dir}:{env.get('PATH', '')}"  # mlflow starts `uvicorn` by name
+    ours = [str(bin_dir / "fraudops"), "serve", "--port"]
+    commands = {
+        "ours": (ours + [str(PORTS["ours"])], env),
+        "no-lane": (ours + [str(PORTS["no-lane"])], env | {"FRAUDOPS_SCORING_LANE": "false"}),
+        "mlflow": ([str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{s.model_name}@champion", "-p", str(PORTS["mlflow"]),
+                    "--env-manager", "local", "--workers", str(WORKERS)], env),
+        **{name: ([sys.executable, "-c", f"from serving.workers import serve; serve('pipelines.bench.peers:{factory}', '127.0.0.1', "
+                   f"{PORTS[name]}, {WORKERS}, {s.api_pin_workers})"], env)
+           for name, factory in (("floor", "floor_app_factory"), ("lookup", "lookup_floor_app_factory"), ("snapshot", "snapshot_floor_app_factory"))},
+    }
+    processes = {}
+    try:
+        for name, (command, process_env) in commands.items():
+            processes[name] = subprocess.Popen(command, env=process_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for name, process in processes.items():
+            wait_until_up(f"http://127.0.0.1:{PORTS[name]}{HEALTH.get(name, '/')}", process, timeout=180.0)
+        # a health check reaches one worker; a connection made before the other listens stays with the first
+        for name in processes.keys() - {"mlflow"}:
+            wait_listening(PORTS[name], WORKERS, timeout=180.0)
+        time.sleep(3)
+        yield processes
+    finally:
+        for process in processes.values():
+            process.terminate()
+        for process in processes.values():
+            process.wait(timeout=30)
+
+
+def closed_loop_rounds(section: Section, body: dict[str, str], repeat: int) -> None:
+    """Every target in rounds of one run each: this kind of machine drifted by up to 2x within
+    minutes, which moved a ratio by a fifth when each target's runs came one after the other."""
+    post = lambda name, text, path="/": (PORTS[name], WRK_SCRIPT.format(method="POST", body=text, path=path))  # noqa: E731
+    targets = {
+        "1. /predict (lookup, routing, model, log)": post("ours", body["full"], "/predict"),
+        "1b. /predict through FastAPI's own route (lane off)": post("no-lane", body["full"], "/predict"),
+        "2. /predict/features (routing, model, log)": post("ours", body["features"], "/predict/features"),
+        "2b. /predict/features through FastAPI's own route (lane off)": post("no-lane", body["features"], "/predict/features"),
+        "3. peer: mlflow models serve (model)": post("mlflow", body["mlflow"], "/invocations"),
+        "4. floor: constant ASGI app": (PORTS["floor"], WRK_SCRIPT.format(method="GET", body="nil", path="/")),
+        "5. the floor plus one state step per request": post("lookup", body["full"]),
+        "6. before live state: the floor plus a daily snapshot's two reads": post("snapshot", body["full"]),
+    }
+    for port, script in targets.values():
+        # discarded: a worker still loading its model, cold caches and the first log files
+        # made the first of three runs a third as fast as the other two
+        closed_loop(f"http://127.0.0.1:{port}", script, 3, 16)
+    runs: dict[str, list[Run]] = {label: [] for label in targets}
+    for _ in range(repeat):
+        for label, (port, script) in targets.items():
+            runs[label].append(closed_loop(f"http://127.0.0.1:{port}", script, 8, 16))
+    rates = {label.split(".")[0]: statistics.median(r[0] for r in done) for label, done in runs.items()}
+    for label, done in runs.items():
+        section.add(f"{label}: throughput", rates[label.split(".")[0]], "req/s", f"non-2xx: {sum(r[3] for r in done)}")
+        section.add(f"{label}: p50 / p99 at saturation", statistics.median(r[1] for r in done), "ms",
+                    f"p99 {statistics.median(r[2] for r in done):.1f} ms")
+    by_key = {label.split(".")[0]: done for label, done in runs.items()}
+    for a, b, what, note in (("2", "3", "ours vs mlflow at equal work", "target >= 10; "),
+                             ("1", "1b", "the lane against FastAPI's route, full path", ""),
+                             ("2", "2b", "the lane against FastAPI's route, features in", ""),
+                             ("1", "4", "full path vs HTTP floor", ""),
+                             ("5", "4", "the most a path stepping the state per request can reach", ""),
+                             ("5", "6", "the live state's step against a snapshot's reads", "")):
+        per_round = ", ".join(f"{x[0] / y[0]:.3g}" for x, y in zip(by_key[a], by_key[b]))
+        section.add(f"ratio ({a}) / ({b}): {what}", rates[a] / rates[b], "x", f"{note}by round: {per_round}")
+
+
+def constant_rates(section: Section, body: str, repeat: int) -> None:
+    """/predict at constant rates beside the constant app at the same rates. hey sends one body, so
+    every request after the first is a retry of one transaction: the state step still runs (and
+    counts it once), one card's history is read each time."""
+    for rate, target in ((500, 3), (1_000, 10)):
+        constant, floor = [], []
+        for _ in range(repeat):  # in rounds too
+            constant.append(constant_rate(f"http://127.0.0.1:{PORTS['ours']}/predict", body, 10, rate))
+            floor.append(constant_rate(f"http://127.0.0.1:{PORTS['floor']}/", body, 10, rate))
+        section.add(f"/predict at a constant {rate:,} req/s (hey -q): p50", statistics.median(c[1] for c in constant), "ms",
+                    f"achieved {statistics.median(c[0] for c in constant):.0f} req/s")
+        section.add(f"/predict at a constant {rate:,} req/s (hey -q): p99", statistics.median(c[2] for c in constant), "ms",
+                    f"target <= {target} ms; constant app: p99 {statistics.median(f[2] for f in floor):.1f} ms")
+
+
+def serving_section(settings: Settings, scale: str, repeat: int) -> Section:
+    s, tx = prepared(settings)
+    body = bodies(s, tx)
+    write_snapshot(s)
+    section = Section(f"serving ({WORKERS} workers each, pinned, wrk -t1 -c16 closed loop, a 3 s warm-up then {repeat} rounds "
+                      "of one 8 s run per target, medians)")
+    with servers(s) as processes:
+        closed_loop_rounds(section, body, repeat)
+        # the tail at a constant rate is the machine's: idle workers of the other targets wake every
+        # second (model polls, log flushes), so only the two measured stay up
+        for name in processes.keys() - {"ours", "floor"}:
+            processes[name].terminate()
+            processes[name].wait(timeout=30)
+        constant_rates(section, body["hey"], repeat)
+    return section

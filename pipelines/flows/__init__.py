@@ -1,0 +1,11 @@
+"""Prefect flows, one module each: features, train, monitor. Each body reads as the DAG, each step a
+task over the plain functions beside it.
+
+Run in Prefect's local ephemeral mode unless PREFECT_API_URL points at a server (docker-compose).
+"""
+
+from pipelines.flows.featurize import features_flow
+from pipelines.flows.monitor import Monitoring, monitor_flow
+from pipelines.flows.train import champion_on, gate_failures, train_flow, training_flow
+
+__all__ = ["Monitoring", "champion_on", "features_flow", "gate_failures", "monitor_flow", "train_flow", "training_flow"]

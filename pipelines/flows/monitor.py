@@ -1,0 +1,115 @@
+"""The monitor flow: drift of live traffic against each model's reference, quality where labels have
+arrived, and a retrain through the train flow when either calls for one."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
+
+import mlflow
+import pandas as pd
+from prefect import flow, get_run_logger, task
+
+from core import predictions, registry
+from core.monitor_metrics import LATEST
+from core.runtime import write_atomically
+from core.settings import Settings
+from monitoring import workspace
+from monitoring.drift import ColumnDrift, DriftLimits, DriftSummary, Reference, drift_report, rate_drift
+from monitoring.quality import Quality, judge, with_labels
+from pipelines.flows.featurize import features_flow
+from pipelines.flows.train import REFERENCE_FILE, training_flow
+from pipelines.training import ModelConfig
+
+
+@dataclass
+class References:
+    """What each aliased model was validated on: its reference traffic and scores, its test AP."""
+
+    frames: dict[str, Reference]
+    features: list[str]  # the champion's
+    shipped_ap: dict[str, tuple[str, float]]  # alias -> (version, test average precision)
+
+
+@task
+def load_references(settings: Settings) -> References:
+    client = registry.connect(settings)
+    frames: dict[str, Reference] = {}
+    features: list[str] = []
+    shipped: dict[str, tuple[str, float]] = {}
+    for alias in (registry.CHAMPION, registry.CHALLENGER):
+        if registry.aliased_version(client, settings.model_name, alias) is None:
+            continue
+        version = client.get_model_version_by_alias(settings.model_name, alias)
+        run = registry.logged_run(client, version)
+        path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=f"reference/{REFERENCE_FILE}")
+        frames[alias] = Reference(str(version.version), pd.read_parquet(path), float(run.data.params["threshold"]))
+        shipped[alias] = (str(version.version), float(run.data.metrics["test_average_precision"]))
+        if alias == registry.CHAMPION:
+            features = json.loads(run.data.tags["features"])
+    if registry.CHAMPION not in frames:
+        raise ValueError(f"model {settings.model_name!r} has no champion to monitor")
+    return References(frames, features, shipped)
+
+
+@dataclass
+class Monitoring:
+    """One monitor run: drift of the window, quality where labels have arrived, and what it did."""
+
+    drift: DriftSummary
+    quality: dict[str, Quality]
+    label_drift: ColumnDrift | None  # the fraud rate of labelled traffic against the reference
+    reasons: list[str]  # why a retrain is called for; empty when none is
+    retrain: dict[str, object] | None  # the triggered train flow's outcome
+
+    @property
+    def verdict(self) -> str:
+        return self.drift.verdict
+
+
+@flow(name="monitor")
+def monitor_flow(settings: Settings | None = None, label: str = "latest", since: datetime | None = None,
+                 until: datetime | None = None) -> Monitoring:
+    """Drift of [since, until) against each model's reference; quality of the predictions whose labels
+    have arrived by `until`; on drift or a quality drop, a retrain on the latest labelled windows."""
+    settings = settings or Settings()
+    references = load_references(settings)  # what each model was validated on
+    out_dir = settings.reports_dir / label
+    merged = predictions.compact(settings)  # one file a finished day to read, not one a second per worker
+    if merged:
+        get_run_logger().info("prediction log: %d parts of finished days merged", merged)
+    current = predictions.read(settings, since, until)  # live traffic
+    if current.empty:
+        current = references.frames["champion"].frame.iloc[0:0]
+    drift, snapshots = drift_report(references.frames, current, references.features, out_dir, DriftLimits.from_settings(settings))
+    as_of = until or (current["timestamp"].max() if len(current) else datetime.now(timezone.utc).replace(tzinfo=None))
+    matured_until = as_of - timedelta(days=settings.label_delay_days)
+    logged = predictions.read(settings, matured_until - timedelta(days=settings.quality_days), matured_until)
+    labelled = with_labels(logged, settings.transactions_dir, as_of, settings.label_delay_days) if len(logged) else logged
+    quality, quality_snapshots = judge(labelled, references.shipped_ap, out_dir, settings.review_fee, settings.top_k,
+                                       settings.max_quality_drop, settings.min_labelled_frauds) if len(labelled) else ({}, [])
+    # A fraud wave is mostly a change in the labels: the features and scores barely move until the
+    # terminals' risk catches up, so the fraud rate of the labelled traffic is tested on its own.
+    champion_frame = references.frames["champion"].frame
+    labels = (rate_drift(labelled["is_fraud"], champion_frame["is_fraud"], "is_fraud", settings.rate_drift_p_value,
+                         labelled.get("customer_id"), champion_frame.get("customer_id"))
+              if len(labelled) >= settings.min_rows else None)
+    reasons = [f"drift verdict on {drift.current_rows:,} predictions ({drift.drifted_share:.0%} of features drifted)"] if drift.verdict == "drift" else []
+    if labels is not None and labels.drifted:
+        reasons.append(f"fraud rate of labelled traffic {labelled['is_fraud'].mean():.2%} against "
+                       f"{references.frames['champion'].frame['is_fraud'].mean():.2%} in the reference (z-test p={labels.value:.1g})")
+    reasons += [f"{q.variant} v{q.version}: live AP {q.average_precision:.3f} vs {q.shipped_average_precision:.3f} when shipped"
+                for q in quality.values() if q.dropped]
+    retrain = None
+    if reasons and settings.retrain_on_drift:
+        get_run_logger().warning("retraining: %s", "; ".join(reasons))
+        features_flow(settings)  # the newest transactions into the offline features first
+        retrain = training_flow(settings)(settings, ModelConfig(), as_of=as_of, trigger="monitor: " + "; ".join(reasons))
+    outcome = Monitoring(drift, quality, labels, reasons, retrain)
+    workspace.record(settings.evidently_dir, label, snapshots + quality_snapshots)  # history for the Evidently UI
+    text = json.dumps(asdict(outcome), indent=2, default=str)
+    (out_dir / "monitor.json").write_text(text)
+    write_atomically(settings.reports_dir / LATEST, text)  # what /metrics exports: the newest run, whole
+    get_run_logger().info("drift verdict %s over %d predictions; retrain: %s", drift.verdict, drift.current_rows, retrain)
+    return outcome

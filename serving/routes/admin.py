@@ -1,0 +1,78 @@
+"""Routing, reloads, promotion and rollback, behind the admin token (off when none is set)."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Header, HTTPException
+from pydantic import BaseModel, Field
+
+from serving.routes.deps import Service, SettingsDep
+from serving.service import ScoringService
+
+log = logging.getLogger("fraudops.api")
+
+
+def admin(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
+    if not settings.admin_token:
+        raise HTTPException(404, "admin API is off: set FRAUDOPS_ADMIN_TOKEN to enable it")
+    if not hmac.compare_digest((authorization or "").encode(), f"Bearer {settings.admin_token}".encode()):
+        raise HTTPException(401, "admin API needs 'Authorization: Bearer <token>'")
+
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin)])
+
+
+class Routing(BaseModel):
+    model_config = {"extra": "forbid"}
+    challenger_share: float | None = Field(None, ge=0.0, le=1.0)
+    mode: Literal["canary", "shadow"] | None = None
+
+
+class Promotion(BaseModel):
+    reason: str = Field(min_length=3, max_length=500)
+
+
+@router.get("/routing")
+async def get_routing(svc: Service) -> dict[str, object]:
+    return svc.routing()
+
+
+@router.put("/routing")
+async def set_routing(body: Routing, svc: Service) -> dict[str, object]:
+    try:
+        previous, current = svc.set_routing(body.challenger_share, body.mode)
+    except Exception as exc:
+        raise HTTPException(503, f"the registry holds the routing and cannot be written now: {exc}") from exc
+    return {"previous": previous, **current}
+
+
+@router.post("/reload")
+async def reload(svc: Service) -> dict[str, str | None]:
+    return svc.reload()
+
+
+def move_champion(action: str, body: Promotion, svc: ScoringService) -> dict[str, str | None]:
+    """Promote or roll back in the registry, log previous and new, then hot-swap by reloading."""
+    from core import registry
+
+    try:
+        previous, new = getattr(registry, action)(svc.settings, body.reason, who="admin-api")
+    except ValueError as exc:
+        raise HTTPException(409, str(exc)) from exc
+    except Exception as exc:  # the registry failed part-way: `all_or_nothing` put it back
+        raise HTTPException(503, f"the registry could not be changed now, so nothing was: {exc}") from exc
+    log.warning("%s: champion version %s -> %s: %s", action, previous, new, body.reason)
+    return {"previous_champion": previous, "champion": new, **{f"loaded_{k}": v for k, v in svc.reload().items()}}
+
+
+@router.post("/promote")
+async def promote(body: Promotion, svc: Service) -> dict[str, str | None]:
+    return move_champion("promote", body, svc)
+
+
+@router.post("/rollback")
+async def rollback(body: Promotion, svc: Service) -> dict[str, str | None]:
+    return move_champion("rollback", body, svc)
