@@ -19,7 +19,6 @@ from pathlib import Path
 import orjson
 import pandas as pd
 
-from core.query import select
 from core.runtime import write_atomically
 from core.settings import Settings
 
@@ -53,6 +52,8 @@ def read(settings: Settings, since: datetime | None = None, until: datetime | No
     if next(directory.glob("**/*.parquet"), None) is None:
         return pd.DataFrame()
     # DuckDB reads only the rows asked for; the day folders are the writer's, not a column of the log
+    from core.query import select  # here: the API writes the log and never loads DuckDB
+
     return select(f"SELECT * FROM read_parquet('{directory}/**/*.parquet', union_by_name=true, hive_partitioning=false) WHERE {where}").df()
 
 
@@ -97,6 +98,8 @@ def _compact_day(partition: Path, before: date) -> int:
     token = uuid.uuid4().hex[:8]
     files = ", ".join(f"'{part}'" for part in parts)
     # in transaction-time order, so a window of the monitoring jobs reads only its row groups
+    from core.query import select
+
     select(f"SELECT * FROM read_parquet([{files}], union_by_name=true, hive_partitioning=false) ORDER BY timestamp") \
         .write_parquet(str(partition / f".compacting-{token}.tmp"))
     write_atomically(partition / f".compacting-{token}.json", json.dumps([part.name for part in parts]))

@@ -34,6 +34,13 @@ def parts_glob(directory: Path) -> str:
     return str(directory / "*.parquet")
 
 
+def transactions_between(directory: Path, start: object, end: object | None = None, where: str = "TRUE") -> pd.DataFrame:
+    """Transactions with `start` <= timestamp < `end` (no end: all after `start`) that also match
+    `where`, in time order: the one window query over the offline store."""
+    until = "" if end is None else f" AND timestamp < TIMESTAMP '{end}'"
+    return read_transactions(directory, f"({where}) AND timestamp >= TIMESTAMP '{start}'{until}")
+
+
 def read_transactions(directory: Path, where: str = "TRUE") -> pd.DataFrame:
     """Transactions matching a SQL predicate, in time order."""
     query = f"SELECT * FROM read_parquet('{parts_glob(directory)}') WHERE {where} ORDER BY timestamp, transaction_id"

@@ -69,11 +69,11 @@ def materialize(settings: Settings, end: datetime) -> int:
     transaction id, so a second backfill over the same period changes nothing. The number of
     transactions loaded."""
     from features.live import DAY_US, terminal_horizon_us
-    from features.offline import micros, read_transactions
+    from features.offline import micros, transactions_between
     from features.state import LATE_MARGIN_US, Tx, open_state
 
     start = end - timedelta(microseconds=terminal_horizon_us(settings.label_delay_days) + LATE_MARGIN_US)
-    frame = read_transactions(settings.transactions_dir, f"timestamp >= TIMESTAMP '{start}' AND timestamp < TIMESTAMP '{end}'")
+    frame = transactions_between(settings.transactions_dir, start, end)
     us = np.asarray(micros(frame))
     state = open_state(settings)
     state.load([Tx(str(t), str(c), str(m), float(a), int(u)) for t, c, m, a, u in

@@ -17,7 +17,7 @@ from evidently import BinaryClassification, DataDefinition, Dataset, Report
 from evidently.core.report import Snapshot
 from evidently.presets import ClassificationPreset
 
-from features.offline import read_transactions
+from features.offline import transactions_between
 from core.evaluation import evaluate, expected_cost
 
 
@@ -44,7 +44,7 @@ def with_labels(predictions: pd.DataFrame, transactions_dir: Path, as_of: dateti
     if answered.empty:
         return answered.assign(is_fraud=pd.Series(dtype="int64"))
     first = answered["timestamp"].min()
-    labels = read_transactions(transactions_dir, f"timestamp >= TIMESTAMP '{first}' AND timestamp < TIMESTAMP '{cutoff}'")
+    labels = transactions_between(transactions_dir, first, cutoff)
     labels = labels.assign(transaction_id=labels["transaction_id"].astype(str))[["transaction_id", "is_fraud"]]
     return answered.merge(labels, on="transaction_id", how="inner")
 

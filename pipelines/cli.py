@@ -197,12 +197,12 @@ def replay(
     """
     import pandas as pd
 
-    from features.offline import read_transactions
+    from features.offline import transactions_between
     from pipelines.replay import label_feed, replay as run
 
     s = settings()
     end = start + timedelta(days=days)
-    tx = read_transactions(s.transactions_dir, f"timestamp >= TIMESTAMP '{start}' AND timestamp < TIMESTAMP '{end}'")
+    tx = transactions_between(s.transactions_dir, start, end)
     stats = run(url or s.api_url, tx, concurrency, feed=label_feed(s, pd.Timestamp(start), pd.Timestamp(end)) if labels else None)
     console.print(f"sent {stats.sent:,} in {stats.seconds:.1f}s ({stats.rate:,.0f}/s); statuses {stats.statuses}; variants {stats.by_variant}")
 
@@ -248,7 +248,7 @@ def deploy(
 
 @app.command()
 def bench(
-    section: Annotated[Optional[list[str]], typer.Option(help="Section to run: features, training, serving, monitoring. Repeatable; default: all.")] = None,
+    section: Annotated[Optional[list[str]], typer.Option(help="Section to run: features, training, serving, monitoring, scaling. Repeatable; default: all.")] = None,
     scale: Annotated[str, typer.Option(help="full: the handbook's 5,000 customers x 183 days; small: a quick look.")] = "full",
     repeat: Annotated[int, typer.Option(min=1, help="Repetitions per timing; the table shows medians.")] = 3,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures as JSON, by section and figure.")] = None,

@@ -138,7 +138,7 @@ def run(settings: Settings, console: Console) -> dict[str, object]:
 def production_period(settings: Settings, console: Console, period: str, first: datetime, summary: dict[str, object]) -> Monitoring:
     """Replay `PRODUCTION_DAYS` from `first` through the running API with labels at their delay, then
     run the monitor over them, and follow a retrain it triggers into the canary."""
-    from features.offline import read_transactions
+    from features.offline import transactions_between
     from features.store import materialize
     from pipelines.flows import monitor_flow
     from pipelines.replay import label_feed, replay
@@ -147,7 +147,7 @@ def production_period(settings: Settings, console: Console, period: str, first: 
     for offset in range(PRODUCTION_DAYS):
         day = first + timedelta(days=offset)
         with console.status(f"[5/6] replaying the {period} period, {day.date()}"):
-            tx = read_transactions(settings.transactions_dir, f"timestamp >= TIMESTAMP '{day}' AND timestamp < TIMESTAMP '{day + timedelta(days=1)}'")
+            tx = transactions_between(settings.transactions_dir, day, day + timedelta(days=1))
             # the labels of earlier transactions arrive as the day goes on, and move terminal risk then
             stats = replay(settings.api_url, tx, feed=label_feed(settings, pd.Timestamp(day), pd.Timestamp(day + timedelta(days=1))))
         console.print(f"[green]✓[/] replayed {stats.sent:,} transactions of {day.date()} at {stats.rate:,.0f}/s, "

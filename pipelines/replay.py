@@ -15,7 +15,7 @@ import pandas as pd
 
 from core.settings import Settings
 from features.live import DAY_US
-from features.offline import micros, read_transactions
+from features.offline import micros, transactions_between
 
 Fraud = tuple[str, str, int]  # (terminal_id, transaction_id, transaction time in microseconds)
 
@@ -47,8 +47,7 @@ def label_feed(settings: Settings, start: pd.Timestamp, end: pd.Timestamp) -> La
     from features.state import open_state
 
     delay = settings.label_delay_days * DAY_US
-    frauds = read_transactions(settings.transactions_dir, f"is_fraud = 1 AND timestamp >= TIMESTAMP '{start - pd.Timedelta(microseconds=delay)}' "
-                                                          f"AND timestamp < TIMESTAMP '{end}'")
+    frauds = transactions_between(settings.transactions_dir, start - pd.Timedelta(microseconds=delay), end, where="is_fraud = 1")
     us = micros(frauds)
     arrivals = sorted((u + delay, (str(m), str(t), u)) for m, t, u in zip(frauds["terminal_id"], frauds["transaction_id"], us))
     return LabelFeed(arrivals, open_state(settings).add_frauds)

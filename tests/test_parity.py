@@ -16,7 +16,7 @@ from core import predictions
 from core.settings import Settings
 from features.compute import FEATURES_FILE
 from features.live import LIVE_FEATURES
-from features.offline import read_transactions
+from features.offline import transactions_between
 from features.store import materialize
 from pipelines.demo import running_api
 from pipelines.replay import label_feed, replay
@@ -30,7 +30,7 @@ def replay_day_through_the_api(settings: Settings) -> tuple[pd.DataFrame, pd.Dat
     start = Windows.from_settings(settings).test_end
     end = start + pd.Timedelta(days=1)
     materialize(settings, start.to_pydatetime())
-    day = read_transactions(settings.transactions_dir, f"timestamp >= TIMESTAMP '{start}' AND timestamp < TIMESTAMP '{end}'")
+    day = transactions_between(settings.transactions_dir, start, end)
     sent = pd.concat([day, day.iloc[:RETRIED]], ignore_index=True)
     with running_api(settings):
         # one at a time: two charges of one card in flight together may be scored in either order,

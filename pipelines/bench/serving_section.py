@@ -31,7 +31,7 @@ Run = tuple[float, float, float, int]  # req/s, p50 ms, p99 ms, non-2xx
 def prepared(settings: Settings) -> tuple[Settings, pd.DataFrame]:
     """The bench's own state at the settings' scale with a trained champion (made once, then kept),
     and the first transaction after the test window."""
-    from features.offline import read_transactions
+    from features.offline import transactions_between
     from features.simulator import SimulationConfig, write_simulation
     from pipelines.flows import features_flow, training_flow
     from pipelines.training import ModelConfig, Windows
@@ -43,7 +43,7 @@ def prepared(settings: Settings) -> tuple[Settings, pd.DataFrame]:
         with quiet_stdout():
             features_flow(s, materialize_until=Windows.from_settings(s).test_end.to_pydatetime())
         training_flow(s)(s, ModelConfig(scale_pos_weight=1.0))
-    tx = read_transactions(s.transactions_dir, f"timestamp >= TIMESTAMP '{Windows.from_settings(s).test_end}'").head(1)
+    tx = transactions_between(s.transactions_dir, Windows.from_settings(s).test_end).head(1)
     return s, tx
 
 

@@ -23,7 +23,7 @@ def training_section(settings: Settings, scale: str, repeat: int) -> Section:
     histogram gradient boosting on the same matrix."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
-    from features.offline import read_transactions
+    from features.offline import transactions_between
     from features.simulator import SimulationConfig, write_simulation
     from features.store import historical_features, model_features, open_store
     from pipelines.flows import features_flow, training_flow
@@ -48,7 +48,7 @@ def training_section(settings: Settings, scale: str, repeat: int) -> Section:
                     f"{result['baseline_amount_rule_average_precision']:.3f} / {result[f'baseline_amount_rule_card_precision_at_{k}']:.3f}")
     windows = Windows.from_settings(s)
     store = open_store(s)
-    tx = read_transactions(s.transactions_dir, f"timestamp >= TIMESTAMP '{windows.train_start}' AND timestamp < TIMESTAMP '{windows.test_end}'")
+    tx = transactions_between(s.transactions_dir, windows.train_start, windows.test_end)
     frame = historical_features(store, s.feature_service, tx)
     features = model_features(store, s.feature_service)
     fit, validation, _ = split(frame, windows)

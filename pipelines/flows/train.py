@@ -22,7 +22,7 @@ from sklearn.metrics import average_precision_score
 
 from core import registry
 from core.settings import Settings
-from features.offline import read_transactions
+from features.offline import transactions_between
 from features.schema import SchemaError
 from features.store import historical_features, model_features, open_store
 from pipelines.plots import write_plots
@@ -69,9 +69,7 @@ def _join_cache_key(context: object, parameters: dict[str, object]) -> str:
 def build_training_set(settings: Settings, start: pd.Timestamp, end: pd.Timestamp) -> tuple[pd.DataFrame, list[str]]:
     """The point-in-time join, cached by its inputs: the same windows over the same files are joined once."""
     store = open_store(settings)
-    transactions = read_transactions(
-        settings.transactions_dir, where=f"timestamp >= TIMESTAMP '{start}' AND timestamp < TIMESTAMP '{end}'"
-    )
+    transactions = transactions_between(settings.transactions_dir, start, end)
     if transactions.empty:
         raise ValueError(f"no transactions between {start} and {end}")
     return historical_features(store, settings.feature_service, transactions), model_features(store, settings.feature_service)
