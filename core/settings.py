@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     # Beyond one machine: with a Dask scheduler address, the train flow runs its tasks on that cluster
     # (Prefect's DaskTaskRunner) and fits with lightgbm.dask across its workers; without one, in-process.
     dask_address: str | None = Field(None, description="e.g. tcp://scheduler:8786")
+    feature_buckets: int = Field(16, ge=1, le=4096, description="With dask_address: the feature job is cut into this many buckets of cards and of terminals, one Dask task each (features/compute.py). One machine computes one of each.")
 
     # Schedules of the Prefect deployments (`fraudops deploy`, the compose worker).
     retrain_cron: str = "0 3 * * *"

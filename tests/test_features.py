@@ -196,3 +196,13 @@ def test_concurrent_updates_from_several_processes_lose_nothing(tmp_path) -> Non
         assert process.exitcode == 0
     probe = Tx("probe", "card", "k0", 1.0, 100 * DAY_US + DAY_US // 2)
     assert features(probe, SqliteState(path, DELAY).update([probe])[0], DELAY)["customer_tx_count_1d"] == 4 * 50 + 1
+
+
+def test_buckets_of_cards_and_terminals_give_the_table_of_one_pass(store_settings, tmp_path) -> None:
+    """Cut into buckets, as on a Dask cluster: the same rows and values as the whole history at once."""
+    settings, _ = store_settings
+    whole = pd.read_parquet(settings.features_dir / FEATURES_FILE)
+    compute_features(settings.transactions_dir, tmp_path, DELAY, buckets=3)
+    cut = pd.read_parquet(tmp_path / FEATURES_FILE)
+    pd.testing.assert_frame_equal(cut, whole)
+    assert not list(tmp_path.glob(".parts-*"))  # the buckets' parts are gone once joined

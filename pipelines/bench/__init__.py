@@ -17,6 +17,7 @@ from core.settings import Settings
 from pipelines.bench.common import Section
 from pipelines.bench.features_section import features_section
 from pipelines.bench.monitoring_section import monitoring_section
+from pipelines.bench.scaling_section import scaling_section
 from pipelines.bench.serving_section import serving_section
 from pipelines.bench.training_section import training_section
 
@@ -25,6 +26,7 @@ SECTIONS: dict[str, Callable[[Settings, str, int], Section]] = {
     "training": training_section,
     "serving": serving_section,
     "monitoring": monitoring_section,
+    "scaling": scaling_section,
 }
 
 

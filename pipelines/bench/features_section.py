@@ -7,6 +7,7 @@ import statistics
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any, cast
 
 import numpy as np
 
@@ -80,16 +81,29 @@ def features_section(settings: Settings, scale: str, repeat: int) -> Section:
     if service_available("127.0.0.1", 6379):
         import redis
 
-        redis.Redis(host="127.0.0.1", port=6379, db=9).flushdb()
+        client = redis.Redis(host="127.0.0.1", port=6379, db=9)
+        def info(section: str) -> dict[str, Any]:
+            return cast(dict[str, Any], client.info(section))  # the synchronous client's answer
+        client.flushdb()
+        before = info("memory")["used_memory"]
         on_redis = settings.model_copy(update={"feast_redis_url": REDIS_URL, "state_dir": settings.state_dir / "redis"})
         shutil.copytree(settings.transactions_dir, on_redis.transactions_dir, dirs_exist_ok=True)
         started = time.perf_counter()
         loaded = materialize(on_redis, end)
         seconds = time.perf_counter() - started
         section.add("backfill the live state (Redis)", loaded / seconds, "rows/s", f"{loaded:,} transactions in {seconds:.1f}s")
+        # what a card and a terminal cost in memory with their real history (the capacity model's input)
+        held = info("memory")["used_memory"] - before
+        entities = cfg.customers + cfg.terminals
+        section.add("Redis memory of the live state, per card or terminal", held / entities, "bytes",
+                    f"{held / 2**20:,.0f} MB for {cfg.customers:,} cards and {cfg.terminals:,} terminals after the backfill")
+        client.config_resetstat()
         p50, p99 = latency_ms(step(open_state(on_redis)), 2_000)
         section.add("state step, Redis (one Lua script), p50 / p99", p50, "ms", f"p99 {p99:.3f} ms; one transaction at a time")
-        redis.Redis(host="127.0.0.1", port=6379, db=9).flushdb()
+        scripts = info("commandstats").get("cmdstat_evalsha", {})
+        section.add("state step, Redis server time per script call", float(scripts.get("usec_per_call", float("nan"))), "us",
+                    f"{scripts.get('calls', 0):,} calls: what one Redis core spends per scored transaction")
+        client.flushdb()
     else:
         section.add("state step, Redis", float("nan"), "ms", "Redis not reachable on 127.0.0.1:6379: skipped")
     return section

@@ -7,13 +7,16 @@ from datetime import datetime
 from prefect import flow, task
 
 from core.settings import Settings
-from features.compute import compute_features
+from features.compute import compute_features, on_dask
 from features.store import apply, materialize
 
 
 @task
 def compute_feature_tables(settings: Settings) -> dict[str, int]:
-    return compute_features(settings.transactions_dir, settings.features_dir, settings.label_delay_days)
+    if settings.dask_address is None:
+        return compute_features(settings.transactions_dir, settings.features_dir, settings.label_delay_days)
+    return compute_features(settings.transactions_dir, settings.features_dir, settings.label_delay_days,
+                            settings.feature_buckets, on_dask(settings.dask_address))
 
 
 @task
