@@ -40,8 +40,8 @@ def cli() -> Any:
 
 
 def test_there_is_a_page_per_step_of_the_answer() -> None:
-    steps = sorted(p.name for p in (REPO_ROOT / "docs").glob("0*.md"))
-    assert [name[:2] for name in steps] == [f"0{i}" for i in range(1, 10)]
+    steps = sorted(p.name for p in (REPO_ROOT / "docs").glob("[01][0-9]-*.md"))
+    assert [name[:2] for name in steps] == [f"{i:02d}" for i in range(0, 11)]  # step 0, requirements, to step 10, scaling
     index = (REPO_ROOT / "docs" / "README.md").read_text()
     assert all(f"({name})" in index for name in [*steps, "glossary.md"]), "the index links every page"
     assert "```mermaid" in index and "```mermaid" in (REPO_ROOT / "README.md").read_text()
