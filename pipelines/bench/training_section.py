@@ -27,6 +27,7 @@ def training_section(settings: Settings, scale: str, repeat: int) -> Section:
     from features.simulator import SimulationConfig, write_simulation
     from features.store import historical_features, model_features, open_store
     from pipelines.flows import features_flow, training_flow
+    from pipelines.results import model_scores
     from pipelines.training import ModelConfig, Windows, fit_booster, split
 
     section = Section("training (train flow end to end; fit beside a peer)")
@@ -40,12 +41,10 @@ def training_section(settings: Settings, scale: str, repeat: int) -> Section:
         started = time.perf_counter()
         result = training_flow(s)(s, ModelConfig())  # prequential selection included
         seconds = time.perf_counter() - started
-        k = s.top_k
+        scores = ", ".join(f"{'LightGBM' if m.model == 'lightgbm' else m.model.replace('_', ' ')} {m.average_precision:.3f} / "
+                           f"{m.card_precision_at_k:.3f}" for m in model_scores(result, s))
         section.add(f"train flow, {customers:,} customers", seconds, "s",
-                    f"{rows:,} transactions simulated; test AP / CP@{k}: LightGBM {result['test_average_precision']:.3f} / "
-                    f"{result[f'test_card_precision_at_{k}']:.3f}, logistic regression {result['baseline_logistic_regression_average_precision']:.3f} / "
-                    f"{result[f'baseline_logistic_regression_card_precision_at_{k}']:.3f}, amount rule "
-                    f"{result['baseline_amount_rule_average_precision']:.3f} / {result[f'baseline_amount_rule_card_precision_at_{k}']:.3f}")
+                    f"{rows:,} transactions simulated; test AP / CP@{s.top_k}: {scores}")
     windows = Windows.from_settings(s)
     store = open_store(s)
     tx = transactions_between(s.transactions_dir, windows.train_start, windows.test_end)
