@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     # Schedules of the Prefect deployments (`fraudops deploy`, the compose worker).
     retrain_cron: str = "0 3 * * *"
     monitor_cron: str = "0 * * * *"
+    score_cron: str = Field("30 1 * * *", description="The nightly batch scoring of the newest day in the offline store.")
 
     # MLflow: SQLite + local artifacts unless a tracking URI is given.
     mlflow_tracking_uri: str | None = None
@@ -155,6 +156,7 @@ class Settings(BaseSettings):
     predictions_dir: ClassVar[Under] = Under("predictions")
     reports_dir: ClassVar[Under] = Under("reports")
     evidently_dir: ClassVar[Under] = Under("evidently")
+    scores_dir: ClassVar[Under] = Under("scores")
     model_cache_dir: ClassVar[Under] = Under("model-cache")
 
     @property

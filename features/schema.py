@@ -81,9 +81,13 @@ def _message(errors: SchemaErrors) -> str:
     return "; ".join(problems)
 
 
-def validate_transactions(frame: pd.DataFrame, source: str = "batch") -> pd.DataFrame:
-    """Return the batch coerced to the raw schema, or raise SchemaError listing every broken rule."""
-    missing = [c for c in REQUIRED if c not in frame.columns]
+def validate_transactions(frame: pd.DataFrame, source: str = "batch", labelled: bool = True) -> pd.DataFrame:
+    """Return the batch coerced to the raw schema, or raise SchemaError listing every broken rule.
+    `labelled=False` is a batch to score: its labels, if any, are not required and not kept."""
+    if not labelled:
+        frame = frame.drop(columns=["is_fraud", "fraud_scenario"], errors="ignore")
+    required = REQUIRED if labelled else [c for c in REQUIRED if c != "is_fraud"]
+    missing = [c for c in required if c not in frame.columns]
     if missing:
         raise SchemaError(f"{source}: missing column(s) {', '.join(missing)}; got {', '.join(map(str, frame.columns))}")
     problems = []
@@ -95,4 +99,6 @@ def validate_transactions(frame: pd.DataFrame, source: str = "batch") -> pd.Data
         problems.append(_message(errors))
     if problems:
         raise SchemaError(f"{source}: rejected, nothing written: " + "; ".join(problems))
+    if not labelled:
+        return out.drop(columns=["is_fraud", "fraud_scenario"])
     return out.astype({"is_fraud": np.int8, "fraud_scenario": np.int8})

@@ -149,6 +149,40 @@ def ingest(
 
 
 @app.command()
+def score(
+    input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="CSV or Parquet of transactions: transaction_id, timestamp, customer_id, terminal_id, amount.")],
+    out: Annotated[Path, typer.Option(help="The scores, as one Parquet file (written whole or not at all).")],
+    alias: Annotated[str, typer.Option(help="Registry alias of the model to score with.")] = "champion",
+    explain: Annotated[bool, typer.Option(help="Add the 3 features that pushed each score up most (reason codes).")] = False,
+) -> None:
+    """Score transactions in batch with the features training used, as of each transaction's time.
+
+    The transactions must be in the offline store with their features computed (fraudops ingest,
+    fraudops features apply). With FRAUDOPS_DASK_ADDRESS the rows are scored across that cluster.
+    Example: fraudops score day.parquet --out scores.parquet --explain
+    """
+    from pipelines.batch import BatchError, read_input, score as run
+
+    s = settings()
+    client = None
+    try:
+        transactions = read_input(input_path)
+        if s.dask_address is not None:
+            from distributed import Client
+
+            client = Client(s.dask_address)
+        result = run(s, transactions, out, alias, explain, client)
+    except BatchError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    finally:
+        if client is not None:
+            client.close()
+    console.print(f"scored {result.rows:,} transactions with {result.alias} v{result.version} (threshold {result.threshold:.3f}): "
+                  f"{result.flagged:,} flagged; {result.path}")
+
+
+@app.command()
 def promote(reason: Annotated[str, typer.Option(help="Why the challenger should serve all traffic.")]) -> None:
     """Move the `champion` alias to the challenger's version, recording who and why."""
     from core.registry import promote as move

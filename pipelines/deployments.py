@@ -1,4 +1,4 @@
-"""Scheduled deployments: retrain daily, monitor hourly. Two ways to run them:
+"""Scheduled deployments: retrain daily, monitor hourly, score the day's transactions nightly. Two ways to run them:
 
 - `fraudops deploy` serves them from this process (the compose `worker` service): simple, one box.
 - `fraudops deploy --work-pool fraudops-k8s` registers them on a work pool instead, and a Prefect
@@ -19,7 +19,7 @@ from prefect import Flow
 from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
 from core.settings import Settings
-from pipelines.flows import monitor_flow, train_flow, training_flow
+from pipelines.flows import monitor_flow, score_flow, train_flow, training_flow
 
 
 def schedules(settings: Settings) -> list[tuple[Flow, str, str, list[str]]]:
@@ -27,6 +27,7 @@ def schedules(settings: Settings) -> list[tuple[Flow, str, str, list[str]]]:
     return [
         (training_flow(settings), "daily-retrain", settings.retrain_cron, ["fraudops", "training"]),
         (monitor_flow, "hourly-monitor", settings.monitor_cron, ["fraudops", "monitoring"]),
+        (score_flow, "nightly-score", settings.score_cron, ["fraudops", "batch-scoring"]),
     ]
 
 

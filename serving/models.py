@@ -19,6 +19,7 @@ from core.settings import Settings
 from serving.native.lightgbm_row import RowScorer, row_predictor
 
 log = logging.getLogger("fraudops.models")
+REASONS = 3  # reason codes per answer: what an analyst reads first
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,23 @@ class LoadedModel:
     def __post_init__(self) -> None:
         object.__setattr__(self, "score_one", row_predictor(self.booster, len(self.features)))
 
-    def score(self, rows: np.ndarray) -> np.ndarray:
+    def __reduce__(self) -> tuple[type[LoadedModel], tuple[str, str, lgb.Booster, tuple[str, ...], float, str]]:
+        """Pickled without the row scorer, which holds native buffers, and rebuilt with a new one
+        where it lands (a Dask worker of the batch job)."""
+        return LoadedModel, (self.alias, self.version, self.booster, self.features, self.threshold, self.source)
+
+    def score(self, rows: np.ndarray, threads: int = 1) -> np.ndarray:
         """Scores for rows already in `features` order: the booster on a NumPy array, no DataFrame."""
-        return np.asarray(self.booster.predict(rows, num_threads=1))
+        return np.asarray(self.booster.predict(rows, num_threads=threads))
+
+    def reasons(self, rows: np.ndarray, top: int = REASONS, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Why each row scored as it did: the indices into `features` of its `top` largest
+        contributions towards fraud, and those contributions (log-odds; LightGBM's own SHAP values,
+        `pred_contrib`, exact for trees). Costs about one more prediction per row, so only a caller
+        who asks pays it (`?explain=true`, `fraudops score --explain`)."""
+        contributions = np.asarray(self.booster.predict(rows, pred_contrib=True, num_threads=threads))[:, :-1]  # last column: the bias
+        order = np.argsort(-contributions, axis=1, kind="stable")[:, :top]
+        return order, np.take_along_axis(contributions, order, axis=1)
 
 
 def _cache_dir(settings: Settings, alias: str) -> Path:
@@ -68,8 +83,9 @@ def check(model: LoadedModel) -> None:
         raise ValueError(f"{model.alias} version {model.version} gives non-finite scores")
 
 
-def load_from_registry(settings: Settings, alias: str) -> LoadedModel | None:
-    """The version behind `alias`, or None if the alias is not set. Raises if the registry is unreachable."""
+def fetch(settings: Settings, alias: str) -> LoadedModel | None:
+    """The version behind `alias`, checked, or None if the alias is not set. Raises if the registry is
+    unreachable: a batch job must not score with a stale model without saying so."""
     import mlflow
 
     from core import registry
@@ -84,7 +100,14 @@ def load_from_registry(settings: Settings, alias: str) -> LoadedModel | None:
     meta = mlflow.models.get_model_info(uri).metadata or {}
     model = LoadedModel(alias, version, booster, tuple(meta["features"]), float(meta["threshold"]), "registry")
     check(model)
-    _write_cache(settings, model)
+    return model
+
+
+def load_from_registry(settings: Settings, alias: str) -> LoadedModel | None:
+    """`fetch`, keeping a copy on disk for a start while the registry is down."""
+    model = fetch(settings, alias)
+    if model is not None:
+        _write_cache(settings, model)
     return model
 
 

@@ -39,10 +39,10 @@ def test_the_deployments_on_the_kubernetes_work_pool_run_the_package_s_flows(tmp
             deployments = {d.name: d for d in (client.read_deployment(i) for i in ids)}
     finally:
         server.stop()
-    assert set(deployments) == {"daily-retrain", "hourly-monitor"}
+    assert set(deployments) == {"daily-retrain", "hourly-monitor", "nightly-score"}
     for deployment in deployments.values():
         assert deployment.work_pool_name == "fraudops-k8s" and deployment.job_variables["image"] == IMAGE
         entrypoint = deployment.entrypoint or ""
         assert entrypoint.startswith("pipelines.flows.")  # a module path, not a file beside the caller
-        assert load_flow_from_entrypoint(entrypoint).name in ("train", "monitor")
+        assert load_flow_from_entrypoint(entrypoint).name in ("train", "monitor", "score")
     assert [getattr(s.schedule, "cron", None) for s in deployments["daily-retrain"].schedules] == ["0 3 * * *"]

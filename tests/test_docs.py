@@ -93,3 +93,10 @@ def test_every_file_test_and_link_named_exists(page: Path) -> None:
         assert linked.exists(), f"{page.name}: link to {target} is broken"
         if anchor and linked.suffix == ".md":
             assert anchor in anchors(linked), f"{page.name}: {linked.name} has no heading #{anchor}"
+
+
+def test_every_alert_has_its_row_in_the_operations_table() -> None:
+    """On-call reads the table, not the rules file: an alert missing from it pages someone with no first look."""
+    rules = re.findall(r"- alert: (\w+)", (REPO_ROOT / "infra" / "prometheus" / "alerts.yml").read_text())
+    rows = re.findall(r"^\| `(Fraudops\w+)` \|", (REPO_ROOT / "docs" / "08-operations.md").read_text(), re.M)
+    assert rules and sorted(rows) == sorted(rules)

@@ -165,16 +165,16 @@ def test_compose_services_run_natively_end_to_end(stack: Stack, monkeypatch: pyt
     # the worker: registers the scheduled deployments with the Prefect server and runs what it is given
     prefect = f"http://127.0.0.1:{stack.ports['prefect-server']}/api"
     worker = stack.start("worker", None, {**tiny, "FRAUDOPS_RETRAIN_ON_DRIFT": "false"})
-    expected = {"daily-retrain", "hourly-monitor"}
+    expected = {"daily-retrain", "hourly-monitor", "nightly-score"}
 
     def registered() -> dict[str, dict] | None:
         found = {d["name"]: d for d in httpx.post(f"{prefect}/deployments/filter", json={}).json()}
         return found if expected <= set(found) else None  # the worker registers them one at a time
 
-    deployments = wait_for(registered, worker, stack.log("worker"), "the worker did not register both deployments")
+    deployments = wait_for(registered, worker, stack.log("worker"), "the worker did not register the three deployments")
     assert set(deployments) == expected and not any(d["paused"] for d in deployments.values())
     crons = {name: [s["schedule"]["cron"] for s in d["schedules"]] for name, d in deployments.items()}
-    assert crons == {"daily-retrain": ["0 3 * * *"], "hourly-monitor": ["0 * * * *"]}
+    assert crons == {"daily-retrain": ["0 3 * * *"], "hourly-monitor": ["0 * * * *"], "nightly-score": ["30 1 * * *"]}
     flow_run = httpx.post(f"{prefect}/deployments/{deployments['hourly-monitor']['id']}/create_flow_run", json={}).json()
 
     def finished() -> str | None:

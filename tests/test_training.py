@@ -161,11 +161,11 @@ def test_validation_errors_are_not_retried() -> None:
 def test_deployments_are_scheduled_from_settings(trained) -> None:
     from pipelines.deployments import deployments
 
-    custom = trained.model_copy(update={"retrain_cron": "15 4 * * *"})
+    custom = trained.model_copy(update={"retrain_cron": "15 4 * * *", "score_cron": "0 2 * * *"})
     by_name = {d.name: d for d in deployments(custom)}
-    assert set(by_name) == {"daily-retrain", "hourly-monitor"}
+    assert set(by_name) == {"daily-retrain", "hourly-monitor", "nightly-score"}
     crons = {name: [getattr(s.schedule, "cron", None) for s in d.schedules or []] for name, d in by_name.items()}
-    assert crons == {"daily-retrain": ["15 4 * * *"], "hourly-monitor": ["0 * * * *"]}
+    assert crons == {"daily-retrain": ["15 4 * * *"], "hourly-monitor": ["0 * * * *"], "nightly-score": ["0 2 * * *"]}
 
 
 def test_rollback_restores_the_replaced_champion(registry_copy) -> None:

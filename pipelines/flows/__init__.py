@@ -1,4 +1,4 @@
-"""Prefect flows, one module each: features, train, monitor. Each body reads as the DAG, each step a
+"""Prefect flows, one module each: features, train, monitor, score. Each body reads as the DAG, each step a
 task over the plain functions beside it.
 
 Run in Prefect's local ephemeral mode unless PREFECT_API_URL points at a server (docker-compose).
@@ -6,6 +6,7 @@ Run in Prefect's local ephemeral mode unless PREFECT_API_URL points at a server 
 
 from pipelines.flows.featurize import features_flow
 from pipelines.flows.monitor import Monitoring, monitor_flow
+from pipelines.flows.score import score_flow
 from pipelines.flows.train import champion_on, gate_failures, train_flow, training_flow
 
-__all__ = ["Monitoring", "champion_on", "features_flow", "gate_failures", "monitor_flow", "train_flow", "training_flow"]
+__all__ = ["Monitoring", "champion_on", "features_flow", "gate_failures", "monitor_flow", "score_flow", "train_flow", "training_flow"]
