@@ -28,8 +28,9 @@ from serving.schemas import Score, Transaction
 
 log = logging.getLogger("fraudops.batcher")
 
-# transactions, their deadlines, their requests' ids, the times they were handed over (all `perf_counter`)
-ScoreMany = Callable[[Sequence[Transaction], Sequence[float], Sequence[str | None], Sequence[float]], list[Score | Exception]]
+# transactions, their deadlines, their requests' ids, the times they were handed over (all `perf_counter`),
+# whether each answer carries its reason codes
+ScoreMany = Callable[[Sequence[Transaction], Sequence[float], Sequence[str | None], Sequence[float], Sequence[bool]], list[Score | Exception]]
 
 
 @dataclass
@@ -41,6 +42,7 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[list[Score]]
     timer: asyncio.TimerHandle  # fails the future at the deadline; cancelled when the answers come first
+    explained: bool  # the request asked for reason codes (?explain=true)
 
 
 class Batcher:
@@ -58,7 +60,7 @@ class Batcher:
         self._queue.put(None)
         self._thread.join()
 
-    def submit(self, transactions: Sequence[Transaction], deadline: float) -> asyncio.Future[list[Score]]:
+    def submit(self, transactions: Sequence[Transaction], deadline: float, explained: bool = False) -> asyncio.Future[list[Score]]:
         """A future of the answers, in order, or of the first transaction's error, or TimeoutError once
         `deadline` (a `perf_counter` time) passes; the work then finishes unseen. A timer on the future
         itself, where `asyncio.wait_for` added a second future and two callbacks to every request."""
@@ -66,7 +68,7 @@ class Batcher:
         future: asyncio.Future[list[Score]] = loop.create_future()
         now = time.perf_counter()
         timer = loop.call_later(deadline - now, _expire, future)
-        job = _Job(transactions, deadline, logs.request_id.get(), now, loop, future, timer)
+        job = _Job(transactions, deadline, logs.request_id.get(), now, loop, future, timer, explained)
         self._queue.put(job)
         return job.future
 
@@ -96,8 +98,9 @@ class Batcher:
             deadlines = [job.deadline for job in batch for _ in job.transactions]
             request_ids = [job.request_id for job in batch for _ in job.transactions]
             queued = [job.queued for job in batch for _ in job.transactions]
+            explained = [job.explained for job in batch for _ in job.transactions]
             try:
-                answers = self.score_many(transactions, deadlines, request_ids, queued)
+                answers = self.score_many(transactions, deadlines, request_ids, queued, explained)
             except Exception as exc:  # a bug in the path itself: every request of the batch gets it
                 log.exception("scoring a batch of %d transactions failed", len(transactions))
                 answers = [exc] * len(transactions)

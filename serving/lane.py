@@ -24,11 +24,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic.json_schema import models_json_schema
 from starlette.datastructures import State
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -64,14 +65,38 @@ def declared_json(scope: Scope) -> bool:
     return False
 
 
-def parse(model: type[M], body: bytes, scope: Scope) -> M:
-    """Validate the raw body in one pass, with the rules and the error locations of a FastAPI body."""
-    if not declared_json(scope):
-        raise RequestValidationError(NOT_JSON)
+EXPLAIN = "Add the 3 features that pushed the score towards fraud most (reason codes); costs about one more prediction."
+FLAG = TypeAdapter(bool)  # FastAPI's reading of a boolean query parameter: true/false, 1/0, yes/no, on/off
+
+
+def explain_flag(scope: Scope) -> tuple[bool, list[dict[str, Any]]]:
+    """`?explain=` as FastAPI reads it (the last value wins), with its errors. A request without a
+    query string, the authorisation path's, pays one comparison."""
+    query = scope.get("query_string", b"")
+    if not query:
+        return False, []
+    values = [v for k, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True) if k == "explain"]
+    if not values:
+        return False, []
     try:
-        return model.model_validate_json(body)
+        return FLAG.validate_python(values[-1]), []
     except ValidationError as exc:
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+        return False, [{**e, "loc": ("query", "explain")} for e in exc.errors()]
+
+
+def parse(model: type[M], body: bytes, scope: Scope) -> tuple[M, bool]:
+    """Validate the raw body in one pass and the `explain` flag, with the rules, the error locations
+    and the order (query first) of a FastAPI route: every error of both in one 422."""
+    explained, errors = explain_flag(scope)
+    if not declared_json(scope):
+        raise RequestValidationError(errors + NOT_JSON)
+    try:
+        parsed = model.model_validate_json(body)
+    except ValidationError as exc:
+        raise RequestValidationError(errors + [{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+    if errors:
+        raise RequestValidationError(errors)
+    return parsed, explained
 
 
 def validation_detail(exc: RequestValidationError) -> list[dict[str, Any]]:
@@ -87,20 +112,20 @@ def ready_service(state: State) -> ScoringService:
     return service
 
 
-async def within_budget(state: State, settings: Settings, transactions: Sequence[Transaction]) -> list[Score]:
+async def within_budget(state: State, settings: Settings, transactions: Sequence[Transaction], explained: bool = False) -> list[Score]:
     """Score on the worker's scoring thread (`serving.batcher`), never on the event loop, and answer
     503 when the transactions overrun `predict_timeout_ms` each: a lookup stuck on a locked or
     unreachable store costs 503s, not a hung worker."""
     service = ready_service(state)
     budget = settings.predict_timeout_ms * len(transactions) / 1000
     try:
-        return await state.batcher.submit(transactions, time.perf_counter() + budget)
+        return await state.batcher.submit(transactions, time.perf_counter() + budget, explained)
     except TimeoutError:
         service.metrics.timeouts.inc()
         raise HTTPException(503, f"prediction exceeded its time limit of {settings.predict_timeout_ms:g} ms") from None
 
 
-def score_with_features(state: State, request: TransactionWithFeatures) -> Score:
+def score_with_features(state: State, request: TransactionWithFeatures, explained: bool = False) -> Score:
     """Scored on the event loop itself: with the features in the request there is no I/O to wait for
     and nothing that could hang (the trees take microseconds), so the time limit and the hop to a
     scoring thread, which cost more than the work, are left out."""
@@ -110,7 +135,7 @@ def score_with_features(state: State, request: TransactionWithFeatures) -> Score
     if missing:
         raise HTTPException(422, f"features: missing {', '.join(missing)}")
     values = {k: float("nan") if v is None else v for k, v in request.features.items()}
-    return service.score_features(request.transaction, values)
+    return service.score_features(request.transaction, values, explained)
 
 
 class ScoringLane:
@@ -160,10 +185,11 @@ class ScoringLane:
             return 500, orjson.dumps({"detail": "Internal Server Error"}), []
 
     async def predict(self, body: bytes, scope: Scope) -> Score:
-        return (await within_budget(self.state, self.settings, [parse(Transaction, body, scope)]))[0]
+        transaction, explained = parse(Transaction, body, scope)
+        return (await within_budget(self.state, self.settings, [transaction], explained))[0]
 
     async def predict_features(self, body: bytes, scope: Scope) -> Score:
-        return score_with_features(self.state, parse(TransactionWithFeatures, body, scope))
+        return score_with_features(self.state, *parse(TransactionWithFeatures, body, scope))
 
 
 def document(app: FastAPI) -> None:
@@ -188,6 +214,8 @@ def document(app: FastAPI) -> None:
                 "tags": ["scoring"],
                 "summary": summary,
                 "operationId": "predict" + path.replace("/", "_"),
+                "parameters": [{"name": "explain", "in": "query", "required": False, "description": EXPLAIN,
+                                "schema": {"type": "boolean", "default": False, "title": "Explain", "description": EXPLAIN}}],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}},
                 "responses": {
                     "200": {"description": "The score and the decision", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Score"}}}},

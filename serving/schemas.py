@@ -60,6 +60,12 @@ class Batch(BaseModel):
     transactions: list[Transaction] = Field(min_length=1)
 
 
+class Reason(BaseModel):
+    feature: str
+    value: float | None = Field(description="The feature's value in this answer; null where it was missing.")
+    contribution: float = Field(description="How far it pushed the score towards fraud, in log-odds (LightGBM's pred_contrib).")
+
+
 class Score(BaseModel):
     transaction_id: str
     score: float = Field(description="Fraud probability from the model that answered.")
@@ -69,6 +75,7 @@ class Score(BaseModel):
     model_version: str
     features_missing: list[str] = Field(description="Features that fell back to their documented defaults.")
     degraded: bool = Field(description="True when the online store could not be read at all.")
+    reasons: list[Reason] | None = Field(None, description="With ?explain=true: the 3 features that pushed this score towards fraud most.")
 
 
 class Scores(BaseModel):

@@ -10,6 +10,8 @@ import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
+import numpy as np
+
 from core import registry
 from core.settings import Settings
 from features.state import Tx
@@ -20,11 +22,19 @@ from serving.models import LoadedModel
 from serving.online import OnlineFeatures
 from serving.predlog import PredictionLog, Record
 from serving.router import Mode, Router
-from serving.schemas import Score, Transaction
+from serving.schemas import Reason, Score, Transaction
 
 log = logging.getLogger("fraudops.service")
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 ALIASES = ("champion", "challenger")
+
+
+def explain(model: LoadedModel, row: list[float]) -> list[Reason]:
+    """The features that pushed this row's score towards fraud most, with their values: what an
+    analyst reads before the score itself."""
+    order, contributions = model.reasons(np.asarray([row], dtype=np.float64))
+    return [Reason(feature=model.features[i], value=None if row[i] != row[i] else row[i], contribution=float(c))
+            for i, c in zip(order[0], contributions[0])]
 
 
 def live_tx(tx: Transaction) -> Tx:
@@ -149,24 +159,25 @@ class ScoringService:
         return "champion" in self.models
 
     def score_many(self, transactions: Sequence[Transaction], deadlines: Sequence[float],
-                   request_ids: Sequence[str | None], queued: Sequence[float]) -> list[Score | Exception]:
+                   request_ids: Sequence[str | None], queued: Sequence[float], explained: Sequence[bool]) -> list[Score | Exception]:
         """The full path for transactions scored together: one online read for all, then route, model
         and log each under its request's id. A transaction whose deadline (a `perf_counter` time)
         passed during the read has had its 503 already: it is neither scored nor logged. One failure
         is that transaction's answer, not its neighbours'. Latency runs from `queued`, when the request
         handed the transaction over: under load, the wait for this thread is most of what a caller
-        waits, and a latency taken from the batch's start hid it from the metric and its alert."""
+        waits, and a latency taken from the batch's start hid it from the metric and its alert.
+        `explained` says which answers carry their reason codes."""
         lookups = self.online.lookup_many([live_tx(tx) for tx in transactions])
         now = time.perf_counter()
         answers: list[Score | Exception] = []
         records: list[Record] = []
-        for tx, lookup, deadline, request_id, started in zip(transactions, lookups, deadlines, request_ids, queued):
+        for tx, lookup, deadline, request_id, started, reasons in zip(transactions, lookups, deadlines, request_ids, queued, explained):
             if now > deadline:
                 answers.append(TimeoutError(f"transaction {tx.transaction_id}: the time limit passed during the feature lookup"))
                 continue
             logs.request_id.set(request_id)
             try:
-                answer, record = self._answer(tx, lookup.values, lookup.missing, lookup.degraded, started)
+                answer, record = self._answer(tx, lookup.values, lookup.missing, lookup.degraded, started, reasons)
             except Exception as exc:
                 answers.append(exc)
                 continue
@@ -176,26 +187,26 @@ class ScoringService:
         self._publish(records, len(transactions))
         return answers
 
-    def score_features(self, tx: Transaction, features: dict[str, float]) -> Score:
+    def score_features(self, tx: Transaction, features: dict[str, float], reasons: bool = False) -> Score:
         """The caller brings the features (a batch job, a replay, a benchmark at equal work with a
         plain model server): route, model, log."""
-        answer, record = self._answer(tx, features, [], False, time.perf_counter())
+        answer, record = self._answer(tx, features, [], False, time.perf_counter(), reasons)
         self._publish([record])
         return answer
 
     def _answer(self, tx: Transaction, values: dict[str, float], missing: list[str], degraded: bool,
-                started: float) -> tuple[Score, Record]:
+                started: float, reasons: bool) -> tuple[Score, Record]:
         current = self.models  # one consistent snapshot for this request
         variant = self.router.route(tx.customer_id, "challenger" in current)
         try:
-            answer, record = self._score_with(current[variant], variant, tx, values, missing, degraded, started)
+            answer, record = self._score_with(current[variant], variant, tx, values, missing, degraded, started, reasons=reasons)
         except Exception:
             if variant == "champion":
                 raise
             # a failing challenger costs the customer nothing: the champion answers, the guardrail counts it
             log.exception("challenger version %s failed; the champion answers", current[variant].version)
             self._guard("challenger", 0.0, None)
-            answer, record = self._score_with(current["champion"], "champion", tx, values, missing, degraded, started)
+            answer, record = self._score_with(current["champion"], "champion", tx, values, missing, degraded, started, reasons=reasons)
         self._guard(answer.variant, time.perf_counter() - started, answer.score)
         if self.router.mode == "shadow" and "challenger" in current:
             try:
@@ -226,9 +237,11 @@ class ScoringService:
             log.error("publishing the guardrail trip to the registry failed (%s); only this worker stopped", exc)
 
     def _score_with(self, model: LoadedModel, variant: str, tx: Transaction, values: dict[str, float], missing: list[str],
-                    degraded: bool, started: float, shadow: bool = False) -> tuple[Score, Record]:
-        """The answer, and its prediction-log record, which the metrics are counted from too."""
-        score = model.score_one([values[name] for name in model.features])
+                    degraded: bool, started: float, shadow: bool = False, reasons: bool = False) -> tuple[Score, Record]:
+        """The answer, and its prediction-log record, which the metrics are counted from too. The
+        reason codes cost about one more prediction, paid only by an answer that asks for them."""
+        row = [values[name] for name in model.features]
+        score = model.score_one(row)
         elapsed = time.perf_counter() - started
         is_fraud = score >= model.threshold
         answer = Score(
@@ -240,6 +253,7 @@ class ScoringService:
             model_version=model.version,
             features_missing=missing,
             degraded=degraded,
+            reasons=explain(model, row) if reasons else None,
         )
         record: Record = {
             "transaction_id": tx.transaction_id,

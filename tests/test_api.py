@@ -136,6 +136,46 @@ def test_every_scoring_path_gives_the_same_answer_to_the_same_body(client, witho
     assert statuses == ({200} if accepted else {422}), answers
 
 
+@pytest.mark.parametrize("lane", [True, False], ids=["lane", "fastapi"])
+def test_explain_adds_the_models_own_top_contributions_on_every_path(client, without_lane, lane) -> None:
+    """?explain=true carries the 3 largest pred_contrib features with their values; without it the
+    answer is the same score with no reasons, and the features path's reasons are the booster's own."""
+    c = client if lane else without_lane
+    model = c.app.state.service.models["champion"]
+    features = {name: float(i) for i, name in enumerate(model.features)}
+    plain = c.post("/predict/features", json={"transaction": TX, "features": features}).json()
+    explained = c.post("/predict/features?explain=true", json={"transaction": TX, "features": features}).json()
+    assert plain["reasons"] is None and explained["score"] == plain["score"]
+    if explained["variant"] == "champion":
+        row = np.asarray([[features[n] for n in model.features]])
+        contributions = np.asarray(model.booster.predict(row, pred_contrib=True))[0, :-1]
+        top = np.argsort(-contributions, kind="stable")[:3]
+        assert [r["feature"] for r in explained["reasons"]] == [model.features[i] for i in top]
+        np.testing.assert_allclose([r["contribution"] for r in explained["reasons"]], contributions[top])
+    assert all(r["value"] == features[r["feature"]] for r in explained["reasons"])
+    online = c.post("/predict?explain=1", json=TX).json()
+    assert len(online["reasons"]) == 3 and c.post("/predict?explain=false", json=TX).json()["reasons"] is None
+    batch = c.post("/predict/batch?explain=yes", json={"transactions": [TX, {**TX, "transaction_id": "tx-2"}]}).json()["scores"]
+    assert [len(s["reasons"]) for s in batch] == [3, 3]
+
+
+def test_a_bad_explain_flag_is_the_same_422_on_every_path(client, without_lane) -> None:
+    """The lane reads the query string itself; its errors, and their order beside the body's, are FastAPI's."""
+    def answers(c) -> list[tuple[int, dict]]:
+        return [(a.status_code, a.json()) for a in (
+            c.post("/predict?explain=maybe", json=TX),
+            c.post("/predict?explain=maybe", json={**TX, "amount": -1}),
+            c.post("/predict/features?explain=", json={"transaction": TX, "features": {}}),
+        )]
+
+    got = answers(client)
+    assert got == answers(without_lane)
+    assert all(status == 422 and detail["detail"][0]["loc"] == ["query", "explain"] for status, detail in got)
+    assert [e["loc"] for e in got[1][1]["detail"]] == [["query", "explain"], ["body", "amount"]]
+    documented = [c.get("/openapi.json").json()["paths"]["/predict"]["post"]["parameters"] for c in (client, without_lane)]
+    assert documented[0] == documented[1] and documented[0][0]["name"] == "explain"
+
+
 def test_a_boolean_feature_value_is_refused(client) -> None:
     names = client.app.state.service.models["champion"].features
     answer = client.post("/predict/features", json={"transaction": TX, "features": {**dict.fromkeys(names, 1.0), names[0]: True}})
@@ -327,7 +367,7 @@ def test_a_prediction_s_latency_counts_its_wait_for_the_scoring_thread(registry_
     service.start()
     try:
         handed_over = time.perf_counter() - 0.25  # as if it had waited a quarter second behind a busy thread
-        [answer] = service.score_many([Transaction.model_validate(TX)], [time.perf_counter() + 5], [None], [handed_over])
+        [answer] = service.score_many([Transaction.model_validate(TX)], [time.perf_counter() + 5], [None], [handed_over], [False])
         assert not isinstance(answer, Exception)
         # counted by the prediction log's writer within its second, without a scrape to flush it
         labels = {"variant": answer.variant, "mode": "answered"}

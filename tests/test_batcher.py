@@ -32,7 +32,7 @@ class Scorer:
         self.released_at = 0.0
 
     def __call__(self, transactions: Sequence[Transaction], deadlines: Sequence[float], request_ids: Sequence[str | None],
-                 queued: Sequence[float]) -> list[Score | Exception]:
+                 queued: Sequence[float], explained: Sequence[bool]) -> list[Score | Exception]:
         if not self.batches:
             self.entered.set()
             self.release.wait(5)

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from core.settings import Settings
+from pipelines.bench.batch_section import batch_section
 from pipelines.bench.budget_section import budget_section
 from pipelines.bench.common import Section
 from pipelines.bench.features_section import features_section
@@ -29,6 +30,7 @@ SECTIONS: dict[str, Callable[[Settings, str, int], Section]] = {
     "monitoring": monitoring_section,
     "scaling": scaling_section,
     "budget": budget_section,
+    "batch": batch_section,
 }
 
 

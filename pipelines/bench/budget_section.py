@@ -1,6 +1,7 @@
 """The request's latency budget, step by step, in this process: the live state's step with the
 request-time features (`serving.online`), the model on one row (LightGBM's single-row fast path
-beside `Booster.predict`, the public call it stands in for), and the prediction log's append. The
+beside `Booster.predict`, the public call it stands in for), the reason codes an answer can ask
+for, and the prediction log's append. The
 HTTP stack's share is the serving section's floor."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ def budget_section(settings: Settings, scale: str, repeat: int) -> Section:
     from serving.native.lightgbm_row import FastRowPredictor, RowScorer, public_predictor
     from serving.online import OnlineFeatures
     from serving.predlog import PredictionLog
+    from serving.service import explain
 
     s, tx = prepared(settings)
     model = load_from_registry(s, "champion")
@@ -45,6 +47,8 @@ def budget_section(settings: Settings, scale: str, repeat: int) -> Section:
     for label, scorer in scorers:
         p50, p99 = latency_ms(partial(scorer, row), 20_000)
         section.add(f"{label}, p50", p50 * 1000, "us", f"p99 {p99 * 1000:.1f} us")
+    p50, p99 = latency_ms(partial(explain, model, row.tolist()), 5_000)
+    section.add("reason codes (?explain=true), one row, p50", p50 * 1000, "us", f"p99 {p99 * 1000:.1f} us; only an answer that asks pays it")
     log = PredictionLog(lambda batch: None, batch_size=4096, max_queue=1_000_000)
     record = {"transaction_id": "t", "score": 0.1, **dict(zip(model.features, row.tolist()))}
     started = time.perf_counter()
