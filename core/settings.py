@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     min_train_frauds: int = Field(20, ge=1, description="Data check: fewer frauds than this in the train window fails the run.")
     review_fee: float = Field(5.0, ge=0, description="Cost of one false alarm (an analyst's review).")
     top_k: int = Field(100, ge=1, description="Daily review capacity: cards an analyst team can check per day.")
+    # The decision bands (core/decisions.py): what each action costs beside the review fee.
+    step_up_fee: float = Field(1.0, ge=0, description="Cost of one step-up challenge (a one-time code): the friction on a good customer.")
+    step_up_catch: float = Field(0.8, ge=0, le=1, description="Share of frauds a step-up challenge stops.")
+    decline_fee: float = Field(20.0, ge=0, description="Cost of declining a good customer: the lost sale and the call that follows.")
 
     # Beyond one machine: with a Dask scheduler address, the train flow runs its tasks on that cluster
     # (Prefect's DaskTaskRunner) and fits with lightgbm.dask across its workers; without one, in-process.

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from core.decisions import DECISIONS
 from core.runtime import atomic_path
 from core.settings import Settings
 from features.schema import SchemaError, validate_transactions
@@ -83,7 +84,8 @@ def score_rows(settings: Settings, model: LoadedModel, transactions: pd.DataFram
     matrix = joined[list(model.features)].to_numpy(np.float64)
     scores = model.score(matrix, threads)
     out = joined[[ROW, "transaction_id", "event_timestamp", "customer_id", "terminal_id", "amount"]].rename(columns={"event_timestamp": "timestamp"})
-    out = out.assign(score=scores, is_fraud_predicted=scores >= model.threshold, threshold=model.threshold, model_version=model.version)
+    out = out.assign(score=scores, is_fraud_predicted=scores >= model.threshold, decision=np.asarray(DECISIONS)[model.bands.decide(scores)],
+                     threshold=model.threshold, model_version=model.version)
     if explain:
         order, contributions = model.reasons(matrix, threads=threads)
         names = np.asarray(model.features)

@@ -12,7 +12,9 @@ import numpy as np
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from core.decisions import Costs, cost
 from core.evaluation import expected_cost
+from core.settings import Settings
 from pipelines.training import TrainResult
 
 
@@ -23,7 +25,8 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def write_plots(result: TrainResult, review_fee: float, out: Path) -> list[Path]:
+def write_plots(result: TrainResult, settings: Settings, out: Path) -> list[Path]:
+    review_fee = settings.review_fee
     out.mkdir(parents=True, exist_ok=True)
     labels = result.test["is_fraud"].to_numpy()
     amounts = result.test["amount"].to_numpy()
@@ -60,6 +63,18 @@ def write_plots(result: TrainResult, review_fee: float, out: Path) -> list[Path]
     ax.set(xscale="log", xlabel="decision threshold", ylabel="expected cost on test", title=f"Cost by threshold (review fee {review_fee:g})")
     ax.legend()
     paths.append(_save(fig, out / "cost_by_threshold.png"))
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    capacities = sorted(result.capacity_costs)
+    ax.plot(capacities, [result.capacity_costs[c] for c in capacities], marker="o", label="four bands, cut for each capacity")
+    flagged = np.where(scores >= result.threshold, 2, 0)  # one threshold: every flag reviewed, however many a day
+    ax.axhline(cost(labels, amounts, flagged, Costs.from_settings(settings)), color="grey", ls="--", label="one threshold, reviews unbounded")
+    ax.axhline(float(amounts[labels == 1].sum()), color="grey", ls=":", label="no model: every fraud paid")
+    ax.axvline(settings.top_k, color="red", ls="--", label=f"this team: {settings.top_k} reviews a day")
+    ax.set(xscale="symlog", xlabel="review capacity (transactions a day)", ylabel="cost on test",
+           title=f"Decision cost against review capacity (step-up {settings.step_up_fee:g}, decline {settings.decline_fee:g})")
+    ax.legend(fontsize=8)
+    paths.append(_save(fig, out / "cost_by_capacity.png"))
 
     fig, (gain, shap) = plt.subplots(1, 2, figsize=(12, 5))
     importance = result.booster.feature_importance("gain")

@@ -14,6 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from core.decisions import DECISIONS, Bands, Costs, choose_bands, cost, days_in
 from core.evaluation import cost_optimal_threshold, evaluate
 from core.settings import Settings
 
@@ -104,12 +105,30 @@ class TrainResult:
     config: ModelConfig
     features: list[str]
     threshold: float
+    bands: Bands  # approve / step-up / review / decline cuts, chosen on validation within the review capacity
     metrics: dict[str, float]
     selection: dict[str, float]  # mean validation AP per imbalance choice
     train_rows: int
     test: pd.DataFrame  # the evaluated test rows with the model's scores: plots
     reference: pd.DataFrame  # the whole test window's traffic with the model's scores: monitoring
     baseline_scores: dict[str, np.ndarray]
+    capacity_costs: dict[float, float]  # daily review capacity -> the test window's cost with bands chosen for it
+
+
+CAPACITIES = (0.0, 10.0, 25.0, 50.0, 100.0, 200.0, 400.0, 800.0)  # reviews a day, for the cost-against-capacity figure
+
+
+def decision_bands(validation: pd.DataFrame, validation_scores: np.ndarray, test: pd.DataFrame, test_scores: np.ndarray,
+                   settings: Settings) -> tuple[Bands, dict[str, float], dict[float, float]]:
+    """The bands for the settings' capacity, their test figures, and the test cost at other capacities."""
+    costs = Costs.from_settings(settings)
+    labels, amounts = test["is_fraud"].to_numpy(), test["amount"].to_numpy()
+    bands, *curve = choose_bands(validation["is_fraud"].to_numpy(), validation["amount"].to_numpy(), validation_scores,
+                                 days_in(validation), costs, CAPACITIES)
+    decisions = bands.decide(test_scores)
+    metrics = {"decision_cost": cost(labels, amounts, decisions, costs), "reviews_per_day": float((decisions == 2).sum()) / days_in(test),
+               **{f"{name}_share": float((decisions == i).mean()) for i, name in enumerate(DECISIONS)}}
+    return bands, metrics, {c: cost(labels, amounts, b.decide(test_scores), costs) for c, b in zip(CAPACITIES, curve)}
 
 
 def window(frame: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
@@ -219,8 +238,10 @@ def train(frame: pd.DataFrame, features: list[str], windows: Windows, config: Mo
         return threshold, evaluate(test, test_scores, threshold, settings.review_fee, settings.top_k, settings.max_false_positive_rate)
 
     test_scores = np.asarray(booster.predict(_matrix(test, features)))
-    threshold, model_metrics = judged(np.asarray(booster.predict(_matrix(validation, features))), test_scores)
-    metrics = {f"test_{k}": v for k, v in model_metrics.items()}
+    validation_scores = np.asarray(booster.predict(_matrix(validation, features)))
+    threshold, model_metrics = judged(validation_scores, test_scores)
+    bands, band_metrics, capacity_costs = decision_bands(validation, validation_scores, test, test_scores, settings)
+    metrics = {f"test_{k}": v for k, v in {**model_metrics, **band_metrics}.items()}
     # The monitoring reference is all of the test window's traffic, known-compromised cards included:
     # live traffic includes them too, and a reference without them would raise false drift alarms.
     everything = window(frame, windows.test_start, windows.test_end)
@@ -233,4 +254,5 @@ def train(frame: pd.DataFrame, features: list[str], windows: Windows, config: Mo
         baseline_scores[name] = baseline_test
     metrics["best_iteration"] = float(booster.best_iteration or booster.current_iteration())
     scored = test[["event_timestamp", "customer_id", *features, "is_fraud"]].assign(score=test_scores)
-    return TrainResult(booster, config, features, threshold, metrics, selection, len(fit), scored, reference, baseline_scores)
+    return TrainResult(booster, config, features, threshold, bands, metrics, selection, len(fit), scored, reference, baseline_scores,
+                       capacity_costs)

@@ -10,10 +10,12 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import lightgbm as lgb
 import numpy as np
 
+from core.decisions import Bands
 from core.runtime import write_atomically
 from core.settings import Settings
 from serving.native.lightgbm_row import RowScorer, row_predictor
@@ -29,16 +31,28 @@ class LoadedModel:
     booster: lgb.Booster
     features: tuple[str, ...]
     threshold: float
+    bands: Bands
     source: str  # "registry" or "cache"
     score_one: RowScorer = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "score_one", row_predictor(self.booster, len(self.features)))
 
-    def __reduce__(self) -> tuple[type[LoadedModel], tuple[str, str, lgb.Booster, tuple[str, ...], float, str]]:
+    @classmethod
+    def from_meta(cls, alias: str, version: str, booster: lgb.Booster, meta: dict[str, Any], source: str) -> LoadedModel:
+        """From the metadata training logged with the model; a version from before the decision
+        bands decides by its threshold alone (flagged means review)."""
+        threshold = float(meta["threshold"])
+        bands = Bands(*map(float, meta["bands"])) if "bands" in meta else Bands.from_threshold(threshold)
+        return cls(alias, version, booster, tuple(meta["features"]), threshold, bands, source)
+
+    def meta(self) -> dict[str, Any]:
+        return {"version": self.version, "features": list(self.features), "threshold": self.threshold, "bands": self.bands.cuts().tolist()}
+
+    def __reduce__(self) -> tuple[type[LoadedModel], tuple[str, str, lgb.Booster, tuple[str, ...], float, Bands, str]]:
         """Pickled without the row scorer, which holds native buffers, and rebuilt with a new one
         where it lands (a Dask worker of the batch job)."""
-        return LoadedModel, (self.alias, self.version, self.booster, self.features, self.threshold, self.source)
+        return LoadedModel, (self.alias, self.version, self.booster, self.features, self.threshold, self.bands, self.source)
 
     def score(self, rows: np.ndarray, threads: int = 1) -> np.ndarray:
         """Scores for rows already in `features` order: the booster on a NumPy array, no DataFrame."""
@@ -61,8 +75,7 @@ def _cache_dir(settings: Settings, alias: str) -> Path:
 def _write_cache(settings: Settings, model: LoadedModel) -> None:
     target = _cache_dir(settings, model.alias)
     target.mkdir(parents=True, exist_ok=True)
-    meta = {"version": model.version, "features": list(model.features), "threshold": model.threshold}
-    for name, text in (("model.txt", model.booster.model_to_string()), ("meta.json", json.dumps(meta))):
+    for name, text in (("model.txt", model.booster.model_to_string()), ("meta.json", json.dumps(model.meta()))):
         write_atomically(target / name, text)
 
 
@@ -72,7 +85,7 @@ def load_cached(settings: Settings, alias: str) -> LoadedModel | None:
         return None
     meta = json.loads((target / "meta.json").read_text())
     booster = lgb.Booster(model_str=(target / "model.txt").read_text())
-    return LoadedModel(alias, meta["version"], booster, tuple(meta["features"]), float(meta["threshold"]), "cache")
+    return LoadedModel.from_meta(alias, meta["version"], booster, meta, "cache")
 
 
 def check(model: LoadedModel) -> None:
@@ -98,7 +111,7 @@ def fetch(settings: Settings, alias: str) -> LoadedModel | None:
     uri = f"models:/{settings.model_name}/{version}"
     booster = mlflow.lightgbm.load_model(uri)
     meta = mlflow.models.get_model_info(uri).metadata or {}
-    model = LoadedModel(alias, version, booster, tuple(meta["features"]), float(meta["threshold"]), "registry")
+    model = LoadedModel.from_meta(alias, version, booster, meta, "registry")
     check(model)
     return model
 

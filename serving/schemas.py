@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from core.decisions import Decision
+
 
 def _integer_as_text(value: object) -> object:
     """Ids are text, but many feeds send numeric ids as JSON numbers, and ingest reads a CSV column of
@@ -71,6 +73,7 @@ class Score(BaseModel):
     score: float = Field(description="Fraud probability from the model that answered.")
     is_fraud: bool = Field(description="score >= threshold, the model's cost-optimal decision threshold.")
     threshold: float
+    decision: Decision = Field(description="approve, step_up (challenge the cardholder), review (an analyst) or decline: the score's band, cut by cost within the daily review capacity.")
     variant: Literal["champion", "challenger"]
     model_version: str
     features_missing: list[str] = Field(description="Features that fell back to their documented defaults.")

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 
 from core import registry
+from core.decisions import decide_one
 from core.settings import Settings
 from features.state import Tx
 from serving import logs, models, predlog
@@ -249,6 +250,7 @@ class ScoringService:
             score=score,
             is_fraud=is_fraud,
             threshold=model.threshold,
+            decision=decide_one(model.bands, score),
             variant=variant,
             model_version=model.version,
             features_missing=missing,

@@ -122,3 +122,22 @@ def test_the_nightly_flow_scores_the_newest_day(registry_copy) -> None:
     out = pd.read_parquet(result.path)
     assert len(out) == result.rows > 0 and (out["timestamp"].dt.date == day).all()
     assert "reason_1" in out
+
+
+def test_decisions_follow_the_bands_training_chose_and_registered(registry_copy, tmp_path) -> None:
+    """The bands are chosen on validation, logged with the model and applied by the batch path: every
+    row's decision is its score's band, and the review band keeps to the daily capacity on test."""
+    from core.decisions import DECISIONS, Bands
+    from serving.models import fetch
+
+    client = registry.connect(registry_copy)
+    version = client.get_model_version_by_alias(registry_copy.model_name, "champion")
+    run = registry.logged_run(client, version)
+    meta = mlflow.models.get_model_info(f"models:/{registry_copy.model_name}/{version.version}").metadata or {}
+    bands = Bands(*meta["bands"])
+    assert bands.step_up <= bands.review <= bands.decline
+    assert run.data.metrics["test_reviews_per_day"] <= registry_copy.top_k * 1.5  # chosen on validation, judged on test
+    model = fetch(registry_copy, "champion")
+    assert model is not None and model.bands == bands
+    out = pd.read_parquet(score(registry_copy, held_out_window(registry_copy)[COLUMNS], tmp_path / "s.parquet").path)
+    assert list(out["decision"]) == [DECISIONS[i] for i in bands.decide(out["score"].to_numpy())]

@@ -40,7 +40,7 @@ class Scorer:
         self.request_ids.append(list(request_ids))
         self.queued.append(list(queued))
         return [ValueError(f"{t.transaction_id} failed") if t.amount == 99 else
-                Score(transaction_id=t.transaction_id, score=t.amount / 100, is_fraud=False, threshold=0.5, variant="champion",
+                Score(transaction_id=t.transaction_id, score=t.amount / 100, is_fraud=False, threshold=0.5, decision="approve", variant="champion",
                       model_version="1", features_missing=[], degraded=False) for t in transactions]
 
 

@@ -64,7 +64,7 @@ def test_run_is_logged_with_lineage_baselines_and_plots(trained) -> None:
         assert metric in run.data.metrics
     assert run.inputs is not None and run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.name == "training-set"
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
-    assert plots == {f"plots/{n}.png" for n in ("pr_roc", "calibration", "cost_by_threshold", "importance_gain_shap")}
+    assert plots == {f"plots/{n}.png" for n in ("pr_roc", "calibration", "cost_by_threshold", "cost_by_capacity", "importance_gain_shap")}
 
 
 def aliases(settings) -> dict[str, str]:

@@ -144,10 +144,11 @@ def log_and_register(result: TrainResult, frame: pd.DataFrame, windows: Windows,
             signature=infer_signature(example, result.booster.predict(example.to_numpy())),
             input_example=example,
             pip_requirements=[f"{name}=={installed_version(name)}" for name in MODEL_REQUIREMENTS],
-            metadata={"threshold": result.threshold, "features": features, "feature_service": settings.feature_service},
+            metadata={"threshold": result.threshold, "bands": result.bands.cuts().tolist(), "features": features,
+                      "feature_service": settings.feature_service},
         )
         with tempfile.TemporaryDirectory() as tmp:
-            for path in write_plots(result, settings.review_fee, Path(tmp) / "plots"):
+            for path in write_plots(result, settings, Path(tmp) / "plots"):
                 mlflow.log_artifact(str(path), artifact_path="plots")
             reference = Path(tmp) / REFERENCE_FILE
             result.reference.to_parquet(reference, index=False)

@@ -1,0 +1,109 @@
+"""From a score to what happens to the transaction: approve, step-up, review or decline.
+
+A single threshold answers "flag or not"; a card issuer has more than two actions, each with its own
+price. A step-up (a one-time code, 3-D Secure) costs a little friction on every transaction it
+touches and stops most fraud, since the fraudster rarely holds the phone; a review by an analyst
+stops the fraud but costs an analyst's time, of which there is a fixed amount a day; a decline
+stops the fraud and costs a good customer a lost sale. So the score is cut into four bands, lowest
+to highest, and the cuts are chosen on validation data to minimise the total cost, with the review
+band held within the team's daily capacity (`Settings.top_k`, the Handbook's 100 cards a day).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from core.settings import Settings
+
+Decision = Literal["approve", "step_up", "review", "decline"]
+DECISIONS: tuple[Decision, ...] = ("approve", "step_up", "review", "decline")
+EMPTY = float(np.nextafter(1.0, 2.0))  # a cut above every probability: its band holds nothing
+CANDIDATES = 120  # cut points per band, as counts of top scores: 120^3 / 6 combinations, priced at once
+
+
+@dataclass(frozen=True)
+class Costs:
+    review_fee: float  # an analyst's review, on every transaction reviewed
+    step_up_fee: float  # the friction of a challenge, on every transaction stepped up
+    step_up_catch: float  # the share of frauds a challenge stops
+    decline_fee: float  # a good customer declined: the lost sale and the call that follows
+    reviews_per_day: float  # what the analysts can review a day (transactions, an upper bound on cards)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, reviews_per_day: float | None = None) -> Costs:
+        return cls(settings.review_fee, settings.step_up_fee, settings.step_up_catch, settings.decline_fee,
+                   float(settings.top_k if reviews_per_day is None else reviews_per_day))
+
+
+@dataclass(frozen=True)
+class Bands:
+    """The lowest score of the step-up, review and decline bands (ascending; EMPTY for a band unused)."""
+
+    step_up: float
+    review: float
+    decline: float
+
+    @classmethod
+    def from_threshold(cls, threshold: float) -> Bands:
+        """A model from before the bands: flag means review, as its threshold was chosen for."""
+        return cls(threshold, threshold, EMPTY)
+
+    def cuts(self) -> np.ndarray:
+        return np.array([self.step_up, self.review, self.decline])
+
+    def decide(self, scores: np.ndarray) -> np.ndarray:
+        """The decision for each score, as an index into DECISIONS."""
+        return np.searchsorted(self.cuts(), scores, side="right")
+
+
+def decide_one(bands: Bands, score: float) -> Decision:
+    """One score's decision without NumPy's call overhead: the request path's version of `decide`."""
+    score = float(score)  # NumPy's booleans add as a logical or
+    return DECISIONS[(score >= bands.step_up) + (score >= bands.review) + (score >= bands.decline)]
+
+
+def cost(labels: np.ndarray, amounts: np.ndarray, decisions: np.ndarray, costs: Costs) -> float:
+    """Money lost by these decisions: frauds let through (all of an approval's, the share a challenge
+    misses), the fees of challenges and reviews, and good customers declined."""
+    fraud = labels == 1
+    approve, step_up, review, decline = (decisions == i for i in range(4))
+    return float(amounts[fraud & approve].sum() + (1 - costs.step_up_catch) * amounts[fraud & step_up].sum()
+                 + costs.step_up_fee * step_up.sum() + costs.review_fee * review.sum() + costs.decline_fee * (decline & ~fraud).sum())
+
+
+def choose_bands(labels: np.ndarray, amounts: np.ndarray, scores: np.ndarray, days: float, costs: Costs,
+                 capacities: Sequence[float] = ()) -> list[Bands]:
+    """The cuts with the least cost on this (validation) data whose review band fits the capacity:
+    for `costs.reviews_per_day`, then for each of `capacities` (the cost-against-capacity curve).
+
+    Counted from the top: the n3 highest scores are declined, the next up to n2 reviewed, the next up
+    to n1 stepped up. With prefix sums over the scores sorted high to low, each combination's cost is
+    a handful of array reads, so every combination on the candidate grid is priced at once."""
+    order = np.argsort(-scores, kind="stable")
+    ranked, fraud = scores[order], labels[order] == 1
+    fraud_amount = np.concatenate([[0.0], np.cumsum(np.where(fraud, amounts[order], 0.0))])
+    legit = np.concatenate([[0], np.cumsum(~fraud)])
+    # finest at the top, where the decline and review bands are decided; no band reaches past half the traffic
+    counts = np.unique(np.concatenate([[0], np.round(np.geomspace(1, max(1, len(ranked) // 2), CANDIDATES)).astype(int)]))
+    n3, n2, n1 = np.meshgrid(counts, counts, counts, indexing="ij")
+    priced = (costs.decline_fee * legit[n3] + costs.review_fee * (n2 - n3)
+              + costs.step_up_fee * (n1 - n2) + (1 - costs.step_up_catch) * (fraud_amount[n1] - fraud_amount[n2])
+              + fraud_amount[-1] - fraud_amount[n1])
+    priced[(n3 > n2) | (n2 > n1)] = np.inf
+    reviewed = n2 - n3
+    chosen = []
+    for capacity in (costs.reviews_per_day, *capacities):
+        best = np.unravel_index(np.argmin(np.where(reviewed <= capacity * days, priced, np.inf)), priced.shape)
+        cut = [EMPTY if n == 0 else float(ranked[n - 1]) for n in (n1[best], n2[best], n3[best])]
+        chosen.append(Bands(step_up=cut[0], review=cut[1], decline=cut[2]))
+    return chosen
+
+
+def days_in(frame: pd.DataFrame) -> float:
+    """Days of traffic the frame covers: what a daily capacity is multiplied by."""
+    return float(frame["event_timestamp"].dt.floor("D").nunique())
