@@ -43,7 +43,10 @@ def read(settings: Settings, since: datetime | None = None, until: datetime | No
         import psycopg
 
         with psycopg.connect(settings.prediction_log_url) as conn, conn.cursor() as cursor:
-            cursor.execute(f"SELECT {', '.join(COLUMNS)}, features::text FROM {TABLE} WHERE {where} ORDER BY timestamp")
+            try:
+                cursor.execute(f"SELECT {', '.join(COLUMNS)}, features::text FROM {TABLE} WHERE {where} ORDER BY timestamp")
+            except psycopg.errors.UndefinedTable:  # the API creates it with its first write: nothing logged yet
+                return pd.DataFrame()
             rows = cursor.fetchall()
         frame = pd.DataFrame([row[:-1] for row in rows], columns=list(COLUMNS))
         features = pd.DataFrame([orjson.loads(row[-1]) for row in rows], index=frame.index, dtype="float64")

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     step_up_fee: float = Field(1.0, ge=0, description="Cost of one step-up challenge (a one-time code): the friction on a good customer.")
     step_up_catch: float = Field(0.8, ge=0, le=1, description="Share of frauds a step-up challenge stops.")
     decline_fee: float = Field(20.0, ge=0, description="Cost of declining a good customer: the lost sale and the call that follows.")
+    # Promotion criteria `fraudops promote` checks on the canary's labelled traffic (monitoring/canary.py).
+    promote_min_frauds: int = Field(30, ge=1, description="Labelled frauds each variant needs before the canary can be judged.")
+    promote_max_ap_loss: float = Field(0.02, ge=0, le=1, description="The challenger's AP may be at most this far below the champion's (lower 95% bound).")
 
     # Beyond one machine: with a Dask scheduler address, the train flow runs its tasks on that cluster
     # (Prefect's DaskTaskRunner) and fits with lightgbm.dask across its workers; without one, in-process.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -31,7 +32,7 @@ def simulate(
     days: Annotated[Optional[int], typer.Option(min=1, help="Days to simulate (default from settings).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed: same seed, same data.")] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: the offline transaction store).")] = None,
-    drift: Annotated[Optional[list[str]], typer.Option(help="Drift scenario for the production period: amount_inflation, terminal_wave. Repeatable.")] = None,
+    drift: Annotated[Optional[list[str]], typer.Option(help="Drift scenario for the production period: amount_inflation, terminal_wave, mimicry (concept drift). Repeatable.")] = None,
     drift_start_day: Annotated[Optional[int], typer.Option(min=0, help="First day of the drift scenarios.")] = None,
     replace: Annotated[bool, typer.Option(help="Replace transactions already in the output folder.")] = False,
     card_testing: Annotated[Optional[bool], typer.Option(help="The card-testing scenario beside the Handbook's three (default from settings; off reproduces the Handbook alone).")] = None,
@@ -182,12 +183,47 @@ def score(
                   f"{result.flagged:,} flagged; {result.path}")
 
 
+def _canary(s: Settings, until: datetime | None) -> Any:
+    """The canary's comparison, printed: the figures a promotion is decided by."""
+    from monitoring.canary import compare, labelled_canary
+
+    comparison = compare(labelled_canary(s, until), s.review_fee, s.promote_min_frauds, s.promote_max_ap_loss)
+    for side in (comparison.champion, comparison.challenger):
+        console.print(f"{side.name:>10} v{','.join(side.versions) or '-'}: {side.customers:,} customers, {side.transactions:,} labelled "
+                      f"transactions, {side.frauds} frauds; AP {side.average_precision:.3f}, cost {side.cost_per_1000:,.1f} per 1,000")
+    console.print(f"challenger - champion over {comparison.days:g} days (95% intervals, bootstrap over customers): "
+                  f"AP {comparison.average_precision}, cost per 1,000 {comparison.cost_per_1000}")
+    needed = comparison.days_needed()
+    if math.isfinite(needed):
+        console.print(f"days of traffic at this share for this cost difference at 80% power: {needed:,.0f} (plus {s.label_delay_days} days of label delay)")
+    return comparison
+
+
 @app.command()
-def promote(reason: Annotated[str, typer.Option(help="Why the challenger should serve all traffic.")]) -> None:
-    """Move the `champion` alias to the challenger's version, recording who and why."""
+def canary(until: Annotated[Optional[datetime], typer.Option(help="Judge the labels arrived by this time (default: the newest logged prediction).")] = None) -> None:
+    """Compare the challenger with the champion on the canary's labelled traffic, with confidence intervals."""
+    comparison = _canary(settings(), until)
+    console.print("[green]meets the promotion criteria[/]" if comparison.promotable else "not yet: " + "; ".join(comparison.failures))
+
+
+@app.command()
+def promote(
+    reason: Annotated[str, typer.Option(help="Why the challenger should serve all traffic.")],
+    force: Annotated[bool, typer.Option(help="Promote although the canary does not meet the criteria (recorded in the reason).")] = False,
+    until: Annotated[Optional[datetime], typer.Option(help="Judge the labels arrived by this time (default: the newest logged prediction).")] = None,
+) -> None:
+    """Move the `champion` alias to the challenger's version, recording who and why, once the canary
+    shows it better (fraudops canary): refused, with the figures, otherwise."""
     from core.registry import promote as move
 
-    previous, new = move(settings(), reason)
+    s = settings()
+    comparison = _canary(s, until)
+    if not comparison.promotable:
+        if not force:
+            console.print("[red]refused[/]: " + "; ".join(comparison.failures) + " (--force to promote anyway)")
+            raise typer.Exit(2)
+        reason = f"{reason} (forced: {'; '.join(comparison.failures)})"
+    previous, new = move(s, reason)
     console.print(f"champion: version {previous} -> {new}")
 
 

@@ -160,6 +160,7 @@ def test_prediction_log_in_postgres_holds_every_answer(registry_copy, database) 
 
     url = database.replace("postgresql+psycopg://", "postgresql://")
     settings = registry_copy.model_copy(update={"prediction_log_url": url, "challenger_share": 0.5})
+    assert predictions.read(settings).empty  # before the API's first write made the table: nothing logged, no error
     n = 73
     with TestClient(create_app(settings)) as client:
         for i in range(n):

@@ -133,7 +133,10 @@ def test_compose_services_run_natively_end_to_end(stack: Stack, monkeypatch: pyt
 
     run(stack.command("bootstrap"))  # simulate, feast apply, materialize, train: the first champion
     run(["fraudops", "train", "--num-leaves", "7"])  # a challenger: another config than the default
-    run(["fraudops", "promote", "--reason", "native stack test"])
+    # no labelled canary traffic yet: the criteria refuse, with the figures; --force is the operator's override
+    refused = subprocess.run(["fraudops", "promote", "--reason", "native stack test"], env=env, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "refused" in refused.stdout, refused.stdout + refused.stderr
+    run(["fraudops", "promote", "--reason", "native stack test", "--force"])
 
     api = stack.start("api", "--port", {**tiny, "FRAUDOPS_MODEL_POLL_SECONDS": "1"})
     try:
@@ -194,7 +197,7 @@ def test_compose_services_run_natively_end_to_end(stack: Stack, monkeypatch: pyt
     client = MlflowClient(env["FRAUDOPS_MLFLOW_TRACKING_URI"])
     model = client.get_registered_model("fraud-detector")
     assert model.aliases["champion"] == "2" and "challenger" not in model.aliases  # promoted, nothing retrained
-    assert client.get_model_version("fraud-detector", "2").tags["promoted_reason"] == "native stack test"
+    assert client.get_model_version("fraud-detector", "2").tags["promoted_reason"].startswith("native stack test (forced: ")  # the override is on record
     with pytest.raises(Exception):  # basic auth is on: no credentials, no registry
         httpx.get(f"{env['FRAUDOPS_MLFLOW_TRACKING_URI']}/api/2.0/mlflow/registered-models/get", params={"name": "fraud-detector"}).raise_for_status()
     with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/predictions_{stack.suffix}") as conn:
