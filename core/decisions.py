@@ -77,9 +77,10 @@ def cost(labels: np.ndarray, amounts: np.ndarray, decisions: np.ndarray, costs: 
 
 
 def choose_bands(labels: np.ndarray, amounts: np.ndarray, scores: np.ndarray, days: float, costs: Costs,
-                 capacities: Sequence[float] = ()) -> list[Bands]:
+                 capacities: Sequence[float] = (), review_only: bool = False) -> list[Bands]:
     """The cuts with the least cost on this (validation) data whose review band fits the capacity:
     for `costs.reviews_per_day`, then for each of `capacities` (the cost-against-capacity curve).
+    `review_only`: no step-up and no decline, the team that has only its analysts.
 
     Counted from the top: the n3 highest scores are declined, the next up to n2 reviewed, the next up
     to n1 stepped up. With prefix sums over the scores sorted high to low, each combination's cost is
@@ -94,7 +95,7 @@ def choose_bands(labels: np.ndarray, amounts: np.ndarray, scores: np.ndarray, da
     priced = (costs.decline_fee * legit[n3] + costs.review_fee * (n2 - n3)
               + costs.step_up_fee * (n1 - n2) + (1 - costs.step_up_catch) * (fraud_amount[n1] - fraud_amount[n2])
               + fraud_amount[-1] - fraud_amount[n1])
-    priced[(n3 > n2) | (n2 > n1)] = np.inf
+    priced[(n3 > n2) | (n2 > n1) | (review_only & ((n3 > 0) | (n1 > n2)))] = np.inf
     reviewed = n2 - n3
     chosen = []
     for capacity in (costs.reviews_per_day, *capacities):

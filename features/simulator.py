@@ -47,6 +47,9 @@ class Drift(str, Enum):
 
     amount_inflation = "amount_inflation"  # every amount grows by 60%: data drift on spend features
     terminal_wave = "terminal_wave"  # ten times more compromised terminals: prediction and label drift
+    # Concept drift: fraud on leaked cards stops spending five times the owner's amounts and spends
+    # like the owner. The inputs and the fraud rate stay put; P(fraud | features) is what changes.
+    mimicry = "mimicry"
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,8 @@ def simulate_chunks(
         scenario[amount > 220] = 1
         scenario[terminal_calendar[terminal, day]] = 2
         leaked = customer_calendar[customer, day] & (rng.uniform(size=customer.size) < 1 / 3)
-        amount[leaked] = np.round(amount[leaked] * 5, 2)
+        inflated = leaked & ~((Drift.mimicry in cfg.drift) & (day >= drift_from))
+        amount[inflated] = np.round(amount[inflated] * 5, 2)
         scenario[leaked] = 3
 
         if cfg.card_testing:

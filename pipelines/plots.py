@@ -65,14 +65,15 @@ def write_plots(result: TrainResult, settings: Settings, out: Path) -> list[Path
     paths.append(_save(fig, out / "cost_by_threshold.png"))
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    capacities = sorted(result.capacity_costs)
-    ax.plot(capacities, [result.capacity_costs[c] for c in capacities], marker="o", label="four bands, cut for each capacity")
+    for actions, curve in result.capacity_costs.items():
+        capacities = sorted(curve)
+        ax.plot(capacities, [curve[c] for c in capacities], marker="o", label=f"{actions}, cut for each capacity")
     flagged = np.where(scores >= result.threshold, 2, 0)  # one threshold: every flag reviewed, however many a day
     ax.axhline(cost(labels, amounts, flagged, Costs.from_settings(settings)), color="grey", ls="--", label="one threshold, reviews unbounded")
-    ax.axhline(float(amounts[labels == 1].sum()), color="grey", ls=":", label="no model: every fraud paid")
     ax.axvline(settings.top_k, color="red", ls="--", label=f"this team: {settings.top_k} reviews a day")
-    ax.set(xscale="symlog", xlabel="review capacity (transactions a day)", ylabel="cost on test",
-           title=f"Decision cost against review capacity (step-up {settings.step_up_fee:g}, decline {settings.decline_fee:g})")
+    ax.set_xscale("symlog", linthresh=10)
+    ax.set(xlim=(0, None), xlabel="review capacity (transactions a day)", ylabel="cost on test",
+           title=f"Cost against review capacity (no model: {amounts[labels == 1].sum():,.0f})")
     ax.legend(fontsize=8)
     paths.append(_save(fig, out / "cost_by_capacity.png"))
 

@@ -112,23 +112,27 @@ class TrainResult:
     test: pd.DataFrame  # the evaluated test rows with the model's scores: plots
     reference: pd.DataFrame  # the whole test window's traffic with the model's scores: monitoring
     baseline_scores: dict[str, np.ndarray]
-    capacity_costs: dict[float, float]  # daily review capacity -> the test window's cost with bands chosen for it
+    capacity_costs: dict[str, dict[float, float]]  # actions -> daily review capacity -> the test cost, cut for that capacity
 
 
 CAPACITIES = (0.0, 10.0, 25.0, 50.0, 100.0, 200.0, 400.0, 800.0)  # reviews a day, for the cost-against-capacity figure
 
 
 def decision_bands(validation: pd.DataFrame, validation_scores: np.ndarray, test: pd.DataFrame, test_scores: np.ndarray,
-                   settings: Settings) -> tuple[Bands, dict[str, float], dict[float, float]]:
-    """The bands for the settings' capacity, their test figures, and the test cost at other capacities."""
+                   settings: Settings) -> tuple[Bands, dict[str, float], dict[str, dict[float, float]]]:
+    """The bands for the settings' capacity, their test figures, and the test cost at other
+    capacities, with all four actions and with reviews alone."""
     costs = Costs.from_settings(settings)
     labels, amounts = test["is_fraud"].to_numpy(), test["amount"].to_numpy()
-    bands, *curve = choose_bands(validation["is_fraud"].to_numpy(), validation["amount"].to_numpy(), validation_scores,
-                                 days_in(validation), costs, CAPACITIES)
+    chosen = {actions: choose_bands(validation["is_fraud"].to_numpy(), validation["amount"].to_numpy(), validation_scores,
+                                    days_in(validation), costs, CAPACITIES, review_only=actions == "review only")
+              for actions in ("four bands", "review only")}
+    bands = chosen["four bands"][0]
     decisions = bands.decide(test_scores)
     metrics = {"decision_cost": cost(labels, amounts, decisions, costs), "reviews_per_day": float((decisions == 2).sum()) / days_in(test),
                **{f"{name}_share": float((decisions == i).mean()) for i, name in enumerate(DECISIONS)}}
-    return bands, metrics, {c: cost(labels, amounts, b.decide(test_scores), costs) for c, b in zip(CAPACITIES, curve)}
+    return bands, metrics, {actions: {c: cost(labels, amounts, b.decide(test_scores), costs) for c, b in zip(CAPACITIES, cuts[1:])}
+                            for actions, cuts in chosen.items()}
 
 
 def window(frame: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:

@@ -52,3 +52,11 @@ def test_one_score_decides_as_the_batch_does_at_and_between_the_cuts() -> None:
     assert [decide_one(bands, s) for s in scores] == ["approve", "approve", "step_up", "step_up", "review", "review", "decline", "decline"]
     old = Bands.from_threshold(0.4)  # a model from before the bands: flagged means review
     assert [decide_one(old, s) for s in (0.39, 0.4, 1.0)] == ["approve", "review", "review"]
+
+
+def test_reviews_alone_use_only_the_review_band_and_never_cost_less_than_four_bands() -> None:
+    labels, amounts, scores = sample(8, n=400)
+    [alone], [four] = (choose_bands(labels, amounts, scores, 10.0, COSTS, review_only=flag) for flag in (True, False))
+    decisions = alone.decide(scores)
+    assert not np.isin(decisions, [1, 3]).any() and (decisions == 2).any()
+    assert cost(labels, amounts, four.decide(scores), COSTS) <= cost(labels, amounts, decisions, COSTS)

@@ -100,3 +100,8 @@ def test_every_alert_has_its_row_in_the_operations_table() -> None:
     rules = re.findall(r"- alert: (\w+)", (REPO_ROOT / "infra" / "prometheus" / "alerts.yml").read_text())
     rows = re.findall(r"^\| `(Fraudops\w+)` \|", (REPO_ROOT / "docs" / "08-operations.md").read_text(), re.M)
     assert rules and sorted(rows) == sorted(rules)
+
+
+def test_the_glossary_is_sorted() -> None:
+    terms = re.findall(r"^\*\*(.+?)\.\*\*", (REPO_ROOT / "docs" / "glossary.md").read_text(), re.M)
+    assert len(terms) > 30 and terms == sorted(terms, key=str.lower)

@@ -67,6 +67,23 @@ def test_terminal_wave_raises_fraud_after_its_day() -> None:
     assert tx.loc[late, "is_fraud"].mean() > 3 * base.loc[late, "is_fraud"].mean()
 
 
+def test_mimicry_changes_what_fraud_looks_like_and_nothing_a_label_free_signal_sees() -> None:
+    """Concept drift: the same labels, amounts whose distribution barely moves, and leaked-card fraud
+    that now spends like its card's owner, where it spent five times as much."""
+    from scipy.stats import ks_2samp
+
+    cfg = SimulationConfig(customers=1_000, terminals=2_000, days=60, seed=5, drift=(Drift.mimicry,), drift_start_day=30)
+    tx, base = frame(cfg), frame(SimulationConfig(customers=1_000, terminals=2_000, days=60, seed=5))
+    late = tx["timestamp"] >= pd.Timestamp(cfg.start_date) + pd.Timedelta(days=30)
+    assert (tx["is_fraud"] == base["is_fraud"]).all() and (tx["fraud_scenario"] == base["fraud_scenario"]).all()
+    assert np.allclose(tx.loc[~late, "amount"], base.loc[~late, "amount"])
+    assert ks_2samp(tx.loc[late, "amount"], base.loc[late, "amount"]).statistic < 0.02
+    leaked = late & (tx["fraud_scenario"] == 3)
+    usual = tx[~late & (tx["is_fraud"] == 0)].groupby("customer_id")["amount"].mean()
+    ratio = {name: (f.loc[leaked, "amount"] / f.loc[leaked, "customer_id"].map(usual)).median() for name, f in (("drifted", tx), ("base", base))}
+    assert leaked.sum() > 50 and ratio["base"] > 4 and 0.7 < ratio["drifted"] < 1.3
+
+
 def test_write_refuses_to_mix_two_simulations(tmp_path) -> None:
     cfg = SimulationConfig(customers=50, terminals=100, days=5, start_date=date(2025, 1, 1))
     assert write_simulation(cfg, tmp_path) > 0
