@@ -25,6 +25,16 @@ def test_train_flow_runs_its_join_and_fits_on_a_dask_cluster(registry_copy) -> N
     assert {"build_training_set", "train_model", "train_part"} <= set(prefixes)
     assert result["gate"] == "passed" and result["alias"] == "challenger" and result["version"] is not None
     assert result["best_iteration"] == config.num_boost_round  # lightgbm.dask: no early stopping
+    # an equivalent model to the one machine's: data-parallel trees are built from the workers'
+    # merged histograms, so the cluster's fit is close to the single fit, not bit for bit
+    from pipelines.flows.train import build_training_set
+    from pipelines.training import Windows, train
+
+    windows = Windows.from_settings(registry_copy)
+    frame, features = build_training_set.fn(registry_copy, windows.train_start, windows.test_end)
+    here = train(frame, features, windows, config, registry_copy)  # early stopping may end it before the 40 rounds
+    assert abs(here.metrics["test_average_precision"] - result["test_average_precision"]) < 0.05
+    assert abs(here.metrics["test_roc_auc"] - result["test_roc_auc"]) < 0.03
 
 
 def test_the_feature_job_on_a_dask_cluster_gives_the_single_machine_table(tmp_path) -> None:
