@@ -105,3 +105,28 @@ def test_every_alert_has_its_row_in_the_operations_table() -> None:
 def test_the_glossary_is_sorted() -> None:
     terms = re.findall(r"^\*\*(.+?)\.\*\*", (REPO_ROOT / "docs" / "glossary.md").read_text(), re.M)
     assert len(terms) > 30 and terms == sorted(terms, key=str.lower)
+
+
+def _figures(tree: object) -> list[float]:
+    if isinstance(tree, dict):
+        return [v for value in tree.values() for v in _figures(value)]
+    return [float(tree)] if isinstance(tree, (int, float)) and not isinstance(tree, bool) else []
+
+
+def test_the_readmes_headline_figures_come_from_the_results_files() -> None:
+    """Each row's figure in the README's benchmark table is one a bench or train run wrote to
+    docs/results/, to the precision it is quoted at: a figure typed by hand, or left behind by a
+    rerun, fails here."""
+    import json
+
+    written = [v for path in (REPO_ROOT / "docs" / "results").glob("*.json") for v in _figures(json.loads(path.read_text()))]
+    readme = (REPO_ROOT / "README.md").read_text()
+    table = readme[readme.index("| figure | value | peer in the same run |"):].split("\n\n", 1)[0]  # the headline table
+    rows = table.splitlines()[2:]
+    assert len(rows) >= 10
+    for row in rows:
+        quoted = re.search(r"\d[\d,]*(?:\.\d+)?", row.split("|")[2]).group()  # the value column's first figure
+        digits = quoted.replace(",", "")
+        whole, _, decimals = digits.partition(".")
+        unit = 10.0 ** -len(decimals) if decimals else 10.0 ** (len(whole) - len(whole.rstrip("0")))
+        assert any(abs(v - float(digits)) <= unit / 2 for v in written), f"README: {quoted} in {row[:60]}... is in no docs/results/*.json"
