@@ -130,3 +130,23 @@ def test_the_readmes_headline_figures_come_from_the_results_files() -> None:
         whole, _, decimals = digits.partition(".")
         unit = 10.0 ** -len(decimals) if decimals else 10.0 ** (len(whole) - len(whole.rstrip("0")))
         assert any(abs(v - float(digits)) <= unit / 2 for v in written), f"README: {quoted} in {row[:60]}... is in no docs/results/*.json"
+
+
+BARE = re.compile(r"^([a-z_]+\.py)(?:::(\w+))?$")
+PACKAGES = ("core", "features", "monitoring", "pipelines", "serving", "tests")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_bare_file_and_symbol_named_exists(page: Path) -> None:
+    """`state.py` or `quality.py::judge` without its folder: a file of that name must exist in a
+    package, and one of them must define the symbol."""
+    for code in code_of(page):
+        match = BARE.match(code.strip())
+        if match is None:
+            continue
+        name, symbol = match.groups()
+        files = [f for package in PACKAGES for f in (REPO_ROOT / package).rglob(name)]
+        assert files, f"{page.name}: no {name} in the packages"
+        if symbol:
+            assert any(re.search(rf"^\s*(?:async )?(?:def|class) {symbol}\b", f.read_text(), re.M) for f in files), \
+                f"{page.name}: no {symbol} in any {name}"
