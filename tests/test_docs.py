@@ -125,7 +125,9 @@ def test_the_readmes_headline_figures_come_from_the_results_files() -> None:
     rows = table.splitlines()[2:]
     assert len(rows) >= 10
     for row in rows:
-        quoted = re.search(r"\d[\d,]*(?:\.\d+)?", row.split("|")[2]).group()  # the value column's first figure
+        found = re.search(r"\d[\d,]*(?:\.\d+)?", row.split("|")[2])  # the value column's first figure
+        assert found is not None, f"README: no figure in {row[:60]}..."
+        quoted = found.group()
         digits = quoted.replace(",", "")
         whole, _, decimals = digits.partition(".")
         unit = 10.0 ** -len(decimals) if decimals else 10.0 ** (len(whole) - len(whole.rstrip("0")))
