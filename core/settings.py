@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     decline_fee: float = Field(20.0, ge=0, description="Cost of declining a good customer: the lost sale and the call that follows.")
     # Promotion criteria `fraudops promote` checks on the canary's labelled traffic (monitoring/canary.py).
     promote_min_frauds: int = Field(30, ge=1, description="Labelled frauds each variant needs before the canary can be judged.")
+    bandit_min_share: float = Field(0.02, ge=0, le=1, description="Routing mode bandit: the least share the challenger keeps, so its estimate keeps learning.")
+    bandit_max_share: float = Field(0.5, ge=0, le=1, description="Routing mode bandit: the most share the challenger gets before a promotion.")
     promote_max_ap_loss: float = Field(0.02, ge=0, le=1, description="The challenger's AP may be at most this far below the champion's (lower 95% bound).")
 
     # Beyond one machine: with a Dask scheduler address, the train flow runs its tasks on that cluster

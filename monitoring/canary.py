@@ -15,6 +15,7 @@ follow from what was seen so far, for 80% power at the 95% level; the label dela
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -61,6 +62,7 @@ class Comparison:
     average_precision: Estimate  # challenger - champion
     cost_per_1000: Estimate  # challenger - champion; negative is cheaper
     days: float  # of labelled traffic compared
+    challenger_cheaper: float  # the share of resamples in which the challenger cost less: a posterior probability
     failures: list[str] = field(default_factory=list)  # promotion criteria not met
 
     @property
@@ -117,6 +119,7 @@ def compare(labelled: pd.DataFrame, review_fee: float, min_frauds: int, max_ap_l
         else:
             estimates.append(Estimate(value, float("nan"), float("nan"), float("nan")))
     ap, cost = estimates
+    cheaper = float(np.nanmean(draws["challenger"][:, 1] < draws["champion"][:, 1])) if len(draws) == 2 else float("nan")
     failures = [f"{side.name}: {side.frauds} labelled frauds, fewer than the {min_frauds} a comparison needs"
                 for side in sides.values() if side.frauds < min_frauds]
     if not failures:
@@ -124,7 +127,7 @@ def compare(labelled: pd.DataFrame, review_fee: float, min_frauds: int, max_ap_l
             failures.append(f"cost per 1,000 transactions {cost}: not lower than the champion's with {CONFIDENCE:.0%} confidence")
         if not ap.low > -max_ap_loss:
             failures.append(f"average precision {ap}: may be more than {max_ap_loss:g} below the champion's")
-    return Comparison(sides["champion"], sides["challenger"], ap, cost, days, failures)
+    return Comparison(sides["champion"], sides["challenger"], ap, cost, days, cheaper, failures)
 
 
 def labelled_canary(settings: Settings, until: datetime | None = None) -> pd.DataFrame:
@@ -145,3 +148,15 @@ def labelled_canary(settings: Settings, until: datetime | None = None) -> pd.Dat
     labelled = with_labels(logged, settings.transactions_dir, latest, settings.label_delay_days)
     current = labelled["model_version"].astype(str) == labelled["variant"].map(lambda v: str(versions.get(v)))
     return labelled[current]
+
+
+def thompson_share(comparison: Comparison, current: float, min_share: float, max_share: float) -> float:
+    """Routing mode `bandit` (Thompson sampling over the two arms, per customer): the challenger's
+    next share is the posterior probability that it costs less, `challenger_cheaper`, within
+    [min_share, max_share] so that its estimate keeps learning and a promotion stays a decision;
+    the current share while there is nothing labelled to judge by; 0 stays 0, since a guardrail
+    trip or an operator's stop pauses the bandit until someone sets a share again."""
+    if current == 0.0:
+        return 0.0
+    p = comparison.challenger_cheaper
+    return current if not math.isfinite(p) else min(max(p, min_share), max_share)

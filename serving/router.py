@@ -11,7 +11,8 @@ import hashlib
 from typing import Literal
 
 Variant = Literal["champion", "challenger"]
-Mode = Literal["canary", "shadow"]
+Mode = Literal["canary", "shadow", "bandit"]
+MODES: tuple[Mode, ...] = ("canary", "shadow", "bandit")
 BUCKETS = 10_000
 
 
@@ -22,7 +23,9 @@ def bucket(customer_id: str) -> int:
 
 class Router:
     """`canary`: a sticky share of customers is answered by the challenger. `shadow`: the champion
-    answers everyone and the challenger scores every request on the side, logged but never returned."""
+    answers everyone and the challenger scores every request on the side, logged but never returned.
+    `bandit`: a canary whose share the monitor sets from the labelled results (monitoring/bandit.py);
+    a customer stays on one variant while the share holds."""
 
     def __init__(self, challenger_share: float, mode: Mode = "canary") -> None:
         self.set_share(challenger_share)
@@ -38,6 +41,6 @@ class Router:
         self._cutoff = round(share * BUCKETS)
 
     def route(self, customer_id: str, challenger_available: bool) -> Variant:
-        if challenger_available and self.mode == "canary" and bucket(customer_id) < self._cutoff:
+        if challenger_available and self.mode != "shadow" and bucket(customer_id) < self._cutoff:
             return "challenger"
         return "champion"

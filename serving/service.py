@@ -22,7 +22,7 @@ from serving.metrics import Metrics
 from serving.models import LoadedModel
 from serving.online import OnlineFeatures
 from serving.predlog import PredictionLog, Record
-from serving.router import Mode, Router
+from serving.router import MODES, Mode, Router
 from serving.schemas import Reason, Score, Transaction
 
 log = logging.getLogger("fraudops.service")
@@ -150,7 +150,7 @@ class ScoringService:
         previous = self.routing()
         if registry.ROUTING_SHARE_TAG in routing:
             self.router.set_share(float(routing[registry.ROUTING_SHARE_TAG]))
-        if routing.get(registry.ROUTING_MODE_TAG) in ("canary", "shadow"):
+        if routing.get(registry.ROUTING_MODE_TAG) in MODES:
             self.router.mode = routing[registry.ROUTING_MODE_TAG]  # type: ignore[assignment]
         if self.routing() != previous:
             log.warning("routing adopted from the registry: %s -> %s", previous, self.routing())

@@ -52,33 +52,44 @@ def test_intervals_count_customers_not_rows() -> None:
     assert per_customer.standard_error > 2 * per_row.standard_error
 
 
-def test_promote_refuses_without_labelled_canary_traffic_and_force_overrides(registry_copy, tmp_path) -> None:
-    """The challenger is judged on the log's labelled predictions of the versions aliased now: the
-    tiny pipeline's log holds the champion's and the challenger's answers to the test window, and a
-    retired version's, which must not count."""
-    from core import registry
+def log_canary_traffic(settings, tmp_path) -> tuple[pd.DataFrame, pd.Timestamp]:
+    """The prediction log of a 50% canary over the tiny pipeline's test window, each variant's own
+    scores, and a tenth of the rows from a retired version; and the time its labels have all arrived."""
+    from features.store import historical_features, model_features, open_store
     from pipelines.batch import score
-    from pipelines.cli import app
-    from pipelines.demo import settings_env
     from serving.router import Router
     from tests.conftest import log_parts
     from tests.test_batch import COLUMNS, held_out_window
 
-    tx = held_out_window(registry_copy)
-    scored = {alias: pd.read_parquet(score(registry_copy, tx[COLUMNS], tmp_path / f"{alias}.parquet", alias=alias).path)
+    tx = held_out_window(settings)
+    scored = {alias: pd.read_parquet(score(settings, tx[COLUMNS], tmp_path / f"{alias}.parquet", alias=alias).path)
               for alias in ("champion", "challenger")}
     router = Router(0.5)
     variant = np.array([router.route(str(c), True) for c in tx["customer_id"]])
     chosen = scored["champion"].where(pd.Series(variant == "champion"), scored["challenger"])
     log = chosen.assign(variant=variant, shadow=False, features_missing=0, degraded=False, latency_ms=0.5)
     log = log.assign(model_version=np.where(np.arange(len(log)) % 10 == 0, "99", log["model_version"]))  # a retired version's answers
+    joined = historical_features(open_store(settings), settings.feature_service, tx[COLUMNS])
+    features = [c for c in model_features(open_store(settings), settings.feature_service) if c != "amount"]
+    log = log.merge(joined.assign(transaction_id=joined["transaction_id"].astype(str))[["transaction_id", *features]], on="transaction_id")
     for day, rows in log.groupby(log["timestamp"].dt.date):
-        log_parts(registry_copy, str(day), [rows[["transaction_id", "customer_id", "terminal_id", "timestamp", "score", "is_fraud_predicted",
-                                                   "variant", "shadow", "model_version", "features_missing", "degraded", "latency_ms",
-                                                   "amount"]].to_dict("records")])
+        log_parts(settings, str(day), [rows[["transaction_id", "customer_id", "terminal_id", "timestamp", "score", "is_fraud_predicted",
+                                             "variant", "shadow", "model_version", "features_missing", "degraded", "latency_ms",
+                                             "amount", *features]].to_dict("records")])
+    return tx, tx["timestamp"].max() + pd.Timedelta(days=settings.label_delay_days + 1)
+
+
+def test_promote_refuses_without_labelled_canary_traffic_and_force_overrides(registry_copy, tmp_path) -> None:
+    """The challenger is judged on the log's labelled predictions of the versions aliased now: the
+    tiny pipeline's log holds the champion's and the challenger's answers to the test window, and a
+    retired version's, which must not count."""
+    from core import registry
+    from pipelines.cli import app
+    from pipelines.demo import settings_env
+
+    tx, until = log_canary_traffic(registry_copy, tmp_path)
     from monitoring.canary import labelled_canary
 
-    until = tx["timestamp"].max() + pd.Timedelta(days=registry_copy.label_delay_days + 1)
     labelled = labelled_canary(registry_copy, until.to_pydatetime())
     client = registry.connect(registry_copy)
     versions = {a: registry.aliased_version(client, registry_copy.model_name, a) for a in ("champion", "challenger")}

@@ -29,3 +29,10 @@ def test_no_challenger_means_champion_and_bad_share_refused() -> None:
     assert Router(1.0).route("x", challenger_available=True) == "challenger"
     with pytest.raises(ValueError, match="within"):
         Router(1.5)
+
+
+def test_bandit_mode_routes_as_a_canary_at_the_share_the_monitor_set() -> None:
+    customers = [str(i) for i in range(2_000)]
+    canary, bandit = Router(0.3, "canary"), Router(0.3, "bandit")
+    assert [bandit.route(c, True) for c in customers] == [canary.route(c, True) for c in customers]
+    assert not any(Router(0.3, "shadow").route(c, True) == "challenger" for c in customers)

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from core.settings import Settings
+from pipelines.bench.bandit_section import bandit_section
 from pipelines.bench.batch_section import batch_section
 from pipelines.bench.budget_section import budget_section
 from pipelines.bench.common import Section
@@ -31,6 +32,7 @@ SECTIONS: dict[str, Callable[[Settings, str, int], Section]] = {
     "scaling": scaling_section,
     "budget": budget_section,
     "batch": batch_section,
+    "bandit": bandit_section,
 }
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException
 from pydantic import BaseModel, Field
 
+from serving.router import Mode
 from serving.routes.deps import Service, SettingsDep
 from serving.service import ScoringService
 
@@ -28,7 +29,7 @@ router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin)
 class Routing(BaseModel):
     model_config = {"extra": "forbid"}
     challenger_share: float | None = Field(None, ge=0.0, le=1.0)
-    mode: Literal["canary", "shadow"] | None = None
+    mode: Mode | None = None
 
 
 class Promotion(BaseModel):
