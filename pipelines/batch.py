@@ -119,9 +119,15 @@ def write_scores(scored: pd.DataFrame, out: Path, alias: str) -> None:
 
 def score(settings: Settings, transactions: pd.DataFrame, out: Path, alias: str = "champion", explain: bool = False,
           client: Client | None = None) -> Scored:
-    """Score validated transactions with the model behind `alias` and write them to `out`."""
+    """Score validated transactions with the model behind `alias` and write them to `out`: on
+    `client`'s cluster if given, else on the one at `settings.dask_address` if set, else here."""
     if out.suffix.lower() != ".parquet":
         raise BatchError(f"{out}: the output is written as Parquet; name it *.parquet")
+    if client is None and settings.dask_address is not None:
+        from distributed import Client
+
+        with Client(settings.dask_address) as cluster:
+            return score(settings, transactions, out, alias, explain, cluster)
     model = fetch(settings, alias)
     if model is None:
         raise BatchError(f"no model behind the alias {alias!r} of {settings.model_name}: train one first (fraudops train)")

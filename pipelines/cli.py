@@ -6,13 +6,16 @@ import json
 import math
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
 
 from core.runtime import prepare
 from core.settings import Settings
+
+if TYPE_CHECKING:
+    from monitoring.canary import Comparison
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="fraudops: a runnable fraud detection system.")
 features_app = typer.Typer(no_args_is_help=True, help="Feast feature repository: compute, apply, materialize.")
@@ -164,26 +167,16 @@ def score(
     """
     from pipelines.batch import BatchError, read_input, score as run
 
-    s = settings()
-    client = None
     try:
-        transactions = read_input(input_path)
-        if s.dask_address is not None:
-            from distributed import Client
-
-            client = Client(s.dask_address)
-        result = run(s, transactions, out, alias, explain, client)
+        result = run(settings(), read_input(input_path), out, alias, explain)
     except BatchError as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc
-    finally:
-        if client is not None:
-            client.close()
     console.print(f"scored {result.rows:,} transactions with {result.alias} v{result.version} (threshold {result.threshold:.3f}): "
                   f"{result.flagged:,} flagged; {result.path}")
 
 
-def _canary(s: Settings, until: datetime | None) -> Any:
+def _canary(s: Settings, until: datetime | None) -> Comparison:
     """The canary's comparison, printed: the figures a promotion is decided by."""
     from monitoring.canary import compare, labelled_canary
 

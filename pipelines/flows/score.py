@@ -27,16 +27,7 @@ def score_day(settings: Settings, day: date, alias: str, explain: bool) -> Score
     transactions = transactions_between(settings.transactions_dir, day, day + timedelta(days=1))
     if transactions.empty:
         raise ValueError(f"no transactions on {day} in {settings.transactions_dir}")
-    client = None
-    if settings.dask_address is not None:
-        from distributed import Client
-
-        client = Client(settings.dask_address)
-    try:
-        return score(settings, transactions.drop(columns=["is_fraud", "fraud_scenario"]), settings.scores_dir / f"{day}.parquet", alias, explain, client)
-    finally:
-        if client is not None:
-            client.close()
+    return score(settings, transactions.drop(columns=["is_fraud", "fraud_scenario"]), settings.scores_dir / f"{day}.parquet", alias, explain)
 
 
 @flow(name="score")
