@@ -35,9 +35,8 @@ class Costs:
     reviews_per_day: float  # what the analysts can review a day (transactions, an upper bound on cards)
 
     @classmethod
-    def from_settings(cls, settings: Settings, reviews_per_day: float | None = None) -> Costs:
-        return cls(settings.review_fee, settings.step_up_fee, settings.step_up_catch, settings.decline_fee,
-                   float(settings.top_k if reviews_per_day is None else reviews_per_day))
+    def from_settings(cls, settings: Settings) -> Costs:
+        return cls(settings.review_fee, settings.step_up_fee, settings.step_up_catch, settings.decline_fee, float(settings.top_k))
 
 
 @dataclass(frozen=True)

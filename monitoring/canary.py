@@ -130,24 +130,30 @@ def compare(labelled: pd.DataFrame, review_fee: float, min_frauds: int, max_ap_l
     return Comparison(sides["champion"], sides["challenger"], ap, cost, days, cheaper, failures)
 
 
-def labelled_canary(settings: Settings, until: datetime | None = None) -> pd.DataFrame:
-    """The answered predictions of the versions behind the champion and challenger aliases now, whose
-    labels have arrived by `until` (default: the newest logged time), over the monitor's quality
-    window: what a promotion is judged on."""
+JUDGED = ["variant", "customer_id", "score", "is_fraud", "is_fraud_predicted", "amount", "timestamp", "model_version"]
+
+
+def of_current_versions(settings: Settings, labelled: pd.DataFrame) -> pd.DataFrame:
+    """The labelled answers (`monitoring.quality.with_labels`) of the versions behind the champion
+    and challenger aliases now: what a promotion, or the bandit's next share, is judged on."""
+    if labelled.empty:
+        return pd.DataFrame(columns=JUDGED)
     client = registry.connect(settings)
     versions = {alias: registry.aliased_version(client, settings.model_name, alias) for alias in VARIANTS}
+    return labelled[labelled["model_version"].astype(str) == labelled["variant"].map(lambda v: str(versions.get(v)))]
+
+
+def labelled_canary(settings: Settings, until: datetime | None = None) -> pd.DataFrame:
+    """`of_current_versions` over the monitor's quality window, with the labels arrived by `until`
+    (default: the newest logged time): what `fraudops canary` and `fraudops promote` read."""
     everything = predictions.read(settings) if until is None else None
     latest = until if everything is None else (everything["timestamp"].max() if len(everything) else None)
-    none = pd.DataFrame(columns=["variant", "customer_id", "score", "is_fraud", "is_fraud_predicted", "amount", "timestamp", "model_version"])
     if latest is None:  # nothing logged yet
-        return none
+        return pd.DataFrame(columns=JUDGED)
     matured = latest - timedelta(days=settings.label_delay_days)
     logged = predictions.read(settings, matured - timedelta(days=settings.quality_days), matured)
-    if logged.empty:
-        return none
-    labelled = with_labels(logged, settings.transactions_dir, latest, settings.label_delay_days)
-    current = labelled["model_version"].astype(str) == labelled["variant"].map(lambda v: str(versions.get(v)))
-    return labelled[current]
+    labelled = with_labels(logged, settings.transactions_dir, latest, settings.label_delay_days) if len(logged) else logged
+    return of_current_versions(settings, labelled)
 
 
 def thompson_share(comparison: Comparison, current: float, min_share: float, max_share: float) -> float:

@@ -16,7 +16,7 @@ from core.monitor_metrics import LATEST
 from core.runtime import write_atomically
 from core.settings import Settings
 from monitoring import workspace
-from monitoring.canary import compare, labelled_canary, thompson_share
+from monitoring.canary import compare, of_current_versions, thompson_share
 from monitoring.drift import ColumnDrift, DriftLimits, DriftSummary, Reference, drift_report, rate_drift
 from monitoring.quality import Quality, judge, with_labels
 from pipelines.flows.featurize import features_flow
@@ -71,14 +71,14 @@ class Monitoring:
 
 
 @task
-def steer_bandit(settings: Settings, as_of: datetime) -> float | None:
+def steer_bandit(settings: Settings, labelled: pd.DataFrame) -> float | None:
     """In routing mode `bandit`, set the challenger's share for every worker from its labelled
-    results (`thompson_share`); nothing in the other modes, or without a challenger."""
+    results this run judged (`thompson_share`); nothing in the other modes, or without a challenger."""
     aliases, routing = registry.serving_state(settings)
     if routing.get(registry.ROUTING_MODE_TAG) != "bandit" or "challenger" not in aliases:
         return None
     current = float(routing.get(registry.ROUTING_SHARE_TAG, settings.challenger_share))
-    comparison = compare(labelled_canary(settings, as_of), settings.review_fee, settings.promote_min_frauds, settings.promote_max_ap_loss)
+    comparison = compare(of_current_versions(settings, labelled), settings.review_fee, settings.promote_min_frauds, settings.promote_max_ap_loss)
     share = thompson_share(comparison, current, settings.bandit_min_share, settings.bandit_max_share)
     if share != current:
         registry.set_routing(settings, share, "bandit")
@@ -124,7 +124,7 @@ def monitor_flow(settings: Settings | None = None, label: str = "latest", since:
         get_run_logger().warning("retraining: %s", "; ".join(reasons))
         features_flow(settings)  # the newest transactions into the offline features first
         retrain = training_flow(settings)(settings, ModelConfig(), as_of=as_of, trigger="monitor: " + "; ".join(reasons))
-    outcome = Monitoring(drift, quality, labels, reasons, retrain, steer_bandit(settings, as_of))
+    outcome = Monitoring(drift, quality, labels, reasons, retrain, steer_bandit(settings, labelled))
     workspace.record(settings.evidently_dir, label, snapshots + quality_snapshots)  # history for the Evidently UI
     text = json.dumps(asdict(outcome), indent=2, default=str)
     (out_dir / "monitor.json").write_text(text)
