@@ -62,9 +62,8 @@ def replay(frame: pd.DataFrame, policy: str, label_delay: int = 7, fixed_share: 
         total += float(cost.sum()) - best
         shares.append(share)
         regret.append(total)
-        served.append(rows.assign(variant=variant, model_version=np.where(on_challenger, "2", "1"),
-                                  score=np.where(on_challenger, rows["challenger_score"], rows["champion_score"]),
-                                  is_fraud_predicted=np.where(on_challenger, rows["challenger_score"], rows["champion_score"]) >= 0.5))
+        score = np.where(on_challenger, rows["challenger_score"], rows["champion_score"])
+        served.append(rows.assign(variant=variant, model_version=np.where(on_challenger, "2", "1"), score=score, is_fraud_predicted=score >= 0.5))
         if policy == "bandit":
             labelled = pd.concat(served[: max(0, len(served) - label_delay)] or [served[0].iloc[0:0]])
             share = thompson_share(compare(labelled, 5.0, 1, 1.0, resamples=resamples, seed=int(day)), share, min_share, max_share)
