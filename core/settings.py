@@ -105,6 +105,8 @@ class Settings(BaseSettings):
     scoring_lane: bool = Field(True, description="Answer /predict and /predict/features ahead of FastAPI's stack (serving/lane.py): the same validation and answers for a fraction of the cost per request (`make bench`). Off: FastAPI's own routes answer them.")
     api_pin_workers: bool = Field(False, description="Hold each API worker to a CPU of its own (serving/workers.py): its event loop and scoring thread then share one core, under SCHED_BATCH so that neither preempts the other when it wakes it. Off by default: a pinned worker cannot move away from other busy processes on its CPU (docker-compose runs Postgres, Redis, MLflow and Prefect beside the API); turn it on where the API has its CPUs to itself, as `make bench` does.")
     admin_token: str | None = Field(None, description="Bearer token of /admin; unset means the admin API is off.")
+    labels_token: str | None = Field(None, description="Bearer token of POST /labels, the feed of chargebacks and analysts' verdicts; unset means that endpoint is off. Never the admin token: a label feed must not be able to promote a model.")
+    labels_url: str | None = Field(None, description="SQLAlchemy URL of the label store, e.g. postgresql+psycopg://postgres@localhost/labels; unset: SQLite in the state folder.")
     challenger_share: float = Field(0.1, ge=0.0, le=1.0, description="Share of customers routed to challenger.")
     # Canary guardrails: over the last `guardrail_window` requests per variant, cut the challenger to 0.
     guardrail_window: int = Field(1_000, ge=10)
@@ -148,6 +150,12 @@ class Settings(BaseSettings):
         return value.expanduser().absolute()
 
     @model_validator(mode="after")
+    def _tokens_differ(self) -> Settings:
+        if self.labels_token is not None and self.labels_token == self.admin_token:
+            raise ValueError("labels_token must differ from admin_token: whoever feeds labels must not be able to promote models")
+        return self
+
+    @model_validator(mode="after")
     def _windows_fit(self) -> Settings:
         if self.train_start is not None:  # real data: its own calendar, not the simulator's
             return self
@@ -171,6 +179,10 @@ class Settings(BaseSettings):
     @property
     def tracking_uri(self) -> str:
         return self.mlflow_tracking_uri or f"sqlite:///{self.state_dir / 'mlflow.db'}"
+
+    @property
+    def label_store_url(self) -> str:
+        return self.labels_url or f"sqlite:///{self.state_dir / 'labels.db'}"
 
     @property
     def artifact_location(self) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from core.query import select
+from core.query import select, select_joined
 from core.runtime import atomic_path
 from features.schema import validate_transactions
 
@@ -45,3 +45,11 @@ def read_transactions(directory: Path, where: str = "TRUE") -> pd.DataFrame:
     """Transactions matching a SQL predicate, in time order."""
     query = f"SELECT * FROM read_parquet('{parts_glob(directory)}') WHERE {where} ORDER BY timestamp, transaction_id"
     return select(query).df()
+
+
+def with_ids(directory: Path, ids: list[str]) -> pd.DataFrame:
+    """The stored transactions among these ids: transaction_id, terminal_id, timestamp."""
+    if not any(directory.glob("*.parquet")):
+        return pd.DataFrame(columns=["transaction_id", "terminal_id", "timestamp"])
+    return select_joined(f"SELECT transaction_id, terminal_id, timestamp FROM read_parquet('{parts_glob(directory)}') "
+                         "WHERE transaction_id IN (SELECT transaction_id FROM asked)", asked=pd.DataFrame({"transaction_id": ids}))

@@ -40,8 +40,21 @@ RAW_SCHEMA = pa.DataFrameSchema(
 )
 REQUIRED = [name for name in RAW_SCHEMA.columns if name != "fraud_scenario"]
 # what pandera's own checks mean for each column once values were brought to their types (`_typed`)
-EMPTY = {"timestamp": "unparseable timestamp", "amount": "not a finite number", "is_fraud": f"must be one of {LABELS}",
+EMPTY = {"timestamp": "unparseable timestamp", "reported_at": "unparseable timestamp", "transaction_id": "empty id",
+         "customer_id": "empty id", "terminal_id": "empty id", "source": "empty source", "amount": "not a finite number", "is_fraud": f"must be one of {LABELS}",
          "fraud_scenario": f"must be one of {SCENARIOS}"}
+
+
+LABEL_SCHEMA = pa.DataFrameSchema(
+    {
+        "transaction_id": _id("transaction_id"),
+        "is_fraud": pa.Column("Int8", pa.Check.isin(LABELS, error=f"must be one of {LABELS}"), nullable=False),
+        "reported_at": pa.Column("datetime64[us]", nullable=False),
+        "source": pa.Column(str, pa.Check.str_matches(r"^[a-z][a-z0-9_-]{0,31}$", error="a source is 1-32 of a-z 0-9 _ -, from a letter"),
+                            nullable=False),
+    },
+    strict="filter",
+)
 
 
 class SchemaError(ValueError):
@@ -75,7 +88,7 @@ def _message(errors: SchemaErrors) -> str:
     cases = errors.failure_cases
     problems = []
     for (column, check), group in cases.groupby(["column", "check"], sort=False, dropna=False):
-        rule = {"not_nullable": EMPTY.get(str(column), "empty id"), "field_uniqueness": "duplicate id"}.get(str(check), str(check))
+        rule = {"not_nullable": EMPTY.get(str(column), "empty"), "field_uniqueness": "duplicate id"}.get(str(check), str(check))
         rows = sorted({int(i) for i in group["index"].dropna()})
         problems.append(f"column {column}: {rule} at rows {_rows(rows)}")
     return "; ".join(problems)
@@ -102,3 +115,34 @@ def validate_transactions(frame: pd.DataFrame, source: str = "batch", labelled: 
     if not labelled:
         return out.drop(columns=["is_fraud", "fraud_scenario"])
     return out.astype({"is_fraud": np.int8, "fraud_scenario": np.int8})
+
+
+def validate_labels(frame: pd.DataFrame, source: str, default_source: str, now: pd.Timestamp) -> pd.DataFrame:
+    """A batch of verdicts coerced to `LABEL_SCHEMA`, or SchemaError listing every broken rule. A
+    verdict without `reported_at` was reported `now` (naive UTC, as every stored time), one without
+    `source` comes from `default_source`; none may be reported after `now`: a clock that runs ahead
+    would make its verdict win over every later one."""
+    missing = [c for c in ("transaction_id", "is_fraud") if c not in frame.columns]
+    if missing:
+        raise SchemaError(f"{source}: missing column(s) {', '.join(missing)}; got {', '.join(map(str, frame.columns))}")
+    out = pd.DataFrame(index=pd.RangeIndex(len(frame)))
+    ids = frame["transaction_id"].reset_index(drop=True)
+    out["transaction_id"] = ids.astype(str).where(ids.notna(), None)
+    numeric = pd.to_numeric(frame["is_fraud"].reset_index(drop=True).map(lambda v: int(v) if isinstance(v, bool) else v), errors="coerce")
+    out["is_fraud"] = numeric.where(numeric.notna() & (numeric == numeric.round()), -1).astype("Int8")
+    stamps = frame["reported_at"].reset_index(drop=True) if "reported_at" in frame else pd.Series(None, index=out.index)
+    parsed = pd.to_datetime(stamps, errors="coerce", utc=True, format="ISO8601").dt.tz_localize(None).astype("datetime64[us]")
+    out["reported_at"] = parsed.where(stamps.notna(), now)  # absent: now; present but unparseable: stays empty, reported
+    sources = frame["source"].reset_index(drop=True) if "source" in frame else pd.Series(None, index=out.index)
+    out["source"] = sources.astype(str).where(sources.notna(), default_source)
+    problems = []
+    try:
+        out = LABEL_SCHEMA.validate(out, lazy=True)
+    except SchemaErrors as errors:
+        problems.append(_message(errors))
+    future = out.index[out["reported_at"] > now].tolist()
+    if future:
+        problems.append(f"column reported_at: after now ({now}) at rows {_rows(future)}")
+    if problems:
+        raise SchemaError(f"{source}: rejected, nothing recorded: " + "; ".join(problems))
+    return out.astype({"is_fraud": np.int8})

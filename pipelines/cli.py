@@ -153,6 +153,40 @@ def ingest(
 
 
 @app.command()
+def labels(
+    paths: Annotated[list[Path], typer.Argument(help="Parquet or CSV files, or folders of them.")],
+    columns: Annotated[Optional[str], typer.Option(help="Rename columns: 'theirs=ours,...' or a preset: handbook.")] = None,
+    source: Annotated[str, typer.Option(help="Where verdicts without a source column come from: chargeback, analyst, ...")] = "bulk",
+) -> None:
+    """Load verdicts (chargebacks, analysts' decisions) into the label store: the same path as POST /labels.
+
+    Columns: transaction_id, is_fraud [, reported_at (default: now), source]. Idempotent: a verdict
+    that is already current changes nothing; a later one wins and both stay in history. Ids fraudops
+    has never seen are reported, not stored.
+    Example: fraudops labels chargebacks.csv --source chargeback
+    """
+    from features.ingest import discover, parse_columns, read_file
+    from features.labels import record
+    from features.schema import SchemaError
+
+    s = settings()
+    try:
+        mapping = parse_columns(columns)
+        files = discover(paths)
+    except (ValueError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="--columns" if isinstance(exc, ValueError) else "PATHS") from exc
+    for path in files:
+        frame = read_file(path, mapping)
+        try:
+            receipt = record(s, frame, source, where=str(path))  # the whole file or, on any error, none of it
+        except SchemaError as exc:
+            console.print(f"[red]{exc}[/]")
+            raise typer.Exit(2) from exc
+        console.print(f"{path}: {len(frame):,} verdicts: " + ", ".join(f"{v:,} {k.removesuffix('_count')}" for k, v in receipt.counts().items())
+                      + (f" (e.g. {', '.join(receipt.unknown[:5])})" if receipt.unknown else ""))
+
+
+@app.command()
 def score(
     input_path: Annotated[Path, typer.Argument(metavar="INPUT", help="CSV or Parquet of transactions: transaction_id, timestamp, customer_id, terminal_id, amount.")],
     out: Annotated[Path, typer.Option(help="The scores, as one Parquet file (written whole or not at all).")],

@@ -17,7 +17,7 @@ from serving import logs
 from serving.asgi import BodyLimit
 from serving.batcher import Batcher
 from serving.lane import ScoringLane, document, validation_detail
-from serving.routes import admin, operations, scoring
+from serving.routes import admin, labels, operations, scoring
 from serving.service import ScoringService
 
 log = logging.getLogger("fraudops.api")
@@ -95,7 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.front = lambda stack: ScoringLane(stack, app.state, settings, access)
     else:
         app.include_router(scoring.single)
-    for router in (scoring.router, operations.router, admin.router):
+    for router in (scoring.router, operations.router, admin.router, labels.router):
         app.include_router(router)
     if settings.scoring_lane:
         document(app)

@@ -65,6 +65,7 @@ class Metrics:
         self.log_depth = Gauge("fraudops_prediction_log_queue", "Prediction records waiting", registry=r, multiprocess_mode="livesum")
         self.timeouts = Counter("fraudops_prediction_timeouts_total", "Predictions answered 503 for overrunning their time limit", registry=r)
         self.guardrail_trips = Counter("fraudops_guardrail_trips_total", "Times the challenger was cut to zero", registry=r)
+        self.labels = Counter("fraudops_labels_total", "Verdicts received on POST /labels, by what they did", ["outcome"], registry=r)
         self.model_version = Gauge("fraudops_model_version", "Loaded model version", ["alias"], registry=r, multiprocess_mode="livemax")
         self._responded: dict[tuple[str, int], int] = {}  # answers not yet in `responses`
         self._lock = threading.Lock()  # `observe` is called from the scoring, shadow and event-loop threads
@@ -118,6 +119,12 @@ class Metrics:
             self.missing.inc(missing)
         if degraded:
             self.degraded.inc(degraded)
+
+    def labelled(self, counts: Mapping[str, int]) -> None:
+        """Count a batch of verdicts by outcome: recorded, changed, unchanged, superseded, unknown."""
+        for outcome, count in counts.items():
+            if count:
+                self.labels.labels(outcome.removesuffix("_count")).inc(count)
 
     def exposition(self) -> bytes:
         """What `/metrics` answers: this process's metrics, or with several workers all of theirs."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 from core.decisions import Decision
 
@@ -25,6 +25,16 @@ EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
 LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)
 
 
+def _sane_time(value: datetime) -> datetime:
+    value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if not EARLIEST <= value < LATEST:
+        raise ValueError("timestamp must be between 2000-01-01 and 2100-01-01")
+    return value.astimezone(timezone.utc)
+
+
+Moment = Annotated[datetime, AfterValidator(_sane_time), Field(description="ISO 8601; naive times are taken as UTC; 2000-01-01 to 2100-01-01.")]
+
+
 class Transaction(BaseModel):
     """A card transaction at authorisation time."""
 
@@ -36,15 +46,7 @@ class Transaction(BaseModel):
     customer_id: Identifier
     terminal_id: Identifier
     amount: Number = Field(ge=0, le=1_000_000, allow_inf_nan=False, description="Amount in the card's currency; finite, 0 to 1,000,000.")
-    timestamp: datetime = Field(description="ISO 8601; naive times are taken as UTC; 2000-01-01 to 2100-01-01.")
-
-    @field_validator("timestamp")
-    @classmethod
-    def _sane_time(cls, value: datetime) -> datetime:
-        value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-        if not EARLIEST <= value < LATEST:
-            raise ValueError("timestamp must be between 2000-01-01 and 2100-01-01")
-        return value.astimezone(timezone.utc)
+    timestamp: Moment
 
 
 class TransactionWithFeatures(BaseModel):
@@ -83,3 +85,33 @@ class Score(BaseModel):
 
 class Scores(BaseModel):
     scores: list[Score]
+
+
+MAX_LABELS = 500  # what fits the default body limit (64 KiB) at about 120 bytes a verdict
+
+
+class Verdict(BaseModel):
+    """A label on a transaction fraudops scored: a chargeback, an analyst's decision, a customer's claim."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"transaction_id": "tx-1", "is_fraud": True, "reported_at": "2025-07-08T09:00:00Z", "source": "chargeback"}
+    ]})
+
+    transaction_id: Identifier
+    is_fraud: StrictBool | Literal[0, 1] = Field(description="true (or 1): fraud; false (or 0): legitimate.")
+    reported_at: Moment | None = Field(None, description="When the verdict was made (default: now). The latest-reported verdict on a transaction wins.")
+    source: str | None = Field(None, pattern=r"^[a-z][a-z0-9_-]{0,31}$", description="Who says so: chargeback, analyst, ... (default: api).")
+
+
+class Verdicts(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    labels: list[Verdict] = Field(min_length=1, max_length=MAX_LABELS)
+
+
+class LabelReceipt(BaseModel):
+    recorded: int = Field(description="First verdicts on their transactions.")
+    changed: int = Field(description="Later verdicts that overturned the current one (both stay in history).")
+    unchanged: int = Field(description="The current verdict again: nothing stored.")
+    superseded: int = Field(description="Reported before the current verdict: kept in history, not current.")
+    unknown_count: int = Field(description="Verdicts on transactions fraudops has never seen: not stored.")
+    unknown: list[str] = Field(description="Their ids (the first 100).")

@@ -13,8 +13,10 @@ from schemathesis.core.result import Err, Ok
 from serving.app import create_app
 
 
-def test_no_generated_input_makes_the_api_fail(trained) -> None:
-    app = create_app(trained.model_copy(update={"admin_token": "fuzz-token"}))
+def test_no_generated_input_makes_the_api_fail(registry_copy) -> None:
+    app = create_app(registry_copy.model_copy(update={"admin_token": "fuzz-token", "labels_token": "fuzz-labels"}))  # verdicts stay in this test
+    # the label feed's body is fuzzed past its token; the admin API's stays behind its own
+    headers = {"/labels": {"Authorization": "Bearer fuzz-labels"}}
     failures: list[str] = []
     executed: set[tuple[str, str]] = set()
     with TestClient(app):  # runs the lifespan: models, online store and log are up while we fuzz
@@ -22,14 +24,14 @@ def test_no_generated_input_makes_the_api_fail(trained) -> None:
         results = list(schema.get_all_operations())
         assert not [r.err() for r in results if isinstance(r, Err)], "every operation's schema loads"
         operations = [r.ok() for r in results if isinstance(r, Ok)]
-        assert {op.path for op in operations} >= {"/predict", "/predict/batch", "/predict/features", "/admin/routing"}
+        assert {op.path for op in operations} >= {"/predict", "/predict/batch", "/predict/features", "/admin/routing", "/labels"}
         for operation, mode in ((op, mode) for op in operations for mode in GenerationMode):
 
             @given(case=operation.as_strategy(generation_mode=mode))
             @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), database=None)
             def call(case) -> None:
                 executed.add((case.path, mode.value))
-                response = case.call()
+                response = case.call(headers=headers.get(case.path))
                 if response.status_code >= 500:
                     failures.append(f"{case.method} {case.path} -> {response.status_code}: {response.text[:200]}")
 
@@ -37,5 +39,6 @@ def test_no_generated_input_makes_the_api_fail(trained) -> None:
                 call()
             except Unsatisfiable:  # no invalid request exists for an operation without inputs (GET, bodiless POST)
                 assert mode is GenerationMode.NEGATIVE
-    assert {("/predict", "negative"), ("/predict/batch", "negative"), ("/predict/features", "negative")} <= executed
+    assert {("/predict", "negative"), ("/predict/batch", "negative"), ("/predict/features", "negative"), ("/labels", "negative"),
+            ("/labels", "positive")} <= executed
     assert not failures, "\n".join(failures[:10])

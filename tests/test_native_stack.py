@@ -30,7 +30,7 @@ from tests.conftest import TINY, free_port, require_service
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
 T = TypeVar("T")
-SECRETS = {"POSTGRES_PASSWORD": "unused-with-trust-auth", "FRAUDOPS_ADMIN_TOKEN": "admin-token",
+SECRETS = {"POSTGRES_PASSWORD": "unused-with-trust-auth", "FRAUDOPS_ADMIN_TOKEN": "admin-token", "FRAUDOPS_LABELS_TOKEN": "labels-token",
            "MLFLOW_ADMIN_PASSWORD": "not-the-default", "MLFLOW_SECRET_KEY": "k", "GRAFANA_ADMIN_PASSWORD": "g"}
 
 
@@ -157,6 +157,15 @@ def test_compose_services_run_natively_end_to_end(stack: Stack, monkeypatch: pyt
         for _ in range(6):  # each scrape reaches one of the two workers: every one must count all n
             families = text_string_to_metric_families(httpx.get(f"{base}/metrics").text)
             assert sum(s.value for f in families for s in f.samples if s.name == "fraudops_predictions_total") == n
+        # a chargeback on a transaction only the prediction log knows yet, into compose's PostgreSQL label store
+        verdicts = {"labels": [{"transaction_id": "n0", "is_fraud": True, "source": "chargeback"}, {"transaction_id": "not-scored", "is_fraud": 1}]}
+        receipt = httpx.post(f"{base}/labels", json=verdicts, headers={"Authorization": "Bearer labels-token"}, timeout=10.0)
+        assert receipt.status_code == 200, receipt.text
+        assert (receipt.json()["recorded"], receipt.json()["unknown"]) == (1, ["not-scored"])
+        import psycopg
+
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/labels_{stack.suffix}") as conn:
+            assert conn.execute("SELECT transaction_id, is_fraud, source FROM label_events").fetchall() == [("n0", 1, "chargeback")]
     finally:
         api.terminate()
         api.wait(timeout=30)  # the prediction log flushes on the way out

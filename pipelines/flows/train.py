@@ -103,7 +103,7 @@ def train_model(frame: pd.DataFrame, features: list[str], windows: Windows, conf
 
 def _redacted(settings: Settings) -> dict[str, object]:
     """Settings as logged with a run: no tokens, no passwords inside URLs."""
-    values = settings.model_dump(mode="json", exclude={"admin_token"})
+    values = settings.model_dump(mode="json", exclude={"admin_token", "labels_token"})
     return {k: re.sub(r"://([^:/@]+):[^@]+@", r"://\1:***@", v) if isinstance(v, str) else v for k, v in values.items()}
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import Annotated
 
@@ -10,17 +9,14 @@ from fastapi import APIRouter, Depends, Header, HTTPException
 from pydantic import BaseModel, Field
 
 from serving.router import Mode
-from serving.routes.deps import Service, SettingsDep
+from serving.routes.deps import Service, SettingsDep, require_bearer
 from serving.service import ScoringService
 
 log = logging.getLogger("fraudops.api")
 
 
 def admin(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
-    if not settings.admin_token:
-        raise HTTPException(404, "admin API is off: set FRAUDOPS_ADMIN_TOKEN to enable it")
-    if not hmac.compare_digest((authorization or "").encode(), f"Bearer {settings.admin_token}".encode()):
-        raise HTTPException(401, "admin API needs 'Authorization: Bearer <token>'")
+    require_bearer(settings.admin_token, authorization, "admin API", "FRAUDOPS_ADMIN_TOKEN")
 
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin)])

@@ -1,0 +1,181 @@
+"""The label store: verdicts on transactions (chargebacks, analysts' decisions) that arrive days after them.
+
+Transactions arrive without labels. Every label reaches fraudops through `record`, whether it comes
+from `POST /labels`, `fraudops labels FILE` or the replay's chargeback feed; delayed-label quality
+monitoring and retraining read labels only from here (`current`). Every verdict is kept as an event;
+a transaction's label is its latest-reported verdict, so an analyst who overturns a chargeback wins
+and the chargeback stays on record. Recording is idempotent: a verdict that is already the current
+one changes nothing, so a feed can be sent again whole.
+
+A fraud verdict also reaches the live feature state at once (`add_frauds`, idempotent, so a feed
+sent again also repairs a state that lost it): the terminal-risk windows count a fraud from the time
+of its transaction plus the label delay, never earlier, as offline. A fraud verdict overturned later
+stays in the live state until its window passes it: the state has no removal.
+
+Embedded: SQLite in the state folder. With `labels_url`, any SQLAlchemy URL: PostgreSQL in compose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+
+import pandas as pd
+from sqlalchemy import (Column, DateTime, Engine, Index, Integer, MetaData, Select, SmallInteger, Table, Text, create_engine,
+                        func, select)
+
+from core import predictions
+from core.settings import Settings
+from features.offline import micros, with_ids
+from features.schema import SchemaError, validate_labels
+
+METADATA = MetaData()
+EVENTS = Table(
+    "label_events", METADATA,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("transaction_id", Text, nullable=False),
+    Column("is_fraud", SmallInteger, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("reported_at", DateTime, nullable=False),  # when the verdict was made: the later one wins
+    Column("recorded_at", DateTime, nullable=False),  # when fraudops stored it
+    Index("label_events_by_transaction", "transaction_id", "reported_at"),
+)
+SHOWN_UNKNOWN = 100
+LOOKUP_CHUNK = 5_000  # ids per IN (...) of one lookup: SQLite takes at most 32,766 parameters a statement
+
+
+@dataclass
+class Receipt:
+    """What one batch of verdicts did, by verdict."""
+
+    recorded: int = 0  # the first verdict on its transaction
+    changed: int = 0  # a later verdict that overturns the current one
+    unchanged: int = 0  # the current verdict again: nothing stored
+    superseded: int = 0  # reported before the current verdict: kept in history, does not win
+    unknown: list[str] = field(default_factory=list)  # ids of transactions fraudops has never seen: not stored
+
+    def counts(self) -> dict[str, int]:
+        return {"recorded": self.recorded, "changed": self.changed, "unchanged": self.unchanged, "superseded": self.superseded,
+                "unknown_count": len(self.unknown)}
+
+    def as_dict(self) -> dict[str, object]:
+        return {**self.counts(), "unknown": self.unknown[:SHOWN_UNKNOWN]}
+
+
+@lru_cache(maxsize=8)
+def engine(url: str) -> Engine:
+    """One engine (and its connection pool) per store, with the table created on first use."""
+    connect_args = {"timeout": 5.0} if url.startswith("sqlite") else {}
+    if url.startswith("sqlite:///"):
+        from pathlib import Path
+
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    created = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+    METADATA.create_all(created)
+    return created
+
+
+def known_transactions(settings: Settings, ids: list[str]) -> pd.DataFrame:
+    """The transactions among `ids` that fraudops has seen, in the offline store or the prediction
+    log (served today, not exported yet): transaction_id, terminal_id, timestamp."""
+    stored = with_ids(settings.transactions_dir, ids)
+    rest = sorted(set(ids) - set(stored["transaction_id"]))
+    served = predictions.logged(settings, rest) if rest else stored.iloc[:0]
+    frames = [f for f in (stored, served) if not f.empty]
+    found = pd.concat(frames, ignore_index=True) if frames else stored
+    return found.assign(timestamp=pd.to_datetime(found["timestamp"]).astype("datetime64[us]"))
+
+
+def _now() -> pd.Timestamp:
+    return pd.Timestamp(datetime.now(timezone.utc).replace(tzinfo=None))
+
+
+def record(settings: Settings, labels: pd.DataFrame, default_source: str, where: str = "batch",
+           now: pd.Timestamp | None = None) -> Receipt:
+    """Validate a batch of verdicts and store it in one transaction, all of it or, on any error,
+    none; then hand its new fraud verdicts to the live state. Raises SchemaError for a bad batch."""
+    now = now if now is not None else _now()
+    batch = validate_labels(labels, where, default_source, now)
+    seen = known_transactions(settings, batch["transaction_id"].tolist()).set_index("transaction_id")
+    receipt = Receipt(unknown=sorted(set(batch["transaction_id"]) - set(seen.index)))
+    batch = batch[batch["transaction_id"].isin(seen.index)].reset_index(drop=True)
+    early = batch.index[batch["reported_at"] < seen.loc[batch["transaction_id"], "timestamp"].to_numpy()].tolist()
+    if early:
+        raise SchemaError(f"{where}: rejected, nothing recorded: column reported_at: before its transaction at rows "
+                          f"{', '.join(map(str, early[:5]))}")
+    frauds: list[str] = []  # current fraud verdicts of the batch, new or not: the live state takes each once
+    with engine(settings.label_store_url).begin() as con:
+        ids = batch["transaction_id"].tolist()
+        stored = sorted((row for start in range(0, len(ids), LOOKUP_CHUNK) for row in con.execute(
+            EVENTS.select().where(EVENTS.c.transaction_id.in_(ids[start:start + LOOKUP_CHUNK])))), key=lambda r: (r.reported_at, r.id))
+        current = {row.transaction_id: row for row in stored}  # the last of each, in (reported_at, id) order
+        kept = {(row.transaction_id, row.is_fraud, row.source, row.reported_at) for row in stored}
+        events = []
+        for verdict in batch.itertuples(index=False):
+            was = current.get(verdict.transaction_id)
+            reported = verdict.reported_at.to_pydatetime()
+            if (verdict.transaction_id, verdict.is_fraud, verdict.source, reported) in kept:
+                outcome = "unchanged"  # this very verdict, sent again
+            elif was is None:
+                outcome = "recorded"
+            elif reported < was.reported_at:
+                outcome = "superseded"
+            elif int(was.is_fraud) == verdict.is_fraud:
+                outcome = "unchanged"  # the current verdict, confirmed: history needs no copy
+            else:
+                outcome = "changed"
+            setattr(receipt, outcome, getattr(receipt, outcome) + 1)
+            if outcome != "unchanged":
+                events.append({"transaction_id": verdict.transaction_id, "is_fraud": int(verdict.is_fraud), "source": verdict.source,
+                               "reported_at": reported, "recorded_at": now.to_pydatetime()})
+            if verdict.is_fraud == 1 and (was is None or reported >= was.reported_at):
+                frauds.append(verdict.transaction_id)
+        if events:
+            con.execute(EVENTS.insert(), events)
+    if frauds:
+        _to_live_state(settings, seen.loc[frauds].reset_index())
+    return receipt
+
+
+def _to_live_state(settings: Settings, frauds: pd.DataFrame) -> None:
+    from features.state import open_state
+
+    open_state(settings).add_frauds(zip(frauds["terminal_id"].astype(str), frauds["transaction_id"].astype(str), micros(frauds)))
+
+
+def _current_query(as_of: datetime | None = None, since: datetime | None = None) -> Select:
+    """Each transaction's latest verdict reported by `as_of`: the highest (reported_at, id)."""
+    events = EVENTS.select()
+    if as_of is not None:
+        events = events.where(EVENTS.c.reported_at <= as_of)
+    if since is not None:
+        events = events.where(EVENTS.c.reported_at >= since)
+    ranked = events.add_columns(func.row_number().over(
+        partition_by=EVENTS.c.transaction_id, order_by=(EVENTS.c.reported_at.desc(), EVENTS.c.id.desc())).label("rank")).subquery()
+    return select(ranked.c.transaction_id, ranked.c.is_fraud, ranked.c.source, ranked.c.reported_at).where(ranked.c.rank == 1)
+
+
+def current(settings: Settings, as_of: datetime | None = None, reported_since: datetime | None = None) -> pd.DataFrame:
+    """Every labelled transaction's verdict as it stood at `as_of` (default: now): transaction_id,
+    is_fraud, source, reported_at. `reported_since` bounds the read to the transactions made since
+    then: no verdict is reported before its transaction (`record` refuses one), so theirs are all
+    among the verdicts reported since then."""
+    with engine(settings.label_store_url).connect() as con:
+        rows = con.execute(_current_query(as_of, reported_since)).fetchall()
+    frame = pd.DataFrame(rows, columns=["transaction_id", "is_fraud", "source", "reported_at"])
+    return frame.astype({"transaction_id": str, "is_fraud": "int8", "source": str, "reported_at": "datetime64[us]"})
+
+
+def version(settings: Settings) -> str:
+    """Changes whenever a verdict is recorded: what a cached training set is keyed by."""
+    with engine(settings.label_store_url).connect() as con:
+        count, last = con.execute(select(func.count(), func.max(EVENTS.c.id))).one()
+    return f"{count}:{last}"
+
+
+def history(settings: Settings, transaction_id: str) -> pd.DataFrame:
+    """Every verdict recorded on one transaction, in the order they were reported."""
+    query = EVENTS.select().where(EVENTS.c.transaction_id == transaction_id).order_by(EVENTS.c.reported_at, EVENTS.c.id)
+    with engine(settings.label_store_url).connect() as con:
+        return pd.DataFrame(con.execute(query).fetchall(), columns=[c.name for c in EVENTS.columns])

@@ -1,0 +1,151 @@
+"""The label store and its one path in: verdicts recorded idempotently, the later one winning, both
+kept; unknown ids reported; a bad batch records nothing; the API behind its own token; the bulk load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
+
+from core.settings import Settings
+from features.labels import current, history, record
+from features.offline import read_transactions
+from features.schema import SchemaError
+from features.simulator import SimulationConfig, write_simulation
+from tests.conftest import tiny_settings
+
+DAY = pd.Timedelta(days=1)
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    settings = tiny_settings(tmp_path_factory.mktemp("labels"), days=30, train_start_day=5, train_days=7, test_days=7)
+    write_simulation(SimulationConfig.from_settings(settings), settings.transactions_dir)
+    return settings
+
+
+@pytest.fixture
+def store(simulated: Settings, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """The simulated transactions with an empty label store of this test: SQLite, or PostgreSQL."""
+    url = request.getfixturevalue("database") if getattr(request, "param", "sqlite") == "postgresql" else None
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "transactions").symlink_to(simulated.transactions_dir, target_is_directory=True)
+    return simulated.model_copy(update={"state_dir": tmp_path, "labels_url": url})
+
+
+def frauds(settings: Settings, n: int) -> pd.DataFrame:
+    tx = read_transactions(settings.transactions_dir, "is_fraud = 1").head(n)
+    return pd.DataFrame({"transaction_id": tx["transaction_id"], "is_fraud": 1, "reported_at": tx["timestamp"] + 7 * DAY,
+                         "source": "chargeback"})
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"], indirect=True)
+def test_verdicts_are_idempotent_the_later_wins_and_history_keeps_both(store: Settings) -> None:
+    chargebacks = frauds(store, 6)
+    assert record(store, chargebacks, "api").as_dict() | {"unknown": []} == \
+        {"recorded": 6, "changed": 0, "unchanged": 0, "superseded": 0, "unknown_count": 0, "unknown": []}
+    again = record(store, chargebacks, "api")
+    assert (again.recorded, again.unchanged) == (0, 6), "the same feed twice changes nothing"
+
+    overturned = chargebacks.head(2).assign(is_fraud=0, reported_at=chargebacks["reported_at"].head(2) + DAY, source="analyst")
+    late_word = chargebacks.iloc[2:3].assign(is_fraud=0, reported_at=chargebacks["reported_at"].iloc[2] - 3 * DAY, source="analyst")
+    receipt = record(store, pd.concat([overturned, late_word, pd.DataFrame({"transaction_id": ["never-seen"], "is_fraud": [1]})]), "api")
+    assert (receipt.changed, receipt.superseded, receipt.unknown) == (2, 1, ["never-seen"])
+
+    now = current(store).set_index("transaction_id")
+    assert len(now) == 6 and "never-seen" not in now.index
+    first = str(chargebacks["transaction_id"].iloc[0])
+    assert now.loc[first, "is_fraud"] == 0 and now.loc[first, "source"] == "analyst"
+    assert now.loc[str(chargebacks["transaction_id"].iloc[2]), "is_fraud"] == 1, "a verdict reported earlier does not win"
+    assert history(store, first)["source"].tolist() == ["chargeback", "analyst"]
+    before = current(store, as_of=chargebacks["reported_at"].iloc[0] + DAY / 2).set_index("transaction_id")
+    assert before.loc[first, "is_fraud"] == 1, "as of a time, the verdict that stood then"
+
+
+def test_a_bad_batch_records_nothing_and_says_why(store: Settings) -> None:
+    good = frauds(store, 3)
+    bad = pd.concat([good, good.head(1).assign(is_fraud=2)], ignore_index=True)
+    with pytest.raises(SchemaError, match=r"transaction_id: duplicate id.*is_fraud: must be one of \[0, 1\] at rows 3"):
+        record(store, bad, "api")
+    with pytest.raises(SchemaError, match="reported_at: before its transaction at rows 1"):
+        record(store, good.assign(reported_at=[good["reported_at"].iloc[0], pd.Timestamp("2001-01-01"), good["reported_at"].iloc[2]]), "api")
+    with pytest.raises(SchemaError, match="reported_at: after now"):
+        record(store, good.assign(reported_at=pd.Timestamp("2099-01-01")), "api")
+    with pytest.raises(SchemaError, match="missing column"):
+        record(store, good.drop(columns="is_fraud"), "api")
+    assert current(store).empty
+
+
+def test_a_fraud_verdict_reaches_the_terminals_live_risk(store: Settings) -> None:
+    from features.live import DAY_US
+    from features.offline import micros
+    from features.state import Tx, open_state
+
+    chargeback = frauds(store, 1)
+    tx = read_transactions(store.transactions_dir, f"transaction_id = '{chargeback['transaction_id'].iloc[0]}'")
+    later = Tx("probe", "probe-card", str(tx["terminal_id"].iloc[0]), 10.0, micros(tx)[0] + (store.label_delay_days + 1) * DAY_US)
+    assert open_state(store).update([later])[0].frauds == []
+    record(store, chargeback, "api")
+    assert [tid for _, tid in open_state(store).update([later])[0].frauds] == [str(tx["transaction_id"].iloc[0])]
+
+
+def test_tokens_must_differ() -> None:
+    with pytest.raises(ValueError, match="labels_token must differ from admin_token"):
+        Settings(admin_token="same", labels_token="same")
+
+
+def labels_total(client: TestClient) -> dict[str, float]:
+    families = text_string_to_metric_families(client.get("/metrics").text)
+    return {s.labels["outcome"]: s.value for f in families if f.name == "fraudops_labels" for s in f.samples if s.name.endswith("_total")}
+
+
+def test_the_api_records_verdicts_behind_its_own_token(registry_copy: Settings) -> None:
+    from features.offline import read_transactions as stored
+    from serving.app import create_app
+
+    fraud = stored(registry_copy.transactions_dir, "is_fraud = 1").iloc[0]
+    body = {"labels": [{"transaction_id": str(fraud["transaction_id"]), "is_fraud": True, "source": "chargeback",
+                        "reported_at": (fraud["timestamp"] + 7 * DAY).isoformat() + "Z"},
+                       {"transaction_id": "never-seen", "is_fraud": 0}]}
+    with TestClient(create_app(registry_copy)) as off:
+        assert off.post("/labels", json=body).status_code == 404
+    settings = registry_copy.model_copy(update={"labels_token": "feed", "admin_token": "admin"})
+    with TestClient(create_app(settings)) as c:
+        assert c.post("/labels", json=body).status_code == 401
+        assert c.post("/labels", json=body, headers={"Authorization": "Bearer admin"}).status_code == 401, "the admin token is not the feed's"
+        auth = {"Authorization": "Bearer feed"}
+        first = c.post("/labels", json=body, headers=auth)
+        assert first.status_code == 200, first.text
+        assert first.json() == {"recorded": 1, "changed": 0, "unchanged": 0, "superseded": 0, "unknown_count": 1, "unknown": ["never-seen"]}
+        assert c.post("/labels", json=body, headers=auth).json()["unchanged"] == 1
+        for bad, words in [({"labels": []}, "at least 1"), ({"labels": [{"transaction_id": "x", "is_fraud": "yes"}]}, "is_fraud"),
+                           ({"labels": [body["labels"][0], body["labels"][0]]}, "duplicate id"),
+                           ({"labels": [{**body["labels"][0], "reported_at": "2099-01-01T00:00:00Z"}]}, "after now"),
+                           ({"labels": [{**body["labels"][0], "source": "Not A Source"}]}, "source")]:
+            answer = c.post("/labels", json=bad, headers=auth)
+            assert answer.status_code == 422 and words in answer.text, (bad, answer.text)
+        assert labels_total(c) == {"recorded": 1.0, "unchanged": 1.0, "unknown": 2.0}
+        assert "/labels" in c.get("/openapi.json").json()["paths"]
+    assert current(settings)["transaction_id"].tolist() == [str(fraud["transaction_id"])]
+
+
+def test_the_bulk_load_takes_a_file_and_refuses_a_bad_one(store: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.cli import app
+
+    monkeypatch.setenv("FRAUDOPS_STATE_DIR", str(store.state_dir))
+    for name, value in {"CUSTOMERS": "300", "TERMINALS": "600", "DAYS": "30", "TRAIN_START_DAY": "5", "TRAIN_DAYS": "7", "TEST_DAYS": "7"}.items():
+        monkeypatch.setenv(f"FRAUDOPS_{name}", value)
+    feed = tmp_path / "chargebacks.csv"
+    frauds(store, 4).drop(columns="source").to_csv(feed, index=False)
+    result = CliRunner().invoke(app, ["labels", str(feed), "--source", "chargeback"])
+    assert result.exit_code == 0, result.output
+    assert "4 recorded" in result.output
+    assert set(current(store)["source"]) == {"chargeback"}
+    broken = tmp_path / "broken.csv"
+    broken.write_text("transaction_id,is_fraud\n1,maybe\n")
+    result = CliRunner().invoke(app, ["labels", str(broken)])
+    assert result.exit_code == 2 and "must be one of [0, 1] at rows 0" in result.output
