@@ -167,6 +167,12 @@ def current(settings: Settings, as_of: datetime | None = None, reported_since: d
     return frame.astype({"transaction_id": str, "is_fraud": "int8", "source": str, "reported_at": "datetime64[us]"})
 
 
+def clear(settings: Settings) -> None:
+    """Forget every verdict: for a store whose transactions were replaced (a new simulation)."""
+    with engine(settings.label_store_url).begin() as con:
+        con.execute(EVENTS.delete())
+
+
 def version(settings: Settings) -> str:
     """Changes whenever a verdict is recorded: what a cached training set is keyed by."""
     with engine(settings.label_store_url).connect() as con:

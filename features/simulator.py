@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -230,3 +230,22 @@ def write_simulation(cfg: SimulationConfig, directory: Path, replace: bool = Fal
         write_part(frame, directory, f"sim-{chunk:04d}")
         total += len(frame)
     return total
+
+
+def deliver_chargebacks(settings: Settings, until: datetime | None = None) -> int:
+    """The simulated world's chargeback feed up to `until` (default: all of it): every simulated
+    fraud whose chargeback, `label_delay_days` after the transaction, was reported by then, recorded
+    through the one label path (`features.labels.record`). The offline store's `is_fraud` is the
+    simulator's ground truth, and only its feeds read it: this one, for the past, and the replay's
+    (`pipelines.replay.label_feed`), as traffic goes on. The number of chargebacks delivered (those
+    already in the store change nothing)."""
+    from features.labels import record
+    from features.offline import read_transactions
+
+    frauds = read_transactions(settings.transactions_dir, "is_fraud = 1")
+    reported = frauds["timestamp"] + pd.Timedelta(days=settings.label_delay_days)
+    feed = pd.DataFrame({"transaction_id": frauds["transaction_id"], "is_fraud": 1, "reported_at": reported})
+    if until is not None:
+        feed = feed[feed["reported_at"] <= pd.Timestamp(until)]
+    record(settings, feed, "chargeback", "simulator")
+    return len(feed)

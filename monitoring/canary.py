@@ -152,7 +152,7 @@ def labelled_canary(settings: Settings, until: datetime | None = None) -> pd.Dat
         return pd.DataFrame(columns=JUDGED)
     matured = latest - timedelta(days=settings.label_delay_days)
     logged = predictions.read(settings, matured - timedelta(days=settings.quality_days), matured)
-    labelled = with_labels(logged, settings.transactions_dir, latest, settings.label_delay_days) if len(logged) else logged
+    labelled = with_labels(logged, settings, latest) if len(logged) else logged
     return of_current_versions(settings, labelled)
 
 

@@ -1,7 +1,9 @@
 """Model quality once the labels arrive: the feedback step of the loop.
 
 Fraud labels mature days after the transaction (chargebacks, investigations), so quality is judged
-only on the part of the prediction log whose labels have arrived by `as_of`. Each variant is judged
+only on the part of the prediction log older than the label delay at `as_of`, with the verdicts the
+label store (`features.labels`) held at `as_of`: a matured transaction without a fraud verdict was
+legitimate, as a card issuer reads "no chargeback within the window". Each variant is judged
 with the same metric code as its test window at training time, so "worse than when we shipped it" is
 a like-for-like comparison; Evidently renders the classification report for people.
 """
@@ -17,8 +19,9 @@ from evidently import BinaryClassification, DataDefinition, Dataset, Report
 from evidently.core.report import Snapshot
 from evidently.presets import ClassificationPreset
 
-from features.offline import transactions_between
 from core.evaluation import evaluate, expected_cost
+from core.settings import Settings
+from features.labels import current
 
 
 @dataclass
@@ -37,16 +40,16 @@ class Quality:
     html: str
 
 
-def with_labels(predictions: pd.DataFrame, transactions_dir: Path, as_of: datetime, label_delay_days: int) -> pd.DataFrame:
-    """Answered predictions (shadow scores are not decisions) whose labels have arrived by `as_of`."""
-    cutoff = as_of - timedelta(days=label_delay_days)
+def with_labels(predictions: pd.DataFrame, settings: Settings, as_of: datetime) -> pd.DataFrame:
+    """Answered predictions (shadow scores are not decisions) whose labels have matured by `as_of`,
+    each with its verdict as the label store held it then."""
+    cutoff = as_of - timedelta(days=settings.label_delay_days)
     answered = predictions[~predictions["shadow"].astype(bool) & (predictions["timestamp"] < cutoff)]
     if answered.empty:
         return answered.assign(is_fraud=pd.Series(dtype="int64"))
-    first = answered["timestamp"].min()
-    labels = transactions_between(transactions_dir, first, cutoff)
-    labels = labels.assign(transaction_id=labels["transaction_id"].astype(str))[["transaction_id", "is_fraud"]]
-    return answered.merge(labels, on="transaction_id", how="inner")
+    verdicts = current(settings, as_of, reported_since=answered["timestamp"].min())[["transaction_id", "is_fraud"]]
+    labelled = answered.assign(transaction_id=answered["transaction_id"].astype(str)).merge(verdicts, on="transaction_id", how="left")
+    return labelled.assign(is_fraud=labelled["is_fraud"].fillna(0).astype("int64"))
 
 
 def judge(labelled: pd.DataFrame, shipped: dict[str, tuple[str, float]], out_dir: Path, review_fee: float, top_k: int,

@@ -58,6 +58,13 @@ def simulate(
         bar = progress.add_task("simulating days", total=cfg.days)
         rows = write_simulation(cfg, out or s.transactions_dir, replace, lambda n: progress.advance(bar, n))
     console.print(f"wrote {rows:,} transactions to {out or s.transactions_dir}")
+    if out is None:  # the simulated past is over: its chargebacks have all arrived
+        from features.labels import clear
+        from features.simulator import deliver_chargebacks
+
+        if replace:  # the verdicts on the transactions just replaced would land on new ones of the same ids
+            clear(s)
+        console.print(f"delivered {deliver_chargebacks(s):,} chargebacks to the label store")
 
 
 @features_app.command("apply")

@@ -71,7 +71,7 @@ def wait_for_challenger(settings: Settings, version: str, timeout: float = 60.0)
 def run(settings: Settings, console: Console) -> dict[str, object]:
     started = time.monotonic()
     prepare(settings, quiet=True)
-    from features.simulator import Drift, SimulationConfig, write_simulation
+    from features.simulator import Drift, SimulationConfig, deliver_chargebacks, write_simulation
     from pipelines.flows import features_flow, training_flow
     from pipelines.training import ModelConfig, Windows
 
@@ -89,8 +89,10 @@ def run(settings: Settings, console: Console) -> dict[str, object]:
     with console.status("[1/6] simulating transactions"):
         cfg = SimulationConfig.from_settings(settings, drift=(Drift.amount_inflation,), drift_start_day=drift_day)
         summary["transactions"] = write_simulation(cfg, settings.transactions_dir)
+        # the history's chargebacks, the test window's included: they arrived before anyone trained on it
+        summary["chargebacks"] = deliver_chargebacks(settings, windows.test_end + timedelta(days=settings.label_delay_days))
     console.print(f"[green]✓[/] simulated {summary['transactions']:,} transactions over {settings.days} days "
-                  f"(amounts inflate from day {drift_day})")
+                  f"(amounts inflate from day {drift_day}); {summary['chargebacks']:,} chargebacks of the history in the label store")
 
     with console.status("[2/6] computing features, feast apply"):
         with quiet_stdout():
@@ -139,11 +141,14 @@ def production_period(settings: Settings, console: Console, period: str, first: 
     """Replay `PRODUCTION_DAYS` from `first` through the running API with labels at their delay, then
     run the monitor over them, and follow a retrain it triggers into the canary."""
     from features.offline import transactions_between
+    from features.simulator import deliver_chargebacks
     from features.store import materialize
     from pipelines.flows import monitor_flow
     from pipelines.replay import label_feed, replay
 
-    materialize(settings, first)  # the live state as it stood when the period began: the days between were not replayed
+    # the label store and the live state as they stood when the period began: the days between were not replayed
+    deliver_chargebacks(settings, first)
+    materialize(settings, first)
     for offset in range(PRODUCTION_DAYS):
         day = first + timedelta(days=offset)
         with console.status(f"[5/6] replaying the {period} period, {day.date()}"):

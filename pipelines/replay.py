@@ -1,6 +1,6 @@
 """Replaying recorded transactions through a running API, as production traffic would arrive, with
-their fraud labels arriving `label_delay_days` later through the label path (`features.state`'s
-`add_frauds`, where a chargeback feed would deliver them), never earlier."""
+their fraud labels arriving `label_delay_days` later as chargebacks, never earlier, through the one
+label path (`features.labels.record`: the label store and the live state's terminal risk)."""
 
 from __future__ import annotations
 
@@ -42,15 +42,21 @@ class LabelFeed:
 
 
 def label_feed(settings: Settings, start: pd.Timestamp, end: pd.Timestamp) -> LabelFeed:
-    """The simulator's fraud labels that arrive while [start, end) is replayed, each `label_delay_days`
-    after its transaction, delivered to the live state as a chargeback feed would."""
-    from features.state import open_state
+    """The simulator's chargebacks that arrive while [start, end) is replayed, each `label_delay_days`
+    after its transaction: the world's ground truth (the offline store's `is_fraud`, which only the
+    simulated feeds read), recorded as a card issuer's chargeback feed would send it."""
+    from features.labels import record
 
     delay = settings.label_delay_days * DAY_US
     frauds = transactions_between(settings.transactions_dir, start - pd.Timedelta(microseconds=delay), end, where="is_fraud = 1")
     us = micros(frauds)
     arrivals = sorted((u + delay, (str(m), str(t), u)) for m, t, u in zip(frauds["terminal_id"], frauds["transaction_id"], us))
-    return LabelFeed(arrivals, open_state(settings).add_frauds)
+
+    def deliver(due: list[Fraud]) -> None:
+        record(settings, pd.DataFrame({"transaction_id": [t for _, t, _ in due], "is_fraud": 1,
+                                       "reported_at": pd.to_datetime([u + delay for _, _, u in due], unit="us")}), "chargeback", "replay")
+
+    return LabelFeed(arrivals, deliver)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +139,7 @@ def redis_db():
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Simulate, compute features, materialize and train a champion and a challenger, once per session."""
 
-    from features.simulator import SimulationConfig, write_simulation
+    from features.simulator import SimulationConfig, deliver_chargebacks, write_simulation
 
     settings = tiny_settings(tmp_path_factory.mktemp("state"))
     prepare(settings)
@@ -147,6 +147,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     from pipelines.training import ModelConfig, Windows
 
     write_simulation(SimulationConfig.from_settings(settings), settings.transactions_dir)
+    # the chargebacks of the windows trained and tested on; later ones arrive as a test replays traffic
+    deliver_chargebacks(settings, Windows.from_settings(settings).test_end + timedelta(days=settings.label_delay_days))
     features_flow(settings, materialize_until=Windows.from_settings(settings).test_end.to_pydatetime())
     train_flow(settings, ModelConfig(num_boost_round=60))
     train_flow(settings, ModelConfig(num_boost_round=60, num_leaves=15, scale_pos_weight=3.0))
@@ -156,10 +158,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 @pytest.fixture
 def registry_copy(trained: Settings, tmp_path: Path) -> Settings:
     """The trained state copied to a folder of this test, its own MLflow database included: alias
-    changes, prediction logs and data stay in this test."""
+    changes, prediction logs, labels and data stay in this test."""
     for folder in ("data", "feast"):
         shutil.copytree(trained.state_dir / folder, tmp_path / folder)
-    shutil.copy(trained.state_dir / "mlflow.db", tmp_path / "mlflow.db")
+    for database in ("mlflow.db", "labels.db"):
+        shutil.copy(trained.state_dir / database, tmp_path / database)
     return trained.model_copy(update={"state_dir": tmp_path})
 
 

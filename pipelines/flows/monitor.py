@@ -104,7 +104,7 @@ def monitor_flow(settings: Settings | None = None, label: str = "latest", since:
     as_of = until or (current["timestamp"].max() if len(current) else datetime.now(timezone.utc).replace(tzinfo=None))
     matured_until = as_of - timedelta(days=settings.label_delay_days)
     logged = predictions.read(settings, matured_until - timedelta(days=settings.quality_days), matured_until)
-    labelled = with_labels(logged, settings.transactions_dir, as_of, settings.label_delay_days) if len(logged) else logged
+    labelled = with_labels(logged, settings, as_of) if len(logged) else logged
     quality, quality_snapshots = judge(labelled, references.shipped_ap, out_dir, settings.review_fee, settings.top_k,
                                        settings.max_quality_drop, settings.min_labelled_frauds) if len(labelled) else ({}, [])
     # A fraud wave is mostly a change in the labels: the features and scores barely move until the

@@ -22,6 +22,7 @@ from sklearn.metrics import average_precision_score
 
 from core import registry
 from core.settings import Settings
+from features import labels
 from features.offline import transactions_between
 from features.schema import SchemaError
 from features.store import historical_features, model_features, open_store
@@ -60,27 +61,30 @@ def _join_cache_key(context: object, parameters: dict[str, object]) -> str:
     start, end = parameters["start"], parameters["end"]
     return "training-set-" + hashlib.sha256(
         f"{start}|{end}|{settings.feature_service}|{settings.feast_registry_url or settings.feast_dir}|"
-        f"{_files_fingerprint(settings.transactions_dir, settings.features_dir)}".encode()
+        f"{_files_fingerprint(settings.transactions_dir, settings.features_dir)}|{labels.version(settings)}".encode()
     ).hexdigest()
 
 
 @task(retries=2, retry_delay_seconds=2, retry_condition_fn=_transient, cache_key_fn=_join_cache_key,
       cache_expiration=timedelta(days=7), persist_result=True)
 def build_training_set(settings: Settings, start: pd.Timestamp, end: pd.Timestamp) -> tuple[pd.DataFrame, list[str]]:
-    """The point-in-time join, cached by its inputs: the same windows over the same files are joined once."""
+    """The point-in-time join, cached by its inputs: the same windows over the same files and the same
+    verdicts are joined once. Labels come from the label store alone: a transaction without a fraud
+    verdict is legitimate (the windows end a label delay before the newest data, so theirs matured)."""
     store = open_store(settings)
-    transactions = transactions_between(settings.transactions_dir, start, end)
+    transactions = transactions_between(settings.transactions_dir, start, end).drop(columns=["is_fraud", "fraud_scenario"], errors="ignore")
     if transactions.empty:
         raise ValueError(f"no transactions between {start} and {end}")
-    return historical_features(store, settings.feature_service, transactions), model_features(store, settings.feature_service)
+    verdicts = labels.current(settings, reported_since=start)[["transaction_id", "is_fraud"]]
+    labelled = transactions.assign(transaction_id=transactions["transaction_id"].astype(str)).merge(verdicts, on="transaction_id", how="left")
+    labelled["is_fraud"] = labelled["is_fraud"].fillna(0).astype("int8")
+    return historical_features(store, settings.feature_service, labelled), model_features(store, settings.feature_service)
 
 
 @task
 def check_training_data(frame: pd.DataFrame, features: list[str], windows: Windows, settings: Settings) -> None:
     """Data checks before any fit: a model trained on broken data must not reach the registry."""
     problems = []
-    if frame["is_fraud"].isna().any():
-        problems.append("labels are missing")
     train_frauds = int(window(frame, windows.train_start, windows.train_end)["is_fraud"].sum())
     if train_frauds < settings.min_train_frauds:
         problems.append(f"{train_frauds} frauds in the train window, fewer than min_train_frauds={settings.min_train_frauds}")
