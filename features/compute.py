@@ -25,6 +25,7 @@ from features.live import CUSTOMER_HORIZON_US, CUSTOMER_WINDOWS, MEAN_WINDOWS, S
 from features.offline import parts_glob
 
 FEATURES_FILE = "transaction_features.parquet"
+FRAUDS_FILE = "fraud_verdicts.parquet"  # beside it: the label store's frauds the job read
 
 
 def _frame(entity: str, first: int, last: str) -> str:
@@ -34,7 +35,14 @@ def _frame(entity: str, first: int, last: str) -> str:
 
 def _transactions(glob: str, entity: str, index: int, buckets: int) -> str:
     where = "TRUE" if buckets == 1 else f"hash({entity}) % {buckets} = {index}"
-    return f"SELECT transaction_id, customer_id, terminal_id, timestamp, amount, is_fraud, epoch_us(timestamp) AS us FROM read_parquet('{glob}') WHERE {where}"
+    return f"SELECT transaction_id, customer_id, terminal_id, timestamp, amount, epoch_us(timestamp) AS us FROM read_parquet('{glob}') WHERE {where}"
+
+
+def _labelled(glob: str, frauds: Path, index: int, buckets: int) -> str:
+    """The terminal bucket's transactions with `is_fraud` from the fraud verdicts file (the label
+    store's, `features.labels.write_frauds`), never from the transactions themselves."""
+    return (f"SELECT t.*, CAST(f.transaction_id IS NOT NULL AS INTEGER) AS is_fraud FROM ({_transactions(glob, 'terminal_id', index, buckets)}) t "
+            f"LEFT JOIN read_parquet('{frauds}') f ON t.transaction_id = f.transaction_id")
 
 
 def customer_sql(glob: str, index: int = 0, buckets: int = 1) -> str:
@@ -56,7 +64,7 @@ def customer_sql(glob: str, index: int = 0, buckets: int = 1) -> str:
     FROM windowed"""
 
 
-def terminal_sql(glob: str, delay_days: int, index: int = 0, buckets: int = 1) -> str:
+def terminal_sql(glob: str, frauds: Path, delay_days: int, index: int = 0, buckets: int = 1) -> str:
     """The terminal's fresh counts and its risk from labels old enough to be known."""
     lag = label_lag_us(delay_days)
     columns = []
@@ -70,7 +78,7 @@ def terminal_sql(glob: str, delay_days: int, index: int = 0, buckets: int = 1) -
              for w in TERMINAL_WINDOWS]
     counts = [f"terminal_tx_count_{w}" for w in TERMINAL_WINDOWS]
     return f"""
-    WITH windowed AS (SELECT transaction_id, {', '.join(columns)} FROM ({_transactions(glob, 'terminal_id', index, buckets)}))
+    WITH windowed AS (SELECT transaction_id, {', '.join(columns)} FROM ({_labelled(glob, frauds, index, buckets)}))
     SELECT transaction_id, {', '.join(counts)}, {', '.join(risks)} FROM windowed"""
 
 
@@ -78,10 +86,10 @@ Job = tuple[str, Path]  # (a bucket's SQL, the Parquet part it writes)
 Runner = Callable[[Sequence[Job]], None]
 
 
-def bucket_jobs(glob: str, delay_days: int, parts: Path, buckets: int) -> list[Job]:
+def bucket_jobs(glob: str, frauds: Path, delay_days: int, parts: Path, buckets: int) -> list[Job]:
     """One job per bucket of cards and one per bucket of terminals."""
     return ([(customer_sql(glob, i, buckets), parts / f"customer-{i}.parquet") for i in range(buckets)]
-            + [(terminal_sql(glob, delay_days, i, buckets), parts / f"terminal-{i}.parquet") for i in range(buckets)])
+            + [(terminal_sql(glob, frauds, delay_days, i, buckets), parts / f"terminal-{i}.parquet") for i in range(buckets)])
 
 
 def in_process(jobs: Sequence[Job]) -> None:
@@ -112,9 +120,12 @@ def write_part(sql: str, path: Path) -> Path:
     return path
 
 
-def compute_features(transactions_dir: Path, features_dir: Path, delay_days: int, buckets: int = 1, run: Runner = in_process) -> dict[str, int]:
+def compute_features(transactions_dir: Path, features_dir: Path, frauds: Path, delay_days: int, buckets: int = 1,
+                     run: Runner = in_process) -> dict[str, int]:
     """Write the per-transaction feature table (by rename, whole or not at all); its row count. The
-    card and terminal buckets are computed by `run` (here, or `on_dask`), then joined here."""
+    card and terminal buckets are computed by `run` (here, or `on_dask`), then joined here. `frauds`
+    is a Parquet file of the transaction ids with a fraud verdict (`features.labels.write_frauds`):
+    the labels terminal risk counts once their transaction is `delay_days` old, as online."""
     import shutil
     import tempfile
 
@@ -123,7 +134,7 @@ def compute_features(transactions_dir: Path, features_dir: Path, delay_days: int
     parts = Path(tempfile.mkdtemp(dir=features_dir, prefix=".parts-"))
     con = duckdb.connect()
     try:
-        run(bucket_jobs(parts_glob(transactions_dir), delay_days, parts, buckets))
+        run(bucket_jobs(parts_glob(transactions_dir), frauds, delay_days, parts, buckets))
         with atomic_path(path) as partial:
             con.execute(f"""COPY (
                 SELECT * FROM read_parquet('{parts}/customer-*.parquet') AS c JOIN read_parquet('{parts}/terminal-*.parquet') AS t USING (transaction_id)

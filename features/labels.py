@@ -20,12 +20,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
+from pathlib import Path
 
 import pandas as pd
 from sqlalchemy import (Column, DateTime, Engine, Index, Integer, MetaData, Select, SmallInteger, Table, Text, create_engine,
                         func, select)
 
 from core import predictions
+from core.runtime import atomic_path
 from core.settings import Settings
 from features.offline import micros, with_ids
 from features.schema import SchemaError, validate_labels
@@ -68,8 +70,6 @@ def engine(url: str) -> Engine:
     """One engine (and its connection pool) per store, with the table created on first use."""
     connect_args = {"timeout": 5.0} if url.startswith("sqlite") else {}
     if url.startswith("sqlite:///"):
-        from pathlib import Path
-
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     created = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
     METADATA.create_all(created)
@@ -165,6 +165,16 @@ def current(settings: Settings, as_of: datetime | None = None, reported_since: d
         rows = con.execute(_current_query(as_of, reported_since)).fetchall()
     frame = pd.DataFrame(rows, columns=["transaction_id", "is_fraud", "source", "reported_at"])
     return frame.astype({"transaction_id": str, "is_fraud": "int8", "source": str, "reported_at": "datetime64[us]"})
+
+
+def write_frauds(settings: Settings, path: Path) -> Path:
+    """The ids of every transaction whose current verdict is fraud, as one Parquet file (whole or not
+    at all): what the offline feature job reads labels from, on this machine or on Dask workers."""
+    verdicts = current(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as partial:
+        verdicts.loc[verdicts["is_fraud"] == 1, ["transaction_id"]].to_parquet(partial, index=False)
+    return path
 
 
 def clear(settings: Settings) -> None:

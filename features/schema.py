@@ -33,12 +33,14 @@ RAW_SCHEMA = pa.DataFrameSchema(
         "terminal_id": _id("terminal_id"),
         "amount": pa.Column(float, [pa.Check(lambda s: np.isfinite(s), error="not a finite number"),
                                     pa.Check.ge(0, error="negative amount")], nullable=False),
-        "is_fraud": pa.Column("Int8", pa.Check.isin(LABELS, error=f"must be one of {LABELS}"), nullable=False),
+        # optional: transactions arrive without labels (the label store holds the verdicts); the
+        # simulator writes its ground truth here, for its own chargeback feeds
+        "is_fraud": pa.Column("Int8", pa.Check.isin(LABELS, error=f"must be one of {LABELS}"), nullable=True),
         "fraud_scenario": pa.Column("Int8", pa.Check.isin(SCENARIOS, error=f"must be one of {SCENARIOS}"), nullable=False),
     },
     strict="filter",  # columns beyond the schema are dropped, not stored
 )
-REQUIRED = [name for name in RAW_SCHEMA.columns if name != "fraud_scenario"]
+REQUIRED = [name for name in RAW_SCHEMA.columns if name not in ("is_fraud", "fraud_scenario")]
 # what pandera's own checks mean for each column once values were brought to their types (`_typed`)
 EMPTY = {"timestamp": "unparseable timestamp", "reported_at": "unparseable timestamp", "transaction_id": "empty id",
          "customer_id": "empty id", "terminal_id": "empty id", "source": "empty source", "amount": "not a finite number", "is_fraud": f"must be one of {LABELS}",
@@ -76,11 +78,12 @@ def _typed(frame: pd.DataFrame) -> pd.DataFrame:
     out["timestamp"] = stamps.dt.tz_localize(None).astype("datetime64[us]")
     amounts = pd.to_numeric(frame["amount"].reset_index(drop=True), errors="coerce").astype(float)
     out["amount"] = amounts.fillna(np.inf)  # unparseable: caught as not finite, not as a null
-    for column in ("is_fraud", "fraud_scenario"):
-        values = frame[column].reset_index(drop=True) if column in frame else pd.Series(0, index=out.index)
+    for column, absent in (("is_fraud", None), ("fraud_scenario", 0)):
+        values = frame[column].reset_index(drop=True) if column in frame else pd.Series(absent, index=out.index, dtype=object)
         numeric = pd.to_numeric(values, errors="coerce")
         whole = numeric.notna() & (numeric == numeric.round())
-        out[column] = numeric.where(whole, -1).astype("Int8")  # a fraction or a word: outside the allowed set
+        # a fraction or a word: outside the allowed set; no label (is_fraud only): empty
+        out[column] = numeric.where(whole | (values.isna() if absent is None else False), -1).astype("Int8")
     return out[list(RAW_SCHEMA.columns)]
 
 
@@ -96,11 +99,11 @@ def _message(errors: SchemaErrors) -> str:
 
 def validate_transactions(frame: pd.DataFrame, source: str = "batch", labelled: bool = True) -> pd.DataFrame:
     """Return the batch coerced to the raw schema, or raise SchemaError listing every broken rule.
-    `labelled=False` is a batch to score: its labels, if any, are not required and not kept."""
+    `is_fraud` may be absent or empty (no label known). `labelled=False` is a batch to score: its
+    labels, if any, are not kept."""
     if not labelled:
         frame = frame.drop(columns=["is_fraud", "fraud_scenario"], errors="ignore")
-    required = REQUIRED if labelled else [c for c in REQUIRED if c != "is_fraud"]
-    missing = [c for c in required if c not in frame.columns]
+    missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
         raise SchemaError(f"{source}: missing column(s) {', '.join(missing)}; got {', '.join(map(str, frame.columns))}")
     problems = []
@@ -114,7 +117,7 @@ def validate_transactions(frame: pd.DataFrame, source: str = "batch", labelled: 
         raise SchemaError(f"{source}: rejected, nothing written: " + "; ".join(problems))
     if not labelled:
         return out.drop(columns=["is_fraud", "fraud_scenario"])
-    return out.astype({"is_fraud": np.int8, "fraud_scenario": np.int8})
+    return out.astype({"is_fraud": "Int8", "fraud_scenario": np.int8})
 
 
 def validate_labels(frame: pd.DataFrame, source: str, default_source: str, now: pd.Timestamp) -> pd.DataFrame:

@@ -64,11 +64,12 @@ def apply(settings: Settings) -> FeatureStore:
 
 def materialize(settings: Settings, end: datetime) -> int:
     """Backfill the live state as it stood at `end`: every transaction a window at `end` can reach,
-    and the frauds whose labels had arrived by then (`delay_days` after their transaction). Serving
+    and the frauds whose verdicts the label store held by then. Serving
     keeps it current from there, transaction by transaction. Idempotent: events are keyed by
     transaction id, so a second backfill over the same period changes nothing. The number of
     transactions loaded."""
-    from features.live import DAY_US, terminal_horizon_us
+    from features.labels import current
+    from features.live import terminal_horizon_us
     from features.offline import micros, transactions_between
     from features.state import LATE_MARGIN_US, Tx, open_state
 
@@ -78,7 +79,8 @@ def materialize(settings: Settings, end: datetime) -> int:
     state = open_state(settings)
     state.load([Tx(str(t), str(c), str(m), float(a), int(u)) for t, c, m, a, u in
                 zip(frame["transaction_id"], frame["customer_id"], frame["terminal_id"], frame["amount"], us)])
-    known = (frame["is_fraud"].to_numpy() == 1) & (us + settings.label_delay_days * DAY_US <= int(pd.Timestamp(end).value // 1000))
+    verdicts = current(settings, as_of=end, reported_since=start)  # the label store's, as it stood at `end`
+    known = frame["transaction_id"].astype(str).isin(verdicts.loc[verdicts["is_fraud"] == 1, "transaction_id"]).to_numpy()
     state.add_frauds(zip(frame["terminal_id"][known], frame["transaction_id"][known], us[known].tolist()))
     return len(frame)
 

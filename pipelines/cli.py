@@ -140,7 +140,8 @@ def ingest(
 ) -> None:
     """Append your own transactions to the offline store, validated; days already stored are skipped.
 
-    Raw schema: transaction_id, timestamp, customer_id, terminal_id, amount, is_fraud [, fraud_scenario].
+    Raw schema: transaction_id, timestamp, customer_id, terminal_id, amount [, is_fraud, fraud_scenario].
+    Labels are read from the label store only: load them with fraudops labels (the same file will do).
     Example: fraudops ingest exports/ --columns handbook
     """
     from features.ingest import ingest as run_ingest, parse_columns

@@ -38,6 +38,19 @@ def tiny_settings(state_dir: Path, **overrides: Any) -> Settings:
     return Settings(state_dir=state_dir, **{**TINY, **overrides})
 
 
+def features_from_truth(settings: Settings, out: Path | None = None, buckets: int = 1, run: Any = None) -> dict[str, int]:
+    """The feature job over the stored transactions with the simulated world's labels: their
+    chargebacks into the label store (`deliver_chargebacks`), its frauds into the job, as the flow
+    does (`pipelines.flows.featurize`). `out`: another folder for the table; `run`: e.g. on Dask."""
+    from features.compute import FRAUDS_FILE, compute_features, in_process
+    from features.labels import write_frauds
+    from features.simulator import deliver_chargebacks
+
+    deliver_chargebacks(settings)
+    frauds = write_frauds(settings, settings.features_dir / FRAUDS_FILE)
+    return compute_features(settings.transactions_dir, out or settings.features_dir, frauds, settings.label_delay_days, buckets, run or in_process)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -43,15 +43,15 @@ def test_the_feature_job_on_a_dask_cluster_gives_the_single_machine_table(tmp_pa
     import pandas as pd
     from distributed import LocalCluster
 
-    from features.compute import FEATURES_FILE, compute_features, on_dask
+    from features.compute import FEATURES_FILE, on_dask
     from features.simulator import SimulationConfig, write_simulation
-    from tests.conftest import tiny_settings
+    from tests.conftest import features_from_truth, tiny_settings
 
     settings = tiny_settings(tmp_path, days=40)
     write_simulation(SimulationConfig.from_settings(settings, customers=200, terminals=400), settings.transactions_dir)
-    compute_features(settings.transactions_dir, tmp_path / "here", settings.label_delay_days)
+    features_from_truth(settings, tmp_path / "here")
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        compute_features(settings.transactions_dir, tmp_path / "dask", settings.label_delay_days, buckets=4, run=on_dask(cluster.scheduler_address))
+        features_from_truth(settings, tmp_path / "dask", buckets=4, run=on_dask(cluster.scheduler_address))
     here, there = (pd.read_parquet(tmp_path / where / FEATURES_FILE) for where in ("here", "dask"))
     assert len(here) > 1_000
     pd.testing.assert_frame_equal(there, here)

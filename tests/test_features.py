@@ -11,12 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.compute import FEATURES_FILE, compute_features
+from features.compute import FEATURES_FILE
 from features.live import DAY_US, LIVE_FEATURES, customer_features, terminal_features
 from features.offline import write_part
 from features.state import SqliteState, Tx, features
 from features.store import apply, historical_features, materialize, open_store
-from tests.conftest import mismatches, replay_live, tiny_settings
+from features.simulator import deliver_chargebacks
+from tests.conftest import features_from_truth, mismatches, replay_live, tiny_settings
 
 START = pd.Timestamp("2025-03-01")
 DELAY = 7
@@ -76,7 +77,7 @@ def store_settings(tmp_path_factory):
     settings = tiny_settings(tmp_path_factory.mktemp("pit"), start_date="2025-03-01", days=40, label_delay_days=DELAY)
     tx = history()
     write_part(tx, settings.transactions_dir, "hand-built")
-    compute_features(settings.transactions_dir, settings.features_dir, settings.label_delay_days)
+    features_from_truth(settings)
     apply(settings)
     return settings, tx
 
@@ -117,7 +118,7 @@ def test_a_burst_shows_at_once_and_its_labels_only_after_the_delay(store_setting
     for name, frames in (("base", [tx, probes]), ("burst", [tx, burst, probes])):
         s = settings.model_copy(update={"state_dir": tmp_path / name})
         write_part(pd.concat(frames, ignore_index=True), s.transactions_dir, name)
-        compute_features(s.transactions_dir, s.features_dir, DELAY)
+        features_from_truth(s)
         tables[name] = pd.read_parquet(s.features_dir / FEATURES_FILE).set_index("transaction_id")
     base, seen = tables["base"], tables["burst"]
     assert seen.loc["p1", "customer_tx_count_1h"] == base.loc["p1", "customer_tx_count_1h"] + 20
@@ -144,6 +145,7 @@ def test_the_live_state_gives_the_offline_features(store_settings, tmp_path) -> 
     settings, tx = store_settings
     copy = settings.model_copy(update={"state_dir": tmp_path})
     write_part(tx, copy.transactions_dir, "hand-built")
+    deliver_chargebacks(copy)  # the backfill reads the frauds known by the cut from the label store
     cut = START + pd.Timedelta(days=20)
     materialize(copy, cut.to_pydatetime())
     state = SqliteState(copy.feast_dir / "live_state.db", DELAY)
@@ -202,7 +204,7 @@ def test_buckets_of_cards_and_terminals_give_the_table_of_one_pass(store_setting
     """Cut into buckets, as on a Dask cluster: the same rows and values as the whole history at once."""
     settings, _ = store_settings
     whole = pd.read_parquet(settings.features_dir / FEATURES_FILE)
-    compute_features(settings.transactions_dir, tmp_path, DELAY, buckets=3)
+    features_from_truth(settings, tmp_path, buckets=3)
     cut = pd.read_parquet(tmp_path / FEATURES_FILE)
     pd.testing.assert_frame_equal(cut, whole)
     assert not list(tmp_path.glob(".parts-*"))  # the buckets' parts are gone once joined

@@ -93,7 +93,8 @@ def test_pickles_are_never_loaded(tmp_path) -> None:
 
 
 def test_cli_ingest_then_train_reports_every_model(tmp_path) -> None:
-    """The whole path on ingested data: ingest, features, train with the window on the command line."""
+    """The whole path on ingested data: ingest, labels, features, train with the window on the command
+    line. The export's label column stays with the transactions; training reads only the label store."""
     from pipelines.cli import app
     from pipelines.demo import settings_env
 
@@ -107,10 +108,17 @@ def test_cli_ingest_then_train_reports_every_model(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["ingest", str(tmp_path / "export.csv"), "--columns", mapping], env=env)
     assert "0 transactions added" in result.output
-    assert runner.invoke(app, ["features", "apply"], env=env).exit_code == 0
     out = tmp_path / "metrics.json"
-    result = runner.invoke(app, ["train", "--train-start", "2024-02-11", "--train-days", "14", "--delay-days", "7", "--test-days", "7",
-                                 "--scale-pos-weight", "1", "--json", str(out)], env=env)
+    train = ["train", "--train-start", "2024-02-11", "--train-days", "14", "--delay-days", "7", "--test-days", "7", "--scale-pos-weight", "1",
+             "--json", str(out)]
+    assert runner.invoke(app, ["features", "apply"], env=env).exit_code == 0
+    unlabelled = runner.invoke(app, train, env=env)
+    assert unlabelled.exit_code != 0 and "0 frauds in the train window" in str(unlabelled.exception)
+    result = runner.invoke(app, ["labels", str(tmp_path / "export.csv"), "--columns", mapping, "--source", "chargeback"], env=env)
+    assert result.exit_code == 0, result.output
+    assert f"{len(frame):,} recorded" in result.output  # every verdict, the legitimate ones too
+    assert runner.invoke(app, ["features", "apply"], env=env).exit_code == 0  # terminal risk from the verdicts now stored
+    result = runner.invoke(app, train, env=env)
     assert result.exit_code == 0, result.output
     metrics = json.loads(out.read_text())["models"]
     assert set(metrics) == {"lightgbm", "logistic_regression", "amount_rule"}

@@ -11,7 +11,7 @@ from datetime import datetime
 import pytest
 
 from features.state import Tx
-from tests.conftest import failures_when_run_together, mismatches, replay_live, tiny_settings
+from tests.conftest import failures_when_run_together, features_from_truth, mismatches, replay_live, tiny_settings
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,6 @@ def test_feast_on_postgres_registry_and_the_live_state_on_redis(tmp_path, databa
     delay: every feature equals the offline row that Feast joins from its Postgres registry."""
     import pandas as pd
 
-    from features.compute import compute_features
     from features.live import LIVE_FEATURES
     from features.offline import read_transactions
     from features.simulator import SimulationConfig, write_simulation
@@ -30,7 +29,7 @@ def test_feast_on_postgres_registry_and_the_live_state_on_redis(tmp_path, databa
 
     settings = tiny_settings(tmp_path, feast_registry_url=database, feast_redis_url=redis_db, days=40)
     write_simulation(SimulationConfig.from_settings(settings, customers=100, terminals=200), settings.transactions_dir)
-    compute_features(settings.transactions_dir, settings.features_dir, settings.label_delay_days)
+    features_from_truth(settings)
     apply(settings)
     cut = datetime(2025, 5, 5)
     materialize(settings, cut)

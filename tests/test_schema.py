@@ -51,3 +51,12 @@ def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(SchemaError) as error:
         validate_transactions(good().assign(amount=[-1.0, 1.0, 1.0], is_fraud=[0, 0, 5]))
     assert "negative amount" in str(error.value) and "is_fraud" in str(error.value)
+
+
+def test_transactions_arrive_without_labels() -> None:
+    """No is_fraud column, or an empty cell: no label known, not an error; a word still is one."""
+    out = validate_transactions(good().drop(columns="is_fraud"))
+    assert out["is_fraud"].isna().all() and len(out) == 3
+    assert validate_transactions(good().assign(is_fraud=[0, None, 1]))["is_fraud"].isna().tolist() == [False, True, False]
+    with pytest.raises(SchemaError, match="column is_fraud: must be one of"):
+        validate_transactions(good().assign(is_fraud=["0", "maybe", "1"]))

@@ -23,16 +23,19 @@ PER_REQUEST_ROWS = 2_000  # enough for a steady per-row figure; the full path's 
 def batch_store(settings: Settings, scale: str, registry: Settings) -> Settings:
     """A store at `scale` with its features applied (made once, then kept), scored with the serving
     section's champion (`registry`): the model's size, not the store's, sets its cost per row."""
-    from features.compute import compute_features
-    from features.simulator import SimulationConfig, write_simulation
+    from features.labels import clear
+    from features.simulator import SimulationConfig, deliver_chargebacks, write_simulation
     from features.store import apply
+    from pipelines.flows.featurize import compute_feature_tables
 
     customers, terminals, days = (5_000, 10_000, 183) if scale == "full" else (1_000, 2_000, 60)
     s = settings.model_copy(update={"state_dir": settings.state_dir / f"batch-{scale}", "mlflow_tracking_uri": registry.tracking_uri,
                                     "customers": customers, "terminals": terminals, "days": days})
     if not (s.state_dir / "applied").exists():
         write_simulation(SimulationConfig.from_settings(s), s.transactions_dir, replace=True)
-        compute_features(s.transactions_dir, s.features_dir, s.label_delay_days)
+        clear(s)
+        deliver_chargebacks(s)
+        compute_feature_tables.fn(s)
         apply(s)
         (s.state_dir / "applied").touch()
     return s

@@ -21,9 +21,10 @@ def features_section(settings: Settings, scale: str, repeat: int) -> Section:
     live state, and the state step a scored transaction pays (update, read, windows)."""
     import pandas as pd
 
-    from features.compute import compute_features
+    from features.compute import FRAUDS_FILE, compute_features
+    from features.labels import clear, write_frauds
     from features.offline import read_transactions
-    from features.simulator import SimulationConfig, write_simulation
+    from features.simulator import SimulationConfig, deliver_chargebacks, write_simulation
     from features.state import Tx, features, open_state
     from features.store import apply, historical_features, materialize, open_store
 
@@ -38,7 +39,10 @@ def features_section(settings: Settings, scale: str, repeat: int) -> Section:
 
     runs = timed(simulate, repeat)
     section.add("simulate", statistics.median(runs), "s", f"{rows:,} transactions, median of {repeat}")
-    compute = timed(lambda: compute_features(settings.transactions_dir, settings.features_dir, settings.label_delay_days), repeat)
+    clear(settings)
+    deliver_chargebacks(settings)
+    frauds = write_frauds(settings, settings.features_dir / FRAUDS_FILE)
+    compute = timed(lambda: compute_features(settings.transactions_dir, settings.features_dir, frauds, settings.label_delay_days), repeat)
     section.add("event-time features (DuckDB window functions)", statistics.median(compute), "s",
                 f"{rows:,} rows, one per transaction; {rows / statistics.median(compute) / 1e6:.2f} M rows/s; median of {repeat}")
 

@@ -28,19 +28,21 @@ def _peak_mb() -> float:
 
 def _features(settings_json: str, on_dask: bool) -> Figures:
     """Seconds, peak RSS in MB (the largest of this process and the Dask workers) and rows written."""
-    from features.compute import compute_features
+    from features.compute import FRAUDS_FILE, compute_features
     from features.compute import on_dask as dask_runner
+    from features.labels import write_frauds
 
     s = Settings.model_validate_json(settings_json)
     delay = s.label_delay_days
     started = time.perf_counter()
+    frauds = write_frauds(s, s.features_dir / FRAUDS_FILE)
     if not on_dask:
-        rows = compute_features(s.transactions_dir, s.features_dir, delay)["transaction"]
+        rows = compute_features(s.transactions_dir, s.features_dir, frauds, delay)["transaction"]
         return time.perf_counter() - started, _peak_mb(), rows
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=DASK_WORKERS, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
-        rows = compute_features(s.transactions_dir, s.features_dir, delay, s.feature_buckets, dask_runner(cluster.scheduler_address))["transaction"]
+        rows = compute_features(s.transactions_dir, s.features_dir, frauds, delay, s.feature_buckets, dask_runner(cluster.scheduler_address))["transaction"]
         seconds = time.perf_counter() - started
         workers = client.run(_peak_mb)
     return seconds, max([_peak_mb(), *workers.values()]), rows
@@ -96,7 +98,8 @@ def in_fresh_process(call: Callable[..., Figures], args: tuple[object, ...]) -> 
 
 
 def scaling_section(settings: Settings, scale: str, repeat: int) -> Section:
-    from features.simulator import SimulationConfig, write_simulation
+    from features.labels import clear
+    from features.simulator import SimulationConfig, deliver_chargebacks, write_simulation
 
     section = Section("scaling (fresh process per run; one run per size; Dask: a LocalCluster of 2 worker processes on this machine)")
     factors = (1, 4, 16) if scale == "full" else (1, 2, 4)
@@ -107,6 +110,8 @@ def scaling_section(settings: Settings, scale: str, repeat: int) -> Section:
         s = settings.model_copy(update={"state_dir": settings.state_dir / f"scaling-{k}x", "customers": base[0] * k,
                                         "terminals": base[1] * k, "days": base[2], "train_start_day": base[2] - span})
         rows = write_simulation(SimulationConfig.from_settings(s), s.transactions_dir, replace=True)
+        clear(s)
+        deliver_chargebacks(s)
         as_json = s.model_dump_json()
         for label, call, args in (("feature job, one machine", _features, (as_json, False)),
                                   ("feature job, Dask", _features, (as_json, True)),

@@ -7,15 +7,18 @@ from datetime import datetime
 from prefect import flow, task
 
 from core.settings import Settings
-from features.compute import compute_features, on_dask
+from features.compute import FRAUDS_FILE, compute_features, on_dask
+from features.labels import write_frauds
 from features.store import apply, materialize
 
 
 @task
 def compute_feature_tables(settings: Settings) -> dict[str, int]:
+    """Terminal risk's labels from the label store, through a file every worker can read."""
+    frauds = write_frauds(settings, settings.features_dir / FRAUDS_FILE)
     if settings.dask_address is None:
-        return compute_features(settings.transactions_dir, settings.features_dir, settings.label_delay_days)
-    return compute_features(settings.transactions_dir, settings.features_dir, settings.label_delay_days,
+        return compute_features(settings.transactions_dir, settings.features_dir, frauds, settings.label_delay_days)
+    return compute_features(settings.transactions_dir, settings.features_dir, frauds, settings.label_delay_days,
                             settings.feature_buckets, on_dask(settings.dask_address))
 
 
