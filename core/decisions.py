@@ -11,6 +11,7 @@ band held within the team's daily capacity (`Settings.top_k`, the Handbook's 100
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -64,6 +65,24 @@ def decide_one(bands: Bands, score: float) -> Decision:
     """One score's decision without NumPy's call overhead: the request path's version of `decide`."""
     score = float(score)  # NumPy's booleans add as a logical or
     return DECISIONS[(score >= bands.step_up) + (score >= bands.review) + (score >= bands.decline)]
+
+
+def exploration_draw(transaction_id: str) -> float:
+    """A uniform number in [0, 1) fixed by the transaction id: the same on a retry and on every
+    worker, and independent of the router's customer hash (its own salt)."""
+    digest = hashlib.blake2b(transaction_id.encode(), digest_size=8, salt=b"explore").digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def explore(decision: Decision, transaction_id: str, share: float) -> tuple[Decision, float]:
+    """The feedback loop's answer to its own bias: a declined transaction never gets a label (it never
+    happened, so no chargeback comes), and a model retrained on what it let through learns from a
+    censored sample. A `share` of would-be declines goes to review instead, where an analyst's
+    verdict labels it. Returns the decision taken and its propensity, the probability the policy had
+    of taking it, which evaluation on logged data divides by (`core.evaluation.ips_weights`)."""
+    if decision != "decline" or share <= 0.0:
+        return decision, 1.0
+    return ("review", share) if exploration_draw(transaction_id) < share else ("decline", 1.0 - share)
 
 
 def cost(labels: np.ndarray, amounts: np.ndarray, decisions: np.ndarray, costs: Costs) -> float:

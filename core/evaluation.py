@@ -52,6 +52,23 @@ def recall_key(max_fpr: float) -> str:
     return f"recall_at_fpr_{max_fpr:g}"
 
 
+def ips_weights(decisions: pd.Series, propensities: pd.Series) -> np.ndarray:
+    """Weights that let logged, labelled traffic stand for all of it: a declined transaction never
+    gets a label and weighs 0; every other weighs 1 / the propensity of the decision it got, so an
+    explored review (`core.decisions.explore`, propensity = the exploration share) stands for the
+    declines like it that went unlabelled. A record from before propensities were logged weighs 1."""
+    censored = (decisions == "decline").to_numpy()
+    return np.where(censored, 0.0, 1.0 / propensities.fillna(1.0).to_numpy(np.float64))
+
+
+def ips_average_precision(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> float:
+    """Average precision on logged traffic, inverse-propensity weighted (`ips_weights`)."""
+    kept = weights > 0
+    if not 0 < labels[kept].sum() < kept.sum():
+        return float("nan")
+    return float(average_precision_score(labels[kept], scores[kept], sample_weight=weights[kept]))
+
+
 def evaluate(frame: pd.DataFrame, scores: np.ndarray, threshold: float, review_fee: float, top_k: int, max_fpr: float = 0.01) -> dict[str, float]:
     labels = frame["is_fraud"].to_numpy()
     amounts = frame["amount"].to_numpy()

@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     step_up_fee: float = Field(1.0, ge=0, description="Cost of one step-up challenge (a one-time code): the friction on a good customer.")
     step_up_catch: float = Field(0.8, ge=0, le=1, description="Share of frauds a step-up challenge stops.")
     decline_fee: float = Field(20.0, ge=0, description="Cost of declining a good customer: the lost sale and the call that follows.")
+    exploration_share: float = Field(0.005, ge=0, le=0.5, description="Share of would-be declines sent to review instead, with their propensity logged (core/decisions.py::explore): the labels a declined transaction never gets.")
     # Promotion criteria `fraudops promote` checks on the canary's labelled traffic (monitoring/canary.py).
     promote_min_frauds: int = Field(30, ge=1, description="Labelled frauds each variant needs before the canary can be judged.")
     bandit_min_share: float = Field(0.02, ge=0, le=1, description="Routing mode bandit: the least share the challenger keeps, so its estimate keeps learning.")

@@ -19,7 +19,7 @@ from evidently import BinaryClassification, DataDefinition, Dataset, Report
 from evidently.core.report import Snapshot
 from evidently.presets import ClassificationPreset
 
-from core.evaluation import evaluate, expected_cost
+from core.evaluation import evaluate, expected_cost, ips_average_precision, ips_weights
 from core.settings import Settings
 from features.labels import current
 
@@ -36,20 +36,29 @@ class Quality:
     expected_cost: float
     cost_of_no_model: float
     shipped_average_precision: float  # the model's test-window AP when it was registered
+    ips_average_precision: float  # AP with each row weighted by 1 / its decision's propensity: explored reviews stand for the declines
     dropped: bool
     html: str
 
 
 def with_labels(predictions: pd.DataFrame, settings: Settings, as_of: datetime) -> pd.DataFrame:
     """Answered predictions (shadow scores are not decisions) whose labels have matured by `as_of`,
-    each with its verdict as the label store held it then."""
+    each with its verdict as the label store held it then. Declined transactions are left out: no
+    label ever comes for them, and "no chargeback" would call every declined fraud legitimate."""
     cutoff = as_of - timedelta(days=settings.label_delay_days)
-    answered = predictions[~predictions["shadow"].astype(bool) & (predictions["timestamp"] < cutoff)]
+    declined = predictions["decision"].eq("decline") if "decision" in predictions else False
+    answered = predictions[~predictions["shadow"].astype(bool) & (predictions["timestamp"] < cutoff) & ~declined]
     if answered.empty:
         return answered.assign(is_fraud=pd.Series(dtype="int64"))
     verdicts = current(settings, as_of, reported_since=answered["timestamp"].min())[["transaction_id", "is_fraud"]]
     labelled = answered.assign(transaction_id=answered["transaction_id"].astype(str)).merge(verdicts, on="transaction_id", how="left")
     return labelled.assign(is_fraud=labelled["is_fraud"].fillna(0).astype("int64"))
+
+
+def _ips_ap(frame: pd.DataFrame) -> float:
+    propensities = frame["propensity"] if "propensity" in frame else pd.Series(1.0, index=frame.index)
+    weights = ips_weights(pd.Series("", index=frame.index), propensities.astype("float64"))  # the declined are out already
+    return ips_average_precision(frame["is_fraud"].to_numpy(), frame["score"].to_numpy(), weights)
 
 
 def judge(labelled: pd.DataFrame, shipped: dict[str, tuple[str, float]], out_dir: Path, review_fee: float, top_k: int,
@@ -79,7 +88,7 @@ def judge(labelled: pd.DataFrame, shipped: dict[str, tuple[str, float]], out_dir
             variant, version, len(frame), int(frame["is_fraud"].sum()), float(values["Precision"]), float(values["Recall"]),
             # the cost of the decisions actually returned, each at its model's own threshold
             live_ap, expected_cost(frame["is_fraud"].to_numpy(), frame["amount"].to_numpy(), flagged, review_fee),
-            metrics["cost_of_no_model"], shipped_ap,
+            metrics["cost_of_no_model"], shipped_ap, _ips_ap(frame),
             live_ap < shipped_ap * (1 - max_drop), str(html),
         )
     return results, snapshots

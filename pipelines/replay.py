@@ -8,7 +8,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 import pandas as pd
@@ -22,19 +22,27 @@ Fraud = tuple[str, str, int]  # (terminal_id, transaction_id, transaction time i
 
 @dataclass
 class LabelFeed:
-    """Fraud labels in order of arrival, handed to `deliver` once the replay's clock reaches them."""
+    """Fraud labels in order of arrival, handed to `deliver` once the replay's clock reaches them. A
+    transaction the API declined never gets one: it never happened, so no chargeback comes back
+    (the censoring that exploration answers, `core.decisions.explore`)."""
 
     arrivals: list[tuple[int, Fraud]]  # (arrival time in microseconds, the fraud)
     deliver: Callable[[list[Fraud]], None]
     delivered: int = 0
+    declined: set[str] = field(default_factory=set)  # transaction ids the replay's answers declined
+    censored: int = 0
 
     def until(self, us: int) -> None:
-        """Deliver every label that has arrived by `us`."""
+        """Deliver every label that has arrived by `us`, but those of declined transactions."""
         due = 0
         while self.delivered + due < len(self.arrivals) and self.arrivals[self.delivered + due][0] <= us:
             due += 1
         if due:
-            self.deliver([fraud for _, fraud in self.arrivals[self.delivered:self.delivered + due]])
+            frauds = [fraud for _, fraud in self.arrivals[self.delivered:self.delivered + due]]
+            kept = [fraud for fraud in frauds if fraud[1] not in self.declined]
+            self.censored += len(frauds) - len(kept)
+            if kept:
+                self.deliver(kept)
             self.delivered += due
 
     def next_arrival(self) -> int | None:
@@ -122,6 +130,8 @@ async def _replay(url: str, bodies: list[dict[str, object]], times: list[int], c
                 answer = response.json()
                 variants[answer["variant"]] += 1
                 flagged += answer["is_fraud"]
+                if feed is not None and answer["decision"] == "decline":
+                    feed.declined.add(answer["transaction_id"])
             if on_done is not None:
                 on_done(1)
 

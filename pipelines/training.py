@@ -174,11 +174,12 @@ def fit_booster(fit: pd.DataFrame, validation: pd.DataFrame, features: list[str]
                 client: Client | None = None) -> lgb.Booster:
     if client is not None:
         return fit_on_dask(fit, features, config, client)
+    weight = fit.get("weight")  # inverse propensities, where the labels came from a logged policy (pipelines/exploration.py)
     return lgb.train(
         config.params(),
-        lgb.Dataset(_matrix(fit, features), label=fit["is_fraud"], feature_name=features, free_raw_data=True),
+        lgb.Dataset(_matrix(fit, features), label=fit["is_fraud"], weight=weight, feature_name=features, free_raw_data=True),
         num_boost_round=config.num_boost_round,
-        valid_sets=[lgb.Dataset(_matrix(validation, features), label=validation["is_fraud"])],
+        valid_sets=[lgb.Dataset(_matrix(validation, features), label=validation["is_fraud"], weight=validation.get("weight"))],
         callbacks=[lgb.early_stopping(30, verbose=False)],
     )
 

@@ -75,6 +75,8 @@ class PostgresSink:
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [TABLE])
             conn.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} ({columns}, features jsonb NOT NULL, logged_at timestamptz NOT NULL DEFAULT now())")
             conn.execute(f"CREATE INDEX IF NOT EXISTS {TABLE}_timestamp ON {TABLE} (timestamp)")
+            for name, kind in COLUMNS.items():  # a log from an older release gains the columns added since
+                conn.execute(f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {name} {kind}")
 
     def __call__(self, batch: list[Record]) -> None:
         if self._conn is None or self._conn.closed:

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 
 from core import registry
-from core.decisions import decide_one
+from core.decisions import decide_one, explore
 from core.settings import Settings
 from features.state import Tx
 from serving import logs, models, predlog
@@ -245,12 +245,13 @@ class ScoringService:
         score = model.score_one(row)
         elapsed = time.perf_counter() - started
         is_fraud = score >= model.threshold
+        decision, propensity = explore(decide_one(model.bands, score), tx.transaction_id, self.settings.exploration_share)
         answer = Score(
             transaction_id=tx.transaction_id,
             score=score,
             is_fraud=is_fraud,
             threshold=model.threshold,
-            decision=decide_one(model.bands, score),
+            decision=decision,
             variant=variant,
             model_version=model.version,
             features_missing=missing,
@@ -265,6 +266,8 @@ class ScoringService:
             **values,
             "score": score,
             "is_fraud_predicted": is_fraud,
+            "decision": decision,
+            "propensity": propensity,
             "variant": variant,
             "shadow": shadow,
             "model_version": model.version,

@@ -38,10 +38,11 @@ def test_valid_transaction_is_scored(client) -> None:
     assert body["is_fraud"] == (body["score"] >= body["threshold"])
     assert body["variant"] in ("champion", "challenger") and body["model_version"] in ("1", "2")
     assert body["features_missing"] == [] and body["degraded"] is False
-    from core.decisions import decide_one
+    from core.decisions import decide_one, explore
 
     model = client.app.state.service.models[body["variant"]]
-    assert body["model_version"] == model.version and body["decision"] == decide_one(model.bands, body["score"])
+    expected, _ = explore(decide_one(model.bands, body["score"]), "tx-1", client.app.state.settings.exploration_share)
+    assert body["model_version"] == model.version and body["decision"] == expected
 
 
 def test_an_unknown_card_is_scored_as_a_new_card_not_as_missing(client) -> None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pandas as pd
 import pytest
+from sklearn.metrics import average_precision_score
 
-from core.decisions import DECISIONS, EMPTY, Bands, Costs, choose_bands, cost, decide_one
+from core.decisions import DECISIONS, EMPTY, Bands, Costs, choose_bands, cost, decide_one, explore
+from core.evaluation import ips_average_precision, ips_weights
 
 COSTS = Costs(review_fee=5.0, step_up_fee=1.0, step_up_catch=0.8, decline_fee=20.0, reviews_per_day=3.0)
 
@@ -60,3 +63,33 @@ def test_reviews_alone_use_only_the_review_band_and_never_cost_less_than_four_ba
     decisions = alone.decide(scores)
     assert not np.isin(decisions, [1, 3]).any() and (decisions == 2).any()
     assert cost(labels, amounts, four.decide(scores), COSTS) <= cost(labels, amounts, decisions, COSTS)
+
+
+def test_exploration_reviews_a_share_of_declines_and_logs_its_propensity() -> None:
+    ids = [f"tx-{i}" for i in range(20_000)]
+    taken = [explore("decline", i, 0.05) for i in ids]
+    reviewed = [p for d, p in taken if d == "review"]
+    assert abs(len(reviewed) / len(ids) - 0.05) < 4 * (0.05 * 0.95 / len(ids)) ** 0.5
+    assert set(reviewed) == {0.05} and {p for d, p in taken if d == "decline"} == {0.95}
+    assert [explore("decline", i, 0.05) for i in ids[:100]] == taken[:100], "the same transaction, the same draw"
+    assert {explore(d, "tx-1", 0.05) for d in ("approve", "step_up", "review")} == {("approve", 1.0), ("step_up", 1.0), ("review", 1.0)}
+    assert all(explore("decline", i, 0.0) == ("decline", 1.0) for i in ids[:1000])
+
+
+def test_inverse_propensity_weights_recover_the_ap_the_censoring_hides() -> None:
+    """Declines (the top scores) never get labels; a 20% exploration share of them does. On the
+    labelled rows alone AP is biased (the best-ranked frauds are missing); weighted by 1 / propensity
+    it comes back to the AP over all traffic."""
+    rng = np.random.default_rng(7)
+    n = 200_000
+    labels = (rng.random(n) < 0.01).astype(int)
+    scores = 1 / (1 + np.exp(-(rng.normal(0, 1, n) + 2.5 * labels - 4)))
+    decided = np.where(scores >= np.quantile(scores, 0.99), "decline", "approve")
+    taken = [explore(d, f"t{i}", 0.2) for i, d in enumerate(decided)]
+    decisions = pd.Series([d for d, _ in taken])
+    weights = ips_weights(decisions, pd.Series([p for _, p in taken]))
+    truth = average_precision_score(labels, scores)
+    kept = decisions.ne("decline").to_numpy()
+    naive = average_precision_score(labels[kept], scores[kept])
+    ips = ips_average_precision(labels, scores, weights)
+    assert abs(ips - truth) < abs(naive - truth) / 3, (truth, naive, ips)

@@ -152,3 +152,32 @@ def test_the_bulk_load_takes_a_file_and_refuses_a_bad_one(store: Settings, tmp_p
     broken.write_text("transaction_id,is_fraud\n1,maybe\n")
     result = CliRunner().invoke(app, ["labels", str(broken)])
     assert result.exit_code == 2 and "must be one of [0, 1] at rows 0" in result.output
+
+
+def test_the_replays_feed_sends_no_chargeback_for_a_declined_transaction() -> None:
+    """A declined transaction never happened: no chargeback comes, whatever the truth was."""
+    from pipelines.replay import LabelFeed
+
+    got: list[list[tuple[str, str, int]]] = []
+    feed = LabelFeed([(10, ("m1", "a", 1)), (20, ("m1", "b", 2)), (30, ("m2", "c", 3))], got.append)
+    feed.declined.add("b")
+    feed.until(25)
+    feed.until(40)
+    assert got == [[("m1", "a", 1)], [("m2", "c", 3)]] and feed.censored == 1 and feed.next_arrival() is None
+
+
+def test_quality_reads_the_store_as_of_its_time_and_leaves_the_declined_out(store: Settings) -> None:
+    from monitoring.quality import with_labels
+
+    chargebacks = frauds(store, 3)
+    record(store, chargebacks, "api")
+    tx = read_transactions(store.transactions_dir, "transaction_id IN ('{}')".format("', '".join(chargebacks["transaction_id"])))
+    logged = pd.DataFrame({"transaction_id": tx["transaction_id"], "timestamp": tx["timestamp"], "shadow": False,
+                           "decision": ["approve", "review", "decline"], "propensity": [1.0, 0.005, 0.995]})
+    late = tx["timestamp"].max() + 30 * DAY
+    labelled = with_labels(logged, store, late).set_index("transaction_id")
+    assert labelled["is_fraud"].tolist() == [1, 1], "the declined one is out: no label can come for it"
+    first = str(tx["transaction_id"].iloc[0])
+    record(store, pd.DataFrame({"transaction_id": [first], "is_fraud": [0], "reported_at": [late - DAY], "source": ["analyst"]}), "api")
+    assert with_labels(logged, store, late).set_index("transaction_id").loc[first, "is_fraud"] == 0, "the later verdict"
+    assert with_labels(logged, store, late - 2 * DAY).set_index("transaction_id").loc[first, "is_fraud"] == 1, "as the store stood then"

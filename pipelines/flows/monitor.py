@@ -70,6 +70,15 @@ class Monitoring:
         return self.drift.verdict
 
 
+def uncensored_like(reference: pd.DataFrame, logged: pd.DataFrame) -> pd.DataFrame:
+    """The reference as the labelled traffic is seen: the labelled traffic lacks its declines (no label
+    comes for them, `with_labels`), the fraud-richest rows, so the reference drops the same top share
+    of its scores. Without it, declining alone would read as a fall in the fraud rate."""
+    answered = logged[~logged["shadow"].astype(bool)] if len(logged) else logged
+    share = float(answered["decision"].eq("decline").mean()) if "decision" in answered and len(answered) else 0.0
+    return reference if share == 0.0 else reference[reference["score"] < reference["score"].quantile(1 - share)]
+
+
 @task
 def steer_bandit(settings: Settings, labelled: pd.DataFrame) -> float | None:
     """In routing mode `bandit`, set the challenger's share for every worker from its labelled
@@ -109,14 +118,14 @@ def monitor_flow(settings: Settings | None = None, label: str = "latest", since:
                                        settings.max_quality_drop, settings.min_labelled_frauds) if len(labelled) else ({}, [])
     # A fraud wave is mostly a change in the labels: the features and scores barely move until the
     # terminals' risk catches up, so the fraud rate of the labelled traffic is tested on its own.
-    champion_frame = references.frames["champion"].frame
+    champion_frame = uncensored_like(references.frames["champion"].frame, logged)
     labels = (rate_drift(labelled["is_fraud"], champion_frame["is_fraud"], "is_fraud", settings.rate_drift_p_value,
                          labelled.get("customer_id"), champion_frame.get("customer_id"))
               if len(labelled) >= settings.min_rows else None)
     reasons = [f"drift verdict on {drift.current_rows:,} predictions ({drift.drifted_share:.0%} of features drifted)"] if drift.verdict == "drift" else []
     if labels is not None and labels.drifted:
         reasons.append(f"fraud rate of labelled traffic {labelled['is_fraud'].mean():.2%} against "
-                       f"{references.frames['champion'].frame['is_fraud'].mean():.2%} in the reference (z-test p={labels.value:.1g})")
+                       f"{champion_frame['is_fraud'].mean():.2%} in the reference (z-test p={labels.value:.1g})")
     reasons += [f"{q.variant} v{q.version}: live AP {q.average_precision:.3f} vs {q.shipped_average_precision:.3f} when shipped"
                 for q in quality.values() if q.dropped]
     retrain = None
