@@ -61,23 +61,24 @@ def read(settings: Settings, since: datetime | None = None, until: datetime | No
     return select(f"SELECT * FROM read_parquet('{directory}/**/*.parquet', union_by_name=true, hive_partitioning=false) WHERE {where}").df()
 
 
-def logged(settings: Settings, ids: list[str]) -> pd.DataFrame:
-    """The answered predictions of these transaction ids: transaction_id, terminal_id, timestamp."""
-    columns = "transaction_id, terminal_id, timestamp"
+def logged(settings: Settings, ids: list[str], columns: tuple[str, ...] = ("transaction_id", "terminal_id", "timestamp")) -> pd.DataFrame:
+    """The answered (not shadow) predictions of these transaction ids, one row each, with `columns`
+    (among COLUMNS; transaction_id first)."""
+    wanted = ", ".join(columns)
     if settings.prediction_log_url:
         import psycopg
 
         with psycopg.connect(settings.prediction_log_url) as conn, conn.cursor() as cursor:
             try:
-                cursor.execute(f"SELECT DISTINCT ON (transaction_id) {columns} FROM {TABLE} WHERE NOT shadow AND transaction_id = ANY(%s)", (ids,))
+                cursor.execute(f"SELECT DISTINCT ON (transaction_id) {wanted} FROM {TABLE} WHERE NOT shadow AND transaction_id = ANY(%s)", (ids,))
             except psycopg.errors.UndefinedTable:
-                return pd.DataFrame(columns=columns.split(", "))
-            return pd.DataFrame(cursor.fetchall(), columns=columns.split(", "))
+                return pd.DataFrame(columns=list(columns))
+            return pd.DataFrame(cursor.fetchall(), columns=list(columns))
     if next(settings.predictions_dir.glob("**/*.parquet"), None) is None:
-        return pd.DataFrame(columns=columns.split(", "))
+        return pd.DataFrame(columns=list(columns))
     from core.query import select_joined
 
-    return select_joined(f"SELECT DISTINCT ON (transaction_id) {columns} FROM read_parquet('{settings.predictions_dir}/**/*.parquet', "
+    return select_joined(f"SELECT DISTINCT ON (transaction_id) {wanted} FROM read_parquet('{settings.predictions_dir}/**/*.parquet', "
                          "union_by_name=true, hive_partitioning=false) WHERE NOT shadow AND transaction_id IN (SELECT transaction_id FROM asked)",
                          asked=pd.DataFrame({"transaction_id": ids}))
 

@@ -15,7 +15,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from core.decisions import DECISIONS, Bands, Costs, choose_bands, cost, days_in
-from core.evaluation import cost_optimal_threshold, evaluate
+from core.evaluation import cost_optimal_threshold, evaluate, ips_weights
 from core.settings import Settings
 
 if TYPE_CHECKING:
@@ -151,8 +151,24 @@ def known_compromised(frame: pd.DataFrame, test: pd.DataFrame, windows: Windows)
     return first < windows.train_end + pd.to_timedelta(day, unit="D")
 
 
+def censor_by_policy(frame: pd.DataFrame, answers: pd.DataFrame) -> pd.DataFrame:
+    """The training set as the serving policy let its labels come back, as a `weight` per row. A
+    transaction the API declined never gets a chargeback, so its missing verdict says nothing: it
+    weighs 0, out of every fit and test (counting it legitimate teaches the model that what it was
+    surest of is fine: docs step 7's replay). An explored review (`core.decisions.explore`) weighs
+    1 / its propensity and stands for the declines like it. Rows the API never answered (the
+    simulated past, a backfill) weigh 1. `answers`: transaction_id, decision, propensity, from the
+    prediction log (`core.predictions.logged`)."""
+    policy = frame[["transaction_id"]].astype(str).merge(answers.astype({"transaction_id": str}), on="transaction_id", how="left")
+    return frame.assign(weight=ips_weights(policy["decision"].fillna(""), policy["propensity"].astype("float64")))
+
+
 def split(frame: pd.DataFrame, windows: Windows) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Fit, validation (the last third of the train window, for early stopping and the threshold), test."""
+    """Fit, validation (the last third of the train window, for early stopping and the threshold), test;
+    rows the policy censored (`censor_by_policy`, weight 0) in none of them. The test figures count
+    each remaining row once: an explored review's weight corrects the fit, not the test metrics."""
+    if "weight" in frame:
+        frame = frame[frame["weight"] > 0]
     validation_start = windows.train_end - (windows.train_end - windows.train_start) / 3
     test = window(frame, windows.test_start, windows.test_end)
     parts = (
@@ -192,11 +208,11 @@ def fit_on_dask(fit: pd.DataFrame, features: list[str], config: ModelConfig, cli
     from lightgbm.dask import DaskLGBMClassifier
 
     partitions = max(1, len(client.scheduler_info()["workers"]))
-    frame = fit[[*features, "is_fraud"]].astype({f: "float64" for f in features}).reset_index(drop=True)
+    frame = fit[[*features, "is_fraud", *(["weight"] if "weight" in fit else [])]].astype({f: "float64" for f in features}).reset_index(drop=True)
     data = client.persist(dd.from_pandas(frame, npartitions=partitions))
     params: dict[str, Any] = {k: v for k, v in config.params().items() if k != "num_threads"}  # each worker uses its own threads
     model = DaskLGBMClassifier(client=client, n_estimators=config.num_boost_round, **params)
-    model.fit(data[features], data["is_fraud"])
+    model.fit(data[features], data["is_fraud"], sample_weight=data["weight"] if "weight" in fit else None)
     return model.to_local().booster_
 
 

@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 
 from core.evaluation import card_precision_at_k, cost_optimal_threshold, expected_cost, recall_at_fpr
 from pipelines.training import ModelConfig, Windows
-from tests.conftest import fail_first_call
+from tests.conftest import fail_first_call, log_parts, log_records
 
 
 def test_card_precision_counts_cards_per_day() -> None:
@@ -50,6 +50,33 @@ def test_latest_windows_use_only_labels_that_have_arrived(trained) -> None:
     assert windows.test_end == pd.Timestamp("2025-05-20") - pd.Timedelta(days=trained.label_delay_days)
     assert windows.test_start - windows.train_end == pd.Timedelta(days=trained.label_delay_days)
     assert (windows.train_end - windows.train_start).days == trained.train_days
+
+
+def test_the_policys_declines_are_no_labels_and_its_explored_reviews_weigh_for_them(registry_copy) -> None:
+    """A declined fraud never gets a chargeback: retraining must not learn it as legitimate. The
+    decisions come through the real prediction log, as the API writes and the train flow reads it."""
+    from core import predictions
+    from features.offline import transactions_between
+    from pipelines.flows.train import censor_by_serving_policy
+    from pipelines.training import split
+
+    windows = Windows.from_settings(registry_copy)
+    frame = transactions_between(registry_copy.transactions_dir, windows.train_start, windows.test_end)
+    frame = frame.assign(transaction_id=frame["transaction_id"].astype(str), is_fraud=frame["is_fraud"].astype(int), event_timestamp=frame["timestamp"])
+    frauds = frame[frame["is_fraud"] == 1]["transaction_id"].tolist()
+    declined, explored, approved = frauds[0], frauds[1], frame[frame["is_fraud"] == 0]["transaction_id"].iloc[0]
+    records = [{**record, "transaction_id": tx, "decision": decision, "propensity": propensity}
+               for record, (tx, decision, propensity) in zip(log_records("x", 3), [(declined, "decline", 0.995), (explored, "review", 0.005),
+                                                                                    (approved, "approve", 1.0)])]
+    log_parts(registry_copy, "2025-07-01", [records])
+    assert len(predictions.logged(registry_copy, frame["transaction_id"].tolist(), ("transaction_id", "decision", "propensity"))) == 3
+
+    weighted = censor_by_serving_policy.fn(frame, registry_copy).set_index("transaction_id")["weight"]
+    assert weighted[declined] == 0.0 and weighted[explored] == pytest.approx(200.0) and weighted[approved] == 1.0
+    assert (weighted.drop([declined, explored]) == 1.0).all(), "a transaction the API never answered weighs 1"
+    parts = split(frame.assign(weight=weighted.to_numpy()), windows)
+    assert not any(declined in set(part["transaction_id"]) for part in parts), "the censored row is in no fit and no test"
+    assert sum(explored in set(part["transaction_id"]) for part in parts) == 1
 
 
 def test_run_is_logged_with_lineage_baselines_and_plots(trained) -> None:

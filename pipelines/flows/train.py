@@ -20,14 +20,14 @@ from mlflow.models import infer_signature
 from prefect import Flow, flow, get_run_logger, task
 from sklearn.metrics import average_precision_score
 
-from core import registry
+from core import predictions, registry
 from core.settings import Settings
 from features import labels
 from features.offline import transactions_between
 from features.schema import SchemaError
 from features.store import historical_features, model_features, open_store
 from pipelines.plots import write_plots
-from pipelines.training import ModelConfig, TrainResult, Windows, train, window
+from pipelines.training import ModelConfig, TrainResult, Windows, censor_by_policy, train, window
 
 # What the logged model needs to load and score, pinned to the versions that trained it. Named, not
 # inferred: MLflow's inference loads the model in a subprocess, 7 of a tiny training's 12 seconds.
@@ -79,6 +79,14 @@ def build_training_set(settings: Settings, start: pd.Timestamp, end: pd.Timestam
     labelled = transactions.assign(transaction_id=transactions["transaction_id"].astype(str)).merge(verdicts, on="transaction_id", how="left")
     labelled["is_fraud"] = labelled["is_fraud"].fillna(0).astype("int8")
     return historical_features(store, settings.feature_service, labelled), model_features(store, settings.feature_service)
+
+
+@task
+def censor_by_serving_policy(frame: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """Weigh each row by what the API decided for it (`censor_by_policy`): read fresh each run, outside
+    the cached join, since the log grows without the join's inputs changing."""
+    answers = predictions.logged(settings, frame["transaction_id"].astype(str).tolist(), ("transaction_id", "decision", "propensity"))
+    return censor_by_policy(frame, answers)
 
 
 @task
@@ -204,7 +212,8 @@ def champion_on(result: TrainResult, settings: Settings) -> float | None:
 
 def fingerprint_of(frame: pd.DataFrame, features: list[str], windows: Windows, config: ModelConfig, settings: Settings) -> str:
     """Same data, same features, same windows, same config, same code: same model."""
-    data = hashlib.sha256(pd.util.hash_pandas_object(frame[["transaction_id", *features, "is_fraud"]], index=False).values).hexdigest()
+    columns = ["transaction_id", *features, "is_fraud", *(["weight"] if "weight" in frame else [])]
+    data = hashlib.sha256(pd.util.hash_pandas_object(frame[columns], index=False).values).hexdigest()
     return hashlib.sha256(
         json.dumps([data, features, str(windows), asdict(config), settings.review_fee, settings.top_k, registry.git_commit()]).encode()
     ).hexdigest()
@@ -220,6 +229,7 @@ def train_flow(settings: Settings | None = None, config: ModelConfig = ModelConf
     folds = windows.prequential(settings.prequential_folds, settings.prequential_step_days) if config.scale_pos_weight is None else []
     first = min([windows.train_start, *(f.train_start for f in folds)])
     frame, features = build_training_set.submit(settings, first, windows.test_end).result()  # Feast point-in-time join, cached
+    frame = censor_by_serving_policy(frame, settings)  # declined: no label will come; explored: weighted
     check_training_data(frame, features, windows, settings)  # data checks before any fit
     fingerprint = fingerprint_of(frame, features, windows, config, settings)
     existing = registry.version_with_fingerprint(settings, fingerprint)
