@@ -44,11 +44,15 @@ class MonitoringCollector(Collector):
             yield family
         quality = GaugeMetricFamily("fraudops_live_average_precision", "AP on predictions whose labels arrived, per variant", labels=["variant"])
         shipped = GaugeMetricFamily("fraudops_shipped_average_precision", "AP on the test window when registered, per variant", labels=["variant"])
+        reference = GaugeMetricFamily("fraudops_reference_average_precision",
+                                      "AP of the model's reference traffic cut at the live decline share: what live AP is judged against", labels=["variant"])
         for variant, q in run["quality"].items():
             quality.add_metric([variant], q["average_precision"])
             shipped.add_metric([variant], q["shipped_average_precision"])
+            reference.add_metric([variant], q["reference_average_precision"])
         yield quality
         yield shipped
+        yield reference
         if run["label_drift"] is not None:
             yield GaugeMetricFamily("fraudops_label_drifted", "Fraud rate of labelled traffic drifted", value=1.0 if run["label_drift"]["drifted"] else 0.0)
         yield GaugeMetricFamily("fraudops_retrain_triggered", "The newest run triggered a retrain", value=0.0 if run["retrain"] is None else 1.0)

@@ -4,8 +4,12 @@ Fraud labels mature days after the transaction (chargebacks, investigations), so
 only on the part of the prediction log older than the label delay at `as_of`, with the verdicts the
 label store (`features.labels`) held at `as_of`: a matured transaction without a fraud verdict was
 legitimate, as a card issuer reads "no chargeback within the window". Each variant is judged
-with the same metric code as its test window at training time, so "worse than when we shipped it" is
-a like-for-like comparison; Evidently renders the classification report for people.
+with the same metric code as at training time, against its reference traffic (the test window's
+every transaction, scored when it shipped) seen as the live traffic is seen: without the top share
+of scores that live traffic declined, since no label comes for a declined transaction
+(`comparable_reference`). Against its test AP instead, a model that declines its surest 1% reads
+as a collapse: the frauds it catches best are exactly the ones missing from the labelled sample.
+Evidently renders the classification report for people.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import pandas as pd
 from evidently import BinaryClassification, DataDefinition, Dataset, Report
 from evidently.core.report import Snapshot
 from evidently.presets import ClassificationPreset
+from sklearn.metrics import average_precision_score
 
 from core.evaluation import evaluate, expected_cost, ips_average_precision, ips_weights
 from core.settings import Settings
@@ -35,7 +40,8 @@ class Quality:
     average_precision: float
     expected_cost: float
     cost_of_no_model: float
-    shipped_average_precision: float  # the model's test-window AP when it was registered
+    shipped_average_precision: float  # the model's test-window AP when it was registered (for the record)
+    reference_average_precision: float  # its reference traffic's AP as live traffic is seen: the drop is judged against this
     ips_average_precision: float  # AP with each row weighted by 1 / its decision's propensity: explored reviews stand for the declines
     dropped: bool
     html: str
@@ -55,20 +61,35 @@ def with_labels(predictions: pd.DataFrame, settings: Settings, as_of: datetime) 
     return labelled.assign(is_fraud=labelled["is_fraud"].fillna(0).astype("int64"))
 
 
+def comparable_reference(reference: pd.DataFrame, logged: pd.DataFrame) -> pd.DataFrame:
+    """The reference as the labelled traffic is seen: the labelled traffic lacks its declines (no
+    label comes for them, `with_labels`), the fraud-richest rows, so the reference drops the same top
+    share of its scores. Without it, declining alone would read as a fall in the fraud rate and in AP."""
+    answered = logged[~logged["shadow"].astype(bool)] if len(logged) else logged
+    share = float(answered["decision"].eq("decline").mean()) if "decision" in answered and len(answered) else 0.0
+    return reference if share == 0.0 else reference[reference["score"] < reference["score"].quantile(1 - share)]
+
+
+def reference_ap(reference: pd.DataFrame, logged: pd.DataFrame) -> float:
+    """AP of the reference's shipped scores, cut as `comparable_reference` cuts it."""
+    seen = comparable_reference(reference, logged)
+    return float(average_precision_score(seen["is_fraud"], seen["score"])) if 0 < seen["is_fraud"].sum() < len(seen) else float("nan")
+
+
 def _ips_ap(frame: pd.DataFrame) -> float:
     propensities = frame["propensity"] if "propensity" in frame else pd.Series(1.0, index=frame.index)
     weights = ips_weights(pd.Series("", index=frame.index), propensities.astype("float64"))  # the declined are out already
     return ips_average_precision(frame["is_fraud"].to_numpy(), frame["score"].to_numpy(), weights)
 
 
-def judge(labelled: pd.DataFrame, shipped: dict[str, tuple[str, float]], out_dir: Path, review_fee: float, top_k: int,
+def judge(labelled: pd.DataFrame, shipped: dict[str, tuple[str, float, float]], out_dir: Path, review_fee: float, top_k: int,
           max_drop: float, min_frauds: int) -> tuple[dict[str, Quality], list[Snapshot]]:
     """Per variant with at least `min_frauds` labelled frauds: its live metrics against the AP it
     shipped with; `dropped` when live AP fell by more than `max_drop` of that. Also returns the
     Evidently snapshots, for the workspace's history across runs."""
     results: dict[str, Quality] = {}
     snapshots: list[Snapshot] = []
-    for variant, (version, shipped_ap) in shipped.items():
+    for variant, (version, shipped_ap, comparable_ap) in shipped.items():
         rows = labelled[(labelled["variant"] == variant) & (labelled["model_version"] == version)]
         if int(rows["is_fraud"].sum()) < min_frauds:
             continue
@@ -88,7 +109,7 @@ def judge(labelled: pd.DataFrame, shipped: dict[str, tuple[str, float]], out_dir
             variant, version, len(frame), int(frame["is_fraud"].sum()), float(values["Precision"]), float(values["Recall"]),
             # the cost of the decisions actually returned, each at its model's own threshold
             live_ap, expected_cost(frame["is_fraud"].to_numpy(), frame["amount"].to_numpy(), flagged, review_fee),
-            metrics["cost_of_no_model"], shipped_ap, _ips_ap(frame),
-            live_ap < shipped_ap * (1 - max_drop), str(html),
+            metrics["cost_of_no_model"], shipped_ap, comparable_ap, _ips_ap(frame),
+            live_ap < comparable_ap * (1 - max_drop), str(html),
         )
     return results, snapshots

@@ -329,7 +329,7 @@ def monitor(
     console.print(f"drift verdict: [bold]{drift.verdict}[/] over {drift.current_rows:,} predictions; report {drift.html}")
     for q in outcome.quality.values():
         console.print(f"quality of {q.variant} v{q.version} on {q.labelled_rows:,} labelled predictions: precision {q.precision:.3f}, "
-                      f"recall {q.recall:.3f}, AP {q.average_precision:.3f} (shipped {q.shipped_average_precision:.3f}), cost {q.expected_cost:,.0f}")
+                      f"recall {q.recall:.3f}, AP {q.average_precision:.3f} (reference {q.reference_average_precision:.3f}), cost {q.expected_cost:,.0f}")
     if outcome.retrain is not None:
         console.print(f"retrained because {'; '.join(outcome.reasons)}: version {outcome.retrain['version']} as {outcome.retrain['alias']}")
 
@@ -353,7 +353,7 @@ def deploy(
 
 @app.command()
 def bench(
-    section: Annotated[Optional[list[str]], typer.Option(help="Section to run: features, training, serving, monitoring, scaling, budget, batch, bandit, exploration. Repeatable; default: all.")] = None,
+    section: Annotated[Optional[list[str]], typer.Option(help="Section to run: features, training, serving, monitoring, scaling, budget, batch, bandit, exploration, concept. Repeatable; default: all.")] = None,
     scale: Annotated[str, typer.Option(help="full: the handbook's 5,000 customers x 183 days; small: a quick look.")] = "full",
     repeat: Annotated[int, typer.Option(min=1, help="Repetitions per timing; the table shows medians.")] = 3,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures as JSON, by section and figure.")] = None,

@@ -164,7 +164,7 @@ def production_period(settings: Settings, console: Console, period: str, first: 
                   f"({outcome.drift.drifted_share:.0%} of features drifted)")
     for q in outcome.quality.values():
         console.print(f"[green]✓[/] labels arrived for {q.labelled_rows:,} {q.variant} predictions: AP {q.average_precision:.3f} "
-                      f"(shipped with {q.shipped_average_precision:.3f}), precision {q.precision:.3f}, recall {q.recall:.3f}")
+                      f"(its reference traffic {q.reference_average_precision:.3f}), precision {q.precision:.3f}, recall {q.recall:.3f}")
     if outcome.retrain is not None and outcome.retrain["version"] is None:
         console.print(f"[yellow]![/] the monitor retrained, and the candidate failed the gate: {outcome.retrain['gate']}")
     elif outcome.retrain is not None:

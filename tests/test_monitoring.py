@@ -160,3 +160,41 @@ def test_a_monitor_run_merges_the_finished_days_of_the_prediction_log_before_it_
     monitor_flow(settings, "compaction")
     assert [p.name.startswith("part-compacted-") for p in (settings.predictions_dir / "date=2025-07-01").iterdir()] == [True]
     assert sorted(predictions.read(settings)["transaction_id"]) == ["a0", "a1", "a2", "b0", "b1"]
+
+
+def scored_traffic(n: int, seed: int) -> pd.DataFrame:
+    """2% fraud, 40% of it scored far above everything else (what the model declines), the rest
+    only a little above legitimate traffic."""
+    rng = np.random.default_rng(seed)
+    fraud = rng.uniform(size=n) < 0.02
+    obvious = fraud & (rng.uniform(size=n) < 0.4)
+    score = np.where(obvious, rng.uniform(0.9, 1.0, n), np.where(fraud, rng.beta(3, 7, n), rng.beta(1.5, 10, n)))
+    return pd.DataFrame({"score": score, "is_fraud": fraud.astype(int), "amount": rng.gamma(2.0, 25.0, n),
+                         "customer_id": rng.integers(0, 2_000, n).astype(str), "timestamp": pd.Timestamp("2025-06-01")})
+
+
+def test_live_quality_is_judged_against_the_reference_cut_at_the_live_decline_share(tmp_path) -> None:
+    """Declined transactions never get a label, and they are the frauds a model catches best: the
+    labelled rest of an unchanged model scores far below its test AP. Judged against that, every
+    model that declines reads as broken; against its reference cut at the same decline share, an
+    unchanged model does not."""
+    from sklearn.metrics import average_precision_score
+
+    from monitoring.quality import judge, reference_ap
+
+    reference, today = scored_traffic(40_000, 0), scored_traffic(40_000, 1)
+    declined = today["score"] >= today["score"].quantile(0.99)
+    logged = today.assign(decision=np.where(declined, "decline", "approve"), shadow=False, variant="champion", model_version="1",
+                          is_fraud_predicted=declined)
+    labelled = logged[~declined]
+    shipped = float(average_precision_score(reference["is_fraud"], reference["score"]))
+    comparable = reference_ap(reference, logged)
+    live_ap = float(average_precision_score(labelled["is_fraud"], labelled["score"]))
+    assert live_ap < 0.5 * shipped, "the censoring alone halves AP: the case this test is about"
+    assert abs(comparable - live_ap) < 0.35 * live_ap, "the reference cut the same way reads what live traffic reads"
+    judged, _ = judge(labelled, {"champion": ("1", shipped, comparable)}, tmp_path, 5.0, 100, 0.5, 20)
+    assert not judged["champion"].dropped and judged["champion"].reference_average_precision == comparable
+    # the same model with its obvious frauds gone unflagged is a drop against the same reference
+    worse = labelled.assign(score=np.where(labelled["is_fraud"] == 1, labelled["score"] * 0.3, labelled["score"]))
+    judged, _ = judge(worse, {"champion": ("1", shipped, comparable)}, tmp_path, 5.0, 100, 0.5, 20)
+    assert judged["champion"].dropped

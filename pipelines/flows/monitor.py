@@ -18,7 +18,7 @@ from core.settings import Settings
 from monitoring import workspace
 from monitoring.canary import compare, of_current_versions, thompson_share
 from monitoring.drift import ColumnDrift, DriftLimits, DriftSummary, Reference, drift_report, rate_drift
-from monitoring.quality import Quality, judge, with_labels
+from monitoring.quality import Quality, comparable_reference, judge, reference_ap, with_labels
 from pipelines.flows.featurize import features_flow
 from pipelines.flows.train import REFERENCE_FILE, training_flow
 from pipelines.training import ModelConfig
@@ -70,15 +70,6 @@ class Monitoring:
         return self.drift.verdict
 
 
-def uncensored_like(reference: pd.DataFrame, logged: pd.DataFrame) -> pd.DataFrame:
-    """The reference as the labelled traffic is seen: the labelled traffic lacks its declines (no label
-    comes for them, `with_labels`), the fraud-richest rows, so the reference drops the same top share
-    of its scores. Without it, declining alone would read as a fall in the fraud rate."""
-    answered = logged[~logged["shadow"].astype(bool)] if len(logged) else logged
-    share = float(answered["decision"].eq("decline").mean()) if "decision" in answered and len(answered) else 0.0
-    return reference if share == 0.0 else reference[reference["score"] < reference["score"].quantile(1 - share)]
-
-
 @task
 def steer_bandit(settings: Settings, labelled: pd.DataFrame) -> float | None:
     """In routing mode `bandit`, set the challenger's share for every worker from its labelled
@@ -114,11 +105,14 @@ def monitor_flow(settings: Settings | None = None, label: str = "latest", since:
     matured_until = as_of - timedelta(days=settings.label_delay_days)
     logged = predictions.read(settings, matured_until - timedelta(days=settings.quality_days), matured_until)
     labelled = with_labels(logged, settings, as_of) if len(logged) else logged
-    quality, quality_snapshots = judge(labelled, references.shipped_ap, out_dir, settings.review_fee, settings.top_k,
+    # each variant against its own reference traffic, cut at the decline share its live traffic had
+    baselines = {alias: (version, ap, reference_ap(references.frames[alias].frame, logged[logged["variant"] == alias] if len(logged) else logged))
+                 for alias, (version, ap) in references.shipped_ap.items()}
+    quality, quality_snapshots = judge(labelled, baselines, out_dir, settings.review_fee, settings.top_k,
                                        settings.max_quality_drop, settings.min_labelled_frauds) if len(labelled) else ({}, [])
     # A fraud wave is mostly a change in the labels: the features and scores barely move until the
     # terminals' risk catches up, so the fraud rate of the labelled traffic is tested on its own.
-    champion_frame = uncensored_like(references.frames["champion"].frame, logged)
+    champion_frame = comparable_reference(references.frames["champion"].frame, logged)
     labels = (rate_drift(labelled["is_fraud"], champion_frame["is_fraud"], "is_fraud", settings.rate_drift_p_value,
                          labelled.get("customer_id"), champion_frame.get("customer_id"))
               if len(labelled) >= settings.min_rows else None)
@@ -126,7 +120,7 @@ def monitor_flow(settings: Settings | None = None, label: str = "latest", since:
     if labels is not None and labels.drifted:
         reasons.append(f"fraud rate of labelled traffic {labelled['is_fraud'].mean():.2%} against "
                        f"{champion_frame['is_fraud'].mean():.2%} in the reference (z-test p={labels.value:.1g})")
-    reasons += [f"{q.variant} v{q.version}: live AP {q.average_precision:.3f} vs {q.shipped_average_precision:.3f} when shipped"
+    reasons += [f"{q.variant} v{q.version}: live AP {q.average_precision:.3f} vs {q.reference_average_precision:.3f} on its reference traffic"
                 for q in quality.values() if q.dropped]
     retrain = None
     if reasons and settings.retrain_on_drift:
