@@ -68,8 +68,9 @@ def _rows(rows: np.ndarray) -> str:
 
 
 def score_rows(settings: Settings, model: LoadedModel, transactions: pd.DataFrame, explain: bool = False,
-               threads: int = 2) -> pd.DataFrame:
-    """Features for each transaction as of its own time, then scores and decisions, in input order.
+               threads: int = 2, with_features: bool = False) -> pd.DataFrame:
+    """Features for each transaction as of its own time, then scores and decisions, in input order
+    (`with_features`: the model's features too, as the prediction log keeps them).
     A transaction the feature table does not hold (not ingested, or ingested after the feature job
     ran) has no features to score with and fails the batch, with its rows named."""
     from features.store import historical_features, open_store
@@ -83,7 +84,9 @@ def score_rows(settings: Settings, model: LoadedModel, transactions: pd.DataFram
                          f"(ingest the transactions and run `fraudops features apply` before scoring them)")
     matrix = joined[list(model.features)].to_numpy(np.float64)
     scores = model.score(matrix, threads)
-    out = joined[[ROW, "transaction_id", "event_timestamp", "customer_id", "terminal_id", "amount"]].rename(columns={"event_timestamp": "timestamp"})
+    kept = [ROW, "transaction_id", "event_timestamp", "customer_id", "terminal_id", "amount"]
+    kept += [f for f in model.features if f not in kept] if with_features else []
+    out = joined[kept].rename(columns={"event_timestamp": "timestamp"})
     out = out.assign(score=scores, is_fraud_predicted=scores >= model.threshold, decision=np.asarray(DECISIONS)[model.bands.decide(scores)],
                      threshold=model.threshold, model_version=model.version)
     if explain:

@@ -141,3 +141,25 @@ def test_decisions_follow_the_bands_training_chose_and_registered(registry_copy,
     assert model is not None and model.bands == bands
     out = pd.read_parquet(score(registry_copy, held_out_window(registry_copy)[COLUMNS], tmp_path / "s.parquet").path)
     assert list(out["decision"]) == [DECISIONS[i] for i in bands.decide(out["score"].to_numpy())]
+
+
+def test_batch_answers_logged_through_the_apis_sink_are_what_the_monitor_judges(registry_copy) -> None:
+    """The concept-drift bench logs batch-scored days instead of replaying them over HTTP: the log
+    must hold what the API's records hold, and the monitor must judge it like the API's."""
+    from datetime import timedelta
+
+    from core import predictions
+    from pipelines.bench.concept_section import log_scored
+    from pipelines.flows import monitor_flow
+    from serving.models import fetch
+
+    settings = registry_copy.model_copy(update={"retrain_on_drift": False})
+    start = Windows.from_settings(settings).test_start.to_pydatetime()
+    scored = log_scored(settings, start, start + timedelta(days=2))
+    logged = predictions.read(settings, start, start + timedelta(days=2))
+    model = fetch(settings, "champion")
+    assert model is not None and len(logged) == len(scored) > 0
+    assert set(model.features) <= set(logged.columns) and set(predictions.COLUMNS) <= set(logged.columns)
+    assert scored["is_fraud"].isin([0, 1]).all(), "each answer carries the simulator's truth for the bench"
+    outcome = monitor_flow(settings, "batch-logged", start, start + timedelta(days=2))
+    assert outcome.drift.current_rows == len(scored) and "champion" in outcome.drift.prediction

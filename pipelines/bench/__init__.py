@@ -17,6 +17,7 @@ from core.settings import Settings
 from pipelines.bench.bandit_section import bandit_section
 from pipelines.bench.batch_section import batch_section
 from pipelines.bench.budget_section import budget_section
+from pipelines.bench.concept_section import concept_section
 from pipelines.bench.exploration_section import exploration_section
 from pipelines.bench.common import Section
 from pipelines.bench.features_section import features_section
@@ -35,6 +36,7 @@ SECTIONS: dict[str, Callable[[Settings, str, int], Section]] = {
     "batch": batch_section,
     "bandit": bandit_section,
     "exploration": exploration_section,
+    "concept": concept_section,
 }
 
 
