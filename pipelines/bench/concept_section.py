@@ -34,7 +34,8 @@ def log_scored(settings: Settings, start: pd.Timestamp, end: pd.Timestamp) -> pd
 
     truth = transactions_between(settings.transactions_dir, start, end)
     model = fetch(settings, "champion")
-    assert model is not None, "the world's champion was trained just before"
+    if model is None:
+        raise RuntimeError(f"no champion of {settings.model_name} to score with: the world's training did not register one")
     scored = score_rows(settings, model, truth.drop(columns=["is_fraud", "fraud_scenario"]), with_features=True)
     taken = [explore(d, t, settings.exploration_share) for d, t in zip(scored["decision"], scored["transaction_id"])]
     log = scored.drop(columns=["input_row", "threshold"]).assign(
