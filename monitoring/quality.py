@@ -82,14 +82,15 @@ def _ips_ap(frame: pd.DataFrame) -> float:
     return ips_average_precision(frame["is_fraud"].to_numpy(), frame["score"].to_numpy(), weights)
 
 
-def judge(labelled: pd.DataFrame, shipped: dict[str, tuple[str, float, float]], out_dir: Path, review_fee: float, top_k: int,
+def judge(labelled: pd.DataFrame, baselines: dict[str, tuple[str, float, float]], out_dir: Path, review_fee: float, top_k: int,
           max_drop: float, min_frauds: int) -> tuple[dict[str, Quality], list[Snapshot]]:
-    """Per variant with at least `min_frauds` labelled frauds: its live metrics against the AP it
-    shipped with; `dropped` when live AP fell by more than `max_drop` of that. Also returns the
-    Evidently snapshots, for the workspace's history across runs."""
+    """Per variant with at least `min_frauds` labelled frauds: its live metrics against its baseline,
+    `baselines[variant]` = (version, test AP when shipped, `reference_ap`); `dropped` when live AP fell
+    by more than `max_drop` of the reference AP. Also returns the Evidently snapshots, for the
+    workspace's history across runs."""
     results: dict[str, Quality] = {}
     snapshots: list[Snapshot] = []
-    for variant, (version, shipped_ap, comparable_ap) in shipped.items():
+    for variant, (version, shipped_ap, comparable_ap) in baselines.items():
         rows = labelled[(labelled["variant"] == variant) & (labelled["model_version"] == version)]
         if int(rows["is_fraud"].sum()) < min_frauds:
             continue

@@ -28,7 +28,7 @@ def log_scored(settings: Settings, start: pd.Timestamp, end: pd.Timestamp) -> pd
     (decisions and exploration as the API takes them); returns them with the simulator's truth."""
     from core.decisions import explore
     from features.offline import transactions_between
-    from pipelines.batch import score_rows
+    from pipelines.batch import ROW, score_rows
     from serving.models import fetch
     from serving.predlog import sink_for
 
@@ -38,7 +38,7 @@ def log_scored(settings: Settings, start: pd.Timestamp, end: pd.Timestamp) -> pd
         raise RuntimeError(f"no champion of {settings.model_name} to score with: the world's training did not register one")
     scored = score_rows(settings, model, truth.drop(columns=["is_fraud", "fraud_scenario"]), with_features=True)
     taken = [explore(d, t, settings.exploration_share) for d, t in zip(scored["decision"], scored["transaction_id"])]
-    log = scored.drop(columns=["input_row", "threshold"]).assign(
+    log = scored.drop(columns=[ROW, "threshold"]).assign(
         decision=[d for d, _ in taken], propensity=[p for _, p in taken], variant="champion", shadow=False,
         features_missing=0, degraded=False, latency_ms=0.0)
     sink_for(settings)(log.to_dict("records"))
@@ -53,7 +53,7 @@ def world(settings: Settings, drift: tuple[str, ...]) -> dict[str, float]:
     from pipelines.training import ModelConfig, Windows
 
     windows = Windows.from_settings(settings)
-    change_day = settings.train_start_day + settings.train_days + settings.label_delay_days + settings.test_days
+    change_day = (windows.test_end - pd.Timestamp(settings.start_date)).days  # the day after the test window
     write_simulation(SimulationConfig.from_settings(settings, drift=drift, drift_start_day=change_day), settings.transactions_dir, replace=True)
     clear(settings)
     delay = timedelta(days=settings.label_delay_days)

@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.settings import Settings
 from pipelines.bench.common import Section
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 DASK_WORKERS = 2
 Figures = tuple[float, float, int]  # seconds, peak RSS in MB, rows
@@ -24,6 +29,20 @@ def _peak_mb() -> float:
     the parent's peak as its own."""
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+
+
+@contextmanager
+def _local_cluster() -> Iterator[Client]:
+    """A client of a LocalCluster of DASK_WORKERS processes of one thread each, as both Dask jobs use."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=DASK_WORKERS, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
+        yield client
+
+
+def _peak_with_workers(client: Client) -> float:
+    """The largest peak RSS of this process and the cluster's workers, in MB."""
+    return max([_peak_mb(), *client.run(_peak_mb).values()])
 
 
 def _features(settings_json: str, on_dask: bool) -> Figures:
@@ -39,13 +58,11 @@ def _features(settings_json: str, on_dask: bool) -> Figures:
     if not on_dask:
         rows = compute_features(s.transactions_dir, s.features_dir, frauds, delay)["transaction"]
         return time.perf_counter() - started, _peak_mb(), rows
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=DASK_WORKERS, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
-        rows = compute_features(s.transactions_dir, s.features_dir, frauds, delay, s.feature_buckets, dask_runner(cluster.scheduler_address))["transaction"]
+    with _local_cluster() as client:
+        rows = compute_features(s.transactions_dir, s.features_dir, frauds, delay, s.feature_buckets, dask_runner(client.scheduler_info()["address"]))["transaction"]
         seconds = time.perf_counter() - started
-        workers = client.run(_peak_mb)
-    return seconds, max([_peak_mb(), *workers.values()]), rows
+        peak = _peak_with_workers(client)
+    return seconds, peak, rows
 
 
 def _fit(settings_json: str, on_dask: bool) -> Figures:
@@ -71,14 +88,12 @@ def _fit(settings_json: str, on_dask: bool) -> Figures:
         started = time.perf_counter()
         fit_booster(fit, validation, features, config)
         return time.perf_counter() - started, _peak_mb(), len(fit)
-    from distributed import Client, LocalCluster
-
-    with LocalCluster(n_workers=DASK_WORKERS, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
+    with _local_cluster() as client:
         started = time.perf_counter()
         fit_booster(fit, validation, features, config, client)
         seconds = time.perf_counter() - started
-        workers = client.run(_peak_mb)
-    return seconds, max([_peak_mb(), *workers.values()]), len(fit)
+        peak = _peak_with_workers(client)
+    return seconds, peak, len(fit)
 
 
 def _call(conn: Connection, call: Callable[..., Figures], args: tuple[object, ...]) -> None:
