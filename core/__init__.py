@@ -1,2 +1,3 @@
-"""The ground floor: settings, the registry client, evaluation metrics, runtime helpers and the
-contracts (prediction log, monitor report) that the packages above share. Imports nothing of fraudops."""
+"""The ground floor: settings, the registry client, runtime helpers and the rule for private-API
+doors, and the contracts (prediction log, monitor report) that the packages above share. Imports
+nothing of fraudops."""

@@ -52,10 +52,10 @@ class Settings(BaseSettings):
     # Features. Labels are known only `label_delay_days` after a transaction, so terminal risk skips them.
     label_delay_days: int = Field(7, ge=0)
 
-    # Feast: registry is a local file unless a SQLAlchemy URL is given; online store SQLite unless Redis is.
+    # Feast: registry is a local file unless a SQLAlchemy URL is given. The live state: SQLite unless Redis is.
     feast_project: str = "fraudops"
     feast_registry_url: str | None = Field(None, description="e.g. postgresql+psycopg://postgres@localhost/feast")
-    feast_redis_url: str | None = Field(None, description="host:port[,db=N] of the Redis online store")
+    feast_redis_url: str | None = Field(None, description="host:port[,db=N] of the Redis that holds the live feature state (features/state.py); unset: SQLite in the state folder. Feast itself serves nothing online.")
     feature_service: str = "fraud_detection_v2"
 
     # Training: the handbook's protocol, a train window, a delay period, then a test window.
@@ -73,11 +73,11 @@ class Settings(BaseSettings):
     min_train_frauds: int = Field(20, ge=1, description="Data check: fewer frauds than this in the train window fails the run.")
     review_fee: float = Field(5.0, ge=0, description="Cost of one false alarm (an analyst's review).")
     top_k: int = Field(100, ge=1, description="Daily review capacity: cards an analyst team can check per day.")
-    # The decision bands (core/decisions.py): what each action costs beside the review fee.
+    # The decision bands (model/decisions.py): what each action costs beside the review fee.
     step_up_fee: float = Field(1.0, ge=0, description="Cost of one step-up challenge (a one-time code): the friction on a good customer.")
     step_up_catch: float = Field(0.8, ge=0, le=1, description="Share of frauds a step-up challenge stops.")
     decline_fee: float = Field(20.0, ge=0, description="Cost of declining a good customer: the lost sale and the call that follows.")
-    exploration_share: float = Field(0.005, ge=0, le=0.5, description="Share of would-be declines sent to review instead, with their propensity logged (core/decisions.py::explore): the labels a declined transaction never gets.")
+    exploration_share: float = Field(0.005, ge=0, le=0.5, description="Share of would-be declines sent to review instead, with their propensity logged (model/decisions.py::explore): the labels a declined transaction never gets.")
     # Promotion criteria `fraudops promote` checks on the canary's labelled traffic (monitoring/canary.py).
     promote_min_frauds: int = Field(30, ge=1, description="Labelled frauds each variant needs before the canary can be judged.")
     bandit_min_share: float = Field(0.02, ge=0, le=1, description="Routing mode bandit: the least share the challenger keeps, so its estimate keeps learning.")

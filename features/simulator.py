@@ -117,13 +117,9 @@ def _compromise_calendar(
     return calendar
 
 
-def simulate_chunks(
-    cfg: SimulationConfig, on_chunk: Callable[[int], None] | None = None
-) -> Iterator[pd.DataFrame]:
-    """Yield the transactions chunk by chunk of days, in time order, each a frame in the raw schema."""
-    p = make_profiles(cfg)
+def _calendars(cfg: SimulationConfig, drift_from: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which terminals and which cards are compromised on which day: [terminal, day] and [card, day]."""
     fraud_rng = np.random.default_rng([cfg.seed, 1])
-    drift_from = cfg.drift_start_day if cfg.drift_start_day is not None else cfg.days
     day_index = np.arange(cfg.days)
     terminals_per_day = np.where(
         (day_index >= drift_from) & (Drift.terminal_wave in cfg.drift),
@@ -134,48 +130,60 @@ def simulate_chunks(
         fraud_rng, cfg.terminals, cfg.days, terminals_per_day, cfg.terminal_compromise_days
     )
     customer_calendar = _compromise_calendar(
-        fraud_rng,
-        cfg.customers,
-        cfg.days,
-        np.full(cfg.days, cfg.compromised_customers_per_day),
-        cfg.customer_compromise_days,
+        fraud_rng, cfg.customers, cfg.days, np.full(cfg.days, cfg.compromised_customers_per_day), cfg.customer_compromise_days
     )
+    return terminal_calendar, customer_calendar
+
+
+def _chunk(cfg: SimulationConfig, p: Profiles, rng: np.random.Generator, days: np.ndarray, drift_from: int,
+           calendars: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, ...]:
+    """One chunk of days' transactions, unordered: (customer, day, seconds, amount, terminal, scenario)."""
+    terminal_calendar, customer_calendar = calendars
     reachable = np.diff(p.offsets)
+    counts = rng.poisson(np.outer(p.tx_per_day, np.ones(len(days))))  # [customer, day]
+    counts[reachable == 0] = 0  # a customer with no terminal in reach cannot pay anywhere
+    customer = np.repeat(np.repeat(np.arange(cfg.customers), len(days)), counts.ravel())
+    day = np.repeat(np.tile(days, cfg.customers), counts.ravel())
+    seconds = rng.normal(SECONDS_PER_DAY / 2, 20_000, size=customer.size).astype(np.int64)
+    keep = (seconds > 0) & (seconds < SECONDS_PER_DAY)
+    customer, day, seconds = customer[keep], day[keep], seconds[keep]
+
+    amount = rng.normal(p.mean_amount[customer], p.std_amount[customer])
+    negative = amount < 0
+    amount[negative] = rng.uniform(0, 2 * p.mean_amount[customer[negative]])
+    if Drift.amount_inflation in cfg.drift:
+        amount = np.where(day >= drift_from, amount * cfg.inflation, amount)
+    amount = np.round(amount, 2)
+    pick = (rng.uniform(size=customer.size) * reachable[customer]).astype(np.int64)
+    terminal = p.reach[p.offsets[customer] + pick]
+
+    scenario = np.zeros(customer.size, dtype=np.int8)
+    scenario[amount > 220] = 1
+    scenario[terminal_calendar[terminal, day]] = 2
+    leaked = customer_calendar[customer, day] & (rng.uniform(size=customer.size) < 1 / 3)
+    inflated = leaked & ~((Drift.mimicry in cfg.drift) & (day >= drift_from))
+    amount[inflated] = np.round(amount[inflated] * 5, 2)
+    scenario[leaked] = 3
+
+    if cfg.card_testing:
+        burst = _card_tests(cfg, p, rng, days, reachable)
+        return tuple(np.concatenate([base, extra]) for base, extra in zip((customer, day, seconds, amount, terminal, scenario), burst))
+    return customer, day, seconds, amount, terminal, scenario
+
+
+def simulate_chunks(
+    cfg: SimulationConfig, on_chunk: Callable[[int], None] | None = None
+) -> Iterator[pd.DataFrame]:
+    """Yield the transactions chunk by chunk of days, in time order, each a frame in the raw schema."""
+    p = make_profiles(cfg)
+    drift_from = cfg.drift_start_day if cfg.drift_start_day is not None else cfg.days
+    calendars = _calendars(cfg, drift_from)
     start = pd.Timestamp(cfg.start_date)
     next_id = 0
     for chunk, first in enumerate(range(0, cfg.days, cfg.chunk_days)):
         days = np.arange(first, min(first + cfg.chunk_days, cfg.days))
-        rng = np.random.default_rng([cfg.seed, 2, chunk])
-        counts = rng.poisson(np.outer(p.tx_per_day, np.ones(len(days))))  # [customer, day]
-        counts[reachable == 0] = 0  # a customer with no terminal in reach cannot pay anywhere
-        customer = np.repeat(np.repeat(np.arange(cfg.customers), len(days)), counts.ravel())
-        day = np.repeat(np.tile(days, cfg.customers), counts.ravel())
-        seconds = rng.normal(SECONDS_PER_DAY / 2, 20_000, size=customer.size).astype(np.int64)
-        keep = (seconds > 0) & (seconds < SECONDS_PER_DAY)
-        customer, day, seconds = customer[keep], day[keep], seconds[keep]
-
-        amount = rng.normal(p.mean_amount[customer], p.std_amount[customer])
-        negative = amount < 0
-        amount[negative] = rng.uniform(0, 2 * p.mean_amount[customer[negative]])
-        if Drift.amount_inflation in cfg.drift:
-            amount = np.where(day >= drift_from, amount * cfg.inflation, amount)
-        amount = np.round(amount, 2)
-        pick = (rng.uniform(size=customer.size) * reachable[customer]).astype(np.int64)
-        terminal = p.reach[p.offsets[customer] + pick]
-
-        scenario = np.zeros(customer.size, dtype=np.int8)
-        scenario[amount > 220] = 1
-        scenario[terminal_calendar[terminal, day]] = 2
-        leaked = customer_calendar[customer, day] & (rng.uniform(size=customer.size) < 1 / 3)
-        inflated = leaked & ~((Drift.mimicry in cfg.drift) & (day >= drift_from))
-        amount[inflated] = np.round(amount[inflated] * 5, 2)
-        scenario[leaked] = 3
-
-        if cfg.card_testing:
-            burst = _card_tests(cfg, p, rng, days, reachable)
-            customer, day, seconds, amount, terminal, scenario = (
-                np.concatenate([base, extra]) for base, extra in zip((customer, day, seconds, amount, terminal, scenario), burst))
-
+        customer, day, seconds, amount, terminal, scenario = _chunk(cfg, p, np.random.default_rng([cfg.seed, 2, chunk]), days,
+                                                                   drift_from, calendars)
         order = np.lexsort((seconds, day))
         n = order.size
         frame = pd.DataFrame(

@@ -24,9 +24,9 @@ from evidently.core.report import Snapshot
 from evidently.presets import ClassificationPreset
 from sklearn.metrics import average_precision_score
 
-from core.evaluation import evaluate, expected_cost, ips_average_precision, ips_weights
 from core.settings import Settings
 from features.labels import current
+from model.evaluation import evaluate, expected_cost, ips_average_precision, ips_weights
 
 
 @dataclass

@@ -1,2 +1,3 @@
-"""Prefect flows, the `fraudops` CLI and the one settings object. Importing the package imports
-nothing heavy: Prefect loads only where a flow runs."""
+"""The top floor: Prefect flows as thin wrappers over the packages below, batch scoring, traffic
+replay, the `fraudops` CLI, the demo and the benchmarks. Importing the package imports nothing
+heavy: Prefect loads only where a flow runs."""

@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from core.decisions import DECISIONS
 from core.runtime import atomic_path
 from core.settings import Settings
 from features.schema import SchemaError, validate_transactions
-from serving.models import LoadedModel, fetch
+from model.decisions import DECISIONS
+from model.loaded import LoadedModel, fetch
+from model.reasons import reason_columns
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -89,13 +90,7 @@ def score_rows(settings: Settings, model: LoadedModel, transactions: pd.DataFram
     out = joined[kept].rename(columns={"event_timestamp": "timestamp"})
     out = out.assign(score=scores, is_fraud_predicted=scores >= model.threshold, decision=np.asarray(DECISIONS)[model.bands.decide(scores)],
                      threshold=model.threshold, model_version=model.version)
-    if explain:
-        order, contributions = model.reasons(matrix, threads=threads)
-        names = np.asarray(model.features)
-        for k in range(order.shape[1]):
-            out[f"reason_{k + 1}"] = names[order[:, k]]
-            out[f"reason_{k + 1}_contribution"] = contributions[:, k]
-    return out
+    return out.assign(**reason_columns(model, matrix, threads)) if explain else out
 
 
 def _score_part(settings: Settings, model: LoadedModel, part: pd.DataFrame, explain: bool) -> pd.DataFrame:

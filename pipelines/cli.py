@@ -95,7 +95,7 @@ def train(
     train_days: Annotated[Optional[int], typer.Option(min=1, help="Days of training data.")] = None,
     delay_days: Annotated[Optional[int], typer.Option(min=0, help="Days between train and test while labels mature.")] = None,
     test_days: Annotated[Optional[int], typer.Option(min=1, help="Days of test data.")] = None,
-    num_leaves: Annotated[Optional[int], typer.Option(min=2, help="LightGBM num_leaves (default: pipelines/training.py's ModelConfig).")] = None,
+    num_leaves: Annotated[Optional[int], typer.Option(min=2, help="LightGBM num_leaves (default: training/fit.py's ModelConfig).")] = None,
     learning_rate: Annotated[Optional[float], typer.Option(min=0.0001, max=1.0, help="LightGBM learning rate (default: ModelConfig's).")] = None,
     scale_pos_weight: Annotated[Optional[float], typer.Option(min=1.0, help="Weight of the fraud class; default: chosen by prequential validation.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write test metrics as JSON, one object per model.")] = None,
@@ -108,8 +108,8 @@ def train(
     s = settings(train_start=train_start.date() if train_start else None, train_days=train_days, label_delay_days=delay_days, test_days=test_days)
     prepare(s)
     from pipelines.flows import training_flow
-    from pipelines.results import scores_table, model_scores
-    from pipelines.training import ModelConfig
+    from training.fit import ModelConfig
+    from training.results import model_scores, scores_table
 
     chosen: dict[str, Any] = {"num_leaves": num_leaves, "learning_rate": learning_rate, "scale_pos_weight": scale_pos_weight}
     result = training_flow(s)(s, ModelConfig(**{k: v for k, v in chosen.items() if v is not None}))
@@ -144,7 +144,8 @@ def ingest(
     Labels are read from the label store only: load them with fraudops labels (the same file will do).
     Example: fraudops ingest exports/ --columns handbook
     """
-    from features.ingest import ingest as run_ingest, parse_columns
+    from features.ingest import ingest as run_ingest
+    from features.ingest import parse_columns
     from features.schema import SchemaError
 
     s = settings()
@@ -207,7 +208,8 @@ def score(
     fraudops features apply). With FRAUDOPS_DASK_ADDRESS the rows are scored across that cluster.
     Example: fraudops score day.parquet --out scores.parquet --explain
     """
-    from pipelines.batch import BatchError, read_input, score as run
+    from pipelines.batch import BatchError, read_input
+    from pipelines.batch import score as run
 
     try:
         result = run(settings(), read_input(input_path), out, alias, explain)
@@ -303,7 +305,8 @@ def replay(
     import pandas as pd
 
     from features.offline import transactions_between
-    from pipelines.replay import label_feed, replay as run
+    from pipelines.replay import label_feed
+    from pipelines.replay import replay as run
 
     s = settings()
     end = start + timedelta(days=days)
@@ -342,7 +345,8 @@ def deploy(
     """Serve the scheduled deployments (daily retrain, hourly monitor) against PREFECT_API_URL, or register them on a work pool."""
     s = settings()
     prepare(s)
-    from pipelines.deployments import register, serve as serve_deployments
+    from pipelines.deployments import register
+    from pipelines.deployments import serve as serve_deployments
 
     if work_pool is None:
         serve_deployments(s)
@@ -359,7 +363,8 @@ def bench(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures as JSON, by section and figure.")] = None,
 ) -> None:
     """Measure each part beside a peer in the same run: a table per section."""
-    from pipelines.bench import SECTIONS, run as run_bench
+    from pipelines.bench import SECTIONS
+    from pipelines.bench import run as run_bench
 
     if scale not in ("full", "small"):
         raise typer.BadParameter("choose full or small", param_hint="--scale")

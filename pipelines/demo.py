@@ -25,7 +25,7 @@ from rich.table import Table
 
 from core.runtime import prepare, quiet_stdout, wait_until_up
 from core.settings import Settings
-from pipelines.results import model_scores, scores_table
+from training.results import model_scores, scores_table
 
 if TYPE_CHECKING:
     from pipelines.flows import Monitoring
@@ -73,7 +73,8 @@ def run(settings: Settings, console: Console) -> dict[str, object]:
     prepare(settings, quiet=True)
     from features.simulator import Drift, SimulationConfig, deliver_chargebacks, write_simulation
     from pipelines.flows import features_flow, training_flow
-    from pipelines.training import ModelConfig, Windows
+    from training.fit import ModelConfig
+    from training.windows import Windows
 
     windows = Windows.from_settings(settings)
     calm_start = windows.test_end
@@ -114,10 +115,19 @@ def run(settings: Settings, console: Console) -> dict[str, object]:
         for period, first in (("calm", calm_start.to_pydatetime()), ("drifted", drift_start)):
             verdicts[period] = production_period(settings, console, period, first, summary)
 
+    print_summary(settings, console, time.monotonic() - started, trained, verdicts, summary)
+    summary.update(trained=trained, verdicts={k: v.verdict for k, v in verdicts.items()},
+                   retrained={k: v.retrain for k, v in verdicts.items() if v.retrain is not None})
+    return summary
+
+
+def print_summary(settings: Settings, console: Console, seconds: float, trained: dict[str, dict[str, object]],
+                  verdicts: dict[str, Monitoring], summary: dict[str, object]) -> None:
+    """The models' test figures, what the monitor said of each period, and where to look."""
     scores = [model_scores(result, settings, f"{role} v{result['version']}")[0] for role, result in trained.items()]
     console.print(scores_table(scores + model_scores(trained["champion"], settings)[1:], settings,
                                f"test window (no model costs {trained['champion']['test_cost_of_no_model']:,.0f})"))
-    table = Table(title=f"fraudops demo finished in {time.monotonic() - started:.0f}s")
+    table = Table(title=f"fraudops demo finished in {seconds:.0f}s")
     table.add_column("what")
     table.add_column("result")
     for period, verdict in verdicts.items():
@@ -132,9 +142,6 @@ def run(settings: Settings, console: Console) -> dict[str, object]:
     table.add_row("API docs", f"make serve  →  {settings.api_url}/docs")
     table.add_row("prediction log", os.path.relpath(settings.predictions_dir))
     console.print(table)
-    summary.update(trained=trained, verdicts={k: v.verdict for k, v in verdicts.items()},
-                   retrained={k: v.retrain for k, v in verdicts.items() if v.retrain is not None})
-    return summary
 
 
 def production_period(settings: Settings, console: Console, period: str, first: datetime, summary: dict[str, object]) -> Monitoring:

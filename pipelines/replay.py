@@ -24,7 +24,7 @@ Fraud = tuple[str, str, int]  # (terminal_id, transaction_id, transaction time i
 class LabelFeed:
     """Fraud labels in order of arrival, handed to `deliver` once the replay's clock reaches them. A
     transaction the API declined never gets one: it never happened, so no chargeback comes back
-    (the censoring that exploration answers, `core.decisions.explore`)."""
+    (the censoring that exploration answers, `model.decisions.explore`)."""
 
     arrivals: list[tuple[int, Fraud]]  # (arrival time in microseconds, the fraud)
     deliver: Callable[[list[Fraud]], None]

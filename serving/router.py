@@ -1,24 +1,18 @@
 """Champion/challenger routing: a weighted split that is sticky per customer.
 
-A customer's bucket is a hash of the id, so the same card always meets the same model (a canary
-must not flip a customer's decisions between requests), and raising the share only moves customers
-from champion to challenger, never back.
+A customer's bucket (`model.buckets`) is a hash of the id, so the same card always meets the same
+model, and raising the share only moves customers from champion to challenger, never back.
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import Literal
+
+from model.buckets import BUCKETS, bucket
 
 Variant = Literal["champion", "challenger"]
 Mode = Literal["canary", "shadow", "bandit"]
 MODES: tuple[Mode, ...] = ("canary", "shadow", "bandit")
-BUCKETS = 10_000
-
-
-def bucket(customer_id: str) -> int:
-    digest = hashlib.blake2b(customer_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % BUCKETS
 
 
 class Router:

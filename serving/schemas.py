@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
-from core.decisions import Decision
+from model.decisions import Decision
 
 
 def _integer_as_text(value: object) -> object:

@@ -10,16 +10,15 @@ import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 
-import numpy as np
-
 from core import registry
-from core.decisions import decide_one, explore
 from core.settings import Settings
 from features.state import Tx
-from serving import logs, models, predlog
+from model.decisions import decide_one, explore
+from model.loaded import LoadedModel, load
+from model.reasons import reason_codes
+from serving import logs, predlog
 from serving.guardrails import Guardrail, Limits
 from serving.metrics import Metrics
-from serving.models import LoadedModel
 from serving.online import OnlineFeatures
 from serving.predlog import PredictionLog, Record
 from serving.router import MODES, Mode, Router
@@ -31,11 +30,8 @@ ALIASES = ("champion", "challenger")
 
 
 def explain(model: LoadedModel, row: list[float]) -> list[Reason]:
-    """The features that pushed this row's score towards fraud most, with their values: what an
-    analyst reads before the score itself."""
-    order, contributions = model.reasons(np.asarray([row], dtype=np.float64))
-    return [Reason(feature=model.features[i], value=None if row[i] != row[i] else row[i], contribution=float(c))
-            for i, c in zip(order[0], contributions[0])]
+    """The row's reason codes (`model.reasons`) as the answer carries them."""
+    return [Reason(feature=r.feature, value=r.value, contribution=r.contribution) for r in reason_codes(model, row)]
 
 
 def live_tx(tx: Transaction) -> Tx:
@@ -96,7 +92,7 @@ class ScoringService:
     def _load(self, alias: str) -> None:
         """Load in the background of serving and swap in whole: a request holds the model it started
         with, and a version that fails to load or to score leaves the current one in place."""
-        loaded = models.load(self.settings, alias)
+        loaded = load(self.settings, alias)
         with self._lock:
             if loaded is not None:
                 self.models = {**self.models, alias: loaded}

@@ -37,8 +37,8 @@ from typing import Any
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
+from core.native import written_for
 from core.runtime import poll_until
-from serving.native import written_for
 
 # The supervisor's hand-over of sockets to its workers (pickled for the spawned process) is how
 # uvicorn works, not a promise of its API: with another version, its own shared socket is used.

@@ -157,7 +157,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     settings = tiny_settings(tmp_path_factory.mktemp("state"))
     prepare(settings)
     from pipelines.flows import features_flow, train_flow
-    from pipelines.training import ModelConfig, Windows
+    from training.fit import ModelConfig
+    from training.windows import Windows
 
     write_simulation(SimulationConfig.from_settings(settings), settings.transactions_dir)
     # the chargebacks of the windows trained and tested on; later ones arrive as a test replays traffic

@@ -38,7 +38,7 @@ def test_valid_transaction_is_scored(client) -> None:
     assert body["is_fraud"] == (body["score"] >= body["threshold"])
     assert body["variant"] in ("champion", "challenger") and body["model_version"] in ("1", "2")
     assert body["features_missing"] == [] and body["degraded"] is False
-    from core.decisions import decide_one, explore
+    from model.decisions import decide_one, explore
 
     model = client.app.state.service.models[body["variant"]]
     expected, _ = explore(decide_one(model.bands, body["score"]), "tx-1", client.app.state.settings.exploration_share)
@@ -396,7 +396,7 @@ def test_hot_path_scores_equal_the_mlflow_pyfunc_model(trained) -> None:
 
     from features.offline import read_transactions
     from features.store import historical_features, open_store
-    from serving.models import load_from_registry
+    from model.loaded import load_from_registry
 
     model = load_from_registry(trained, "champion")
     assert model is not None
@@ -659,8 +659,8 @@ def test_a_parquet_part_keeps_every_models_features_when_their_feature_sets_diff
     part has the columns of both, null where a model has no such feature, and reads back whole."""
     from datetime import datetime
 
-    from core.settings import Settings
     from core import predictions
+    from core.settings import Settings
     from serving import predlog
 
     settings = Settings(state_dir=tmp_path)
@@ -679,8 +679,8 @@ def test_compaction_leaves_one_file_a_finished_day_and_every_record_once(tmp_pat
     file that reads back the same; today's folder, still being written, is left as it is."""
     from datetime import date
 
-    from core.settings import Settings
     from core import predictions
+    from core.settings import Settings
 
     settings = Settings(state_dir=tmp_path)
     log_parts(settings, "2025-07-01", [log_records("a", 3), log_records("b", 2, terminal_risk_90d=0.3), log_records("c", 1)])
@@ -702,8 +702,8 @@ def test_compaction_leaves_one_file_a_finished_day_and_every_record_once(tmp_pat
 def test_a_compaction_stopped_half_way_is_finished_by_the_next_and_no_reader_sees_a_record_twice(tmp_path, monkeypatch, stop_at) -> None:
     from datetime import date
 
-    from core.settings import Settings
     from core import predictions
+    from core.settings import Settings
 
     settings = Settings(state_dir=tmp_path)
     log_parts(settings, "2025-07-01", [log_records("a", 3), log_records("b", 2)])
@@ -743,8 +743,8 @@ def test_two_compactions_at_once_take_turns_and_lose_nothing(tmp_path, monkeypat
     import threading
     from datetime import date
 
-    from core.settings import Settings
     from core import predictions
+    from core.settings import Settings
 
     settings = Settings(state_dir=tmp_path)
     log_parts(settings, "2025-07-01", [log_records("a", 3), log_records("b", 2)])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from monitoring.canary import compare, thompson_share
-from pipelines.bandit import replay, traffic
+from pipelines.bench.bandit_replay import replay, traffic
 from tests.test_canary import canary, log_canary_traffic
 
 

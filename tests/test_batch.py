@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from core import registry
 from features.offline import transactions_between
 from pipelines.batch import BatchError, read_input, score
-from pipelines.training import Windows
+from training.windows import Windows
 
 COLUMNS = ["transaction_id", "timestamp", "customer_id", "terminal_id", "amount"]
 
@@ -55,7 +55,7 @@ def test_a_csv_scored_in_batch_gives_the_scores_training_logged_in_input_order(r
 
 def test_reason_contributions_add_up_to_the_score(registry_copy) -> None:
     """LightGBM's contributions plus its bias are the raw score: the reasons are the model's own."""
-    from serving.models import fetch
+    from model.loaded import fetch
 
     model = fetch(registry_copy, "champion")
     assert model is not None
@@ -127,8 +127,8 @@ def test_the_nightly_flow_scores_the_newest_day(registry_copy) -> None:
 def test_decisions_follow_the_bands_training_chose_and_registered(registry_copy, tmp_path) -> None:
     """The bands are chosen on validation, logged with the model and applied by the batch path: every
     row's decision is its score's band, and the review band keeps to the daily capacity on test."""
-    from core.decisions import DECISIONS, Bands
-    from serving.models import fetch
+    from model.decisions import DECISIONS, Bands
+    from model.loaded import fetch
 
     client = registry.connect(registry_copy)
     version = client.get_model_version_by_alias(registry_copy.model_name, "champion")
@@ -149,9 +149,9 @@ def test_batch_answers_logged_through_the_apis_sink_are_what_the_monitor_judges(
     from datetime import timedelta
 
     from core import predictions
+    from model.loaded import fetch
     from pipelines.bench.concept_section import log_scored
     from pipelines.flows import monitor_flow
-    from serving.models import fetch
 
     settings = registry_copy.model_copy(update={"retrain_on_drift": False})
     start = Windows.from_settings(settings).test_start.to_pydatetime()

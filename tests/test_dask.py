@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipelines.flows import training_flow
-from pipelines.training import ModelConfig
+from training.fit import ModelConfig
 
 
 def test_train_flow_runs_its_join_and_fits_on_a_dask_cluster(registry_copy) -> None:
@@ -28,7 +28,8 @@ def test_train_flow_runs_its_join_and_fits_on_a_dask_cluster(registry_copy) -> N
     # an equivalent model to the one machine's: data-parallel trees are built from the workers'
     # merged histograms, so the cluster's fit is close to the single fit, not bit for bit
     from pipelines.flows.train import build_training_set
-    from pipelines.training import Windows, train
+    from training.fit import train
+    from training.windows import Windows
 
     windows = Windows.from_settings(registry_copy)
     frame, features = build_training_set.fn(registry_copy, windows.train_start, windows.test_end)

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score
 
-from core.decisions import DECISIONS, EMPTY, Bands, Costs, choose_bands, cost, decide_one, explore
-from core.evaluation import ips_average_precision, ips_weights
+from model.decisions import DECISIONS, EMPTY, Bands, Costs, choose_bands, cost, decide_one, explore
+from model.evaluation import ips_average_precision, ips_weights
 
 COSTS = Costs(review_fee=5.0, step_up_fee=1.0, step_up_catch=0.8, decline_fee=20.0, reviews_per_day=3.0)
 

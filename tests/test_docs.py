@@ -17,7 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PAGES = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
 CODE = re.compile(r"```(?!mermaid)[^\n]*\n(.*?)```|```mermaid\n.*?```|`([^`\n]+)`", re.S)  # diagrams are not code
 LINK = re.compile(r"\]\(([^)\s]+)\)")
-PATH = re.compile(r"^(?:\.github|\.ci|core|docs|features|infra|monitoring|pipelines|serving|tests)/[\w./-]*[\w/]$|^[\w-]+\.(?:toml|yml|md)$")
+PATH = re.compile(r"^(?:\.github|\.ci|core|docs|features|infra|model|monitoring|pipelines|serving|tests|training)/[\w./-]*[\w/]$|^[\w-]+\.(?:toml|yml|md)$")
 MAKE_TARGET = re.compile(r"^([a-z][\w-]*):", re.M)
 
 
@@ -135,7 +135,7 @@ def test_the_readmes_headline_figures_come_from_the_results_files() -> None:
 
 
 BARE = re.compile(r"^([a-z_]+\.py)(?:::(\w+))?$")
-PACKAGES = ("core", "features", "monitoring", "pipelines", "serving", "tests")
+PACKAGES = ("core", "features", "model", "training", "monitoring", "serving", "pipelines", "tests")
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from core.settings import Settings
-from pipelines.exploration import ARMS, observed, replay
+from pipelines.bench.exploration_replay import ARMS, observed, replay
 
 
 def test_each_arm_shows_the_fit_what_its_labels_would_say() -> None:

@@ -135,7 +135,7 @@ def test_training_flow_tracks_and_registers_in_postgres(registry_copy, tmp_path,
     from mlflow import MlflowClient
 
     from pipelines.flows import train_flow
-    from pipelines.training import ModelConfig
+    from training.fit import ModelConfig
 
     settings = registry_copy.model_copy(update={"mlflow_tracking_uri": database.replace("+psycopg", "")})
     result = train_flow(settings, ModelConfig(num_boost_round=30))

@@ -1,14 +1,15 @@
-"""The packages stand in one order: core at the ground, features on it, monitoring and serving above
-features, pipelines on top. An import against that order is a design error that compiles and runs,
+"""The packages stand in one order: core at the ground, features and the model on it, training,
+monitoring and serving above them, pipelines on top. An import against that order is a design error that compiles and runs,
 so these tests are what keeps the layering true."""
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
 
-from pipelines.package_map import ALLOWED, PAGES, import_edges, imported_packages, render
+from pipelines.package_map import ALLOWED, ORDER, PAGES, import_edges, imported_packages, render
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,7 +21,7 @@ def test_every_import_follows_the_layer_order() -> None:
         for path in sorted((ROOT / package).rglob("*.py"))
         for other in sorted(imported_packages(path) - allowed - {package})
     ]
-    assert not wrong, "imports against the order core < features < monitoring, serving < pipelines:\n" + "\n".join(wrong)
+    assert not wrong, f"imports against the order {ORDER}:\n" + "\n".join(wrong)
 
 
 def test_the_walker_sees_imports_inside_functions(tmp_path: Path) -> None:
@@ -34,7 +35,7 @@ def test_the_api_loads_no_orchestration_or_monitoring_code() -> None:
     and Feast serve only the offline side."""
     probe = (
         "import sys, serving.app, serving.workers\n"
-        "bad = sorted({m.split('.')[0] for m in sys.modules} & {'pipelines', 'prefect', 'monitoring', 'evidently', 'duckdb', 'feast'})\n"
+        "bad = sorted({m.split('.')[0] for m in sys.modules} & {'pipelines', 'training', 'prefect', 'monitoring', 'evidently', 'duckdb', 'feast'})\n"
         "print(','.join(bad))\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -49,3 +50,19 @@ def test_the_package_map_in_the_docs_is_the_code_s() -> None:
     for page in PAGES:
         text = (ROOT / page).read_text()
         assert "```mermaid" in text and render(text, edges) == text, f"{page}: run python -m pipelines.package_map"
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def test_no_function_is_longer_than_a_screen() -> None:
+    """A function over 60 lines does more than one thing: split it where its comments already say so."""
+    long = [
+        f"{path.relative_to(ROOT)}::{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for package in [*ALLOWED, "tests"]
+        for path in sorted((ROOT / package).rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno is not None
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert not long, "functions over 60 lines:\n" + "\n".join(long)

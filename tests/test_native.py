@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-import serving.native.lightgbm_row as lightgbm_row
+import model.native.lightgbm_row as lightgbm_row
 import serving.native.prometheus_bulk as prometheus_bulk
-from serving.native import fastapi_route, written_for
+from core.native import written_for
+from serving.native import fastapi_route
 
 
 @pytest.fixture(scope="module")

@@ -138,6 +138,21 @@ def test_compose_services_run_natively_end_to_end(stack: Stack, monkeypatch: pyt
     assert refused.returncode == 2 and "refused" in refused.stdout, refused.stdout + refused.stderr
     run(["fraudops", "promote", "--reason", "native stack test", "--force"])
 
+    scored = drive_the_api(stack, tiny)
+    # judged only: the retrain it could trigger is the end-to-end test's subject, and a third training
+    # here cost a minute of the suite's 15 on a slow machine
+    monitored = run(["fraudops", "monitor", "--label", "native"], FRAUDOPS_RETRAIN_ON_DRIFT="false")
+    assert "drift verdict" in monitored
+    prefect = f"http://127.0.0.1:{stack.ports['prefect-server']}/api"
+    drive_the_worker(stack, tiny, prefect)
+    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.setenv(key, env[key])
+    check_every_store(stack, env, prefect, scored)
+
+
+def drive_the_api(stack: Stack, tiny: dict[str, str]) -> int:
+    """The API on the promoted champion: a replay through /predict counted on /metrics, then a verdict
+    through POST /labels into compose's PostgreSQL label store. Returns how many it scored."""
     api = stack.start("api", "--port", {**tiny, "FRAUDOPS_MODEL_POLL_SECONDS": "1"})
     try:
         base = f"http://127.0.0.1:{stack.ports['api']}"
@@ -172,13 +187,11 @@ def test_compose_services_run_natively_end_to_end(stack: Stack, monkeypatch: pyt
     finally:
         api.terminate()
         api.wait(timeout=30)  # the prediction log flushes on the way out
-    # judged only: the retrain it could trigger is the end-to-end test's subject, and a third training
-    # here cost a minute of the suite's 15 on a slow machine
-    monitored = run(["fraudops", "monitor", "--label", "native"], FRAUDOPS_RETRAIN_ON_DRIFT="false")
-    assert "drift verdict" in monitored
+    return n
 
-    # the worker: registers the scheduled deployments with the Prefect server and runs what it is given
-    prefect = f"http://127.0.0.1:{stack.ports['prefect-server']}/api"
+
+def drive_the_worker(stack: Stack, tiny: dict[str, str], prefect: str) -> None:
+    """The worker registers the scheduled deployments with the Prefect server and runs what it is given."""
     worker = stack.start("worker", None, {**tiny, "FRAUDOPS_RETRAIN_ON_DRIFT": "false"})
     expected = {"daily-retrain", "hourly-monitor", "nightly-score"}
 
@@ -199,13 +212,13 @@ def test_compose_services_run_natively_end_to_end(stack: Stack, monkeypatch: pyt
     final = wait_for(finished, worker, stack.log("worker"), "the worker did not finish the monitor run it was given")
     assert final == "COMPLETED", stack.log("worker").read_text(errors="replace")[-3000:]
 
-    # every store holds what the run put there
+
+def check_every_store(stack: Stack, env: dict[str, str], prefect: str, scored: int) -> None:
+    """Every store holds what the run put there."""
     import psycopg
     import redis
     from mlflow import MlflowClient
 
-    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
-        monkeypatch.setenv(key, env[key])
     client = MlflowClient(env["FRAUDOPS_MLFLOW_TRACKING_URI"])
     model = client.get_registered_model("fraud-detector")
     assert model.aliases["champion"] == "2" and "challenger" not in model.aliases  # promoted, nothing retrained
@@ -213,7 +226,7 @@ def test_compose_services_run_natively_end_to_end(stack: Stack, monkeypatch: pyt
     with pytest.raises(Exception):  # basic auth is on: no credentials, no registry
         httpx.get(f"{env['FRAUDOPS_MLFLOW_TRACKING_URI']}/api/2.0/mlflow/registered-models/get", params={"name": "fraud-detector"}).raise_for_status()
     with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/predictions_{stack.suffix}") as conn:
-        assert conn.execute("SELECT count(*) FROM prediction_log").fetchone() == (n,)
+        assert conn.execute("SELECT count(*) FROM prediction_log").fetchone() == (scored,)
     with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/feast_{stack.suffix}") as conn:
         views = conn.execute("SELECT count(*) FROM feature_views").fetchone()
         assert views is not None and views[0] >= 2

@@ -20,8 +20,8 @@ from features.offline import transactions_between
 from features.store import materialize
 from pipelines.demo import running_api
 from pipelines.replay import label_feed, replay
-from pipelines.training import Windows
 from tests.conftest import free_port, mismatches
+from training.windows import Windows
 
 RETRIED = 20
 

@@ -1,6 +1,7 @@
 import pytest
 
-from serving.router import Router, bucket
+from model.buckets import bucket
+from serving.router import Router
 
 
 def test_share_is_respected() -> None:

@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from core.evaluation import card_precision_at_k, cost_optimal_threshold, expected_cost, recall_at_fpr
-from pipelines.training import ModelConfig, Windows
+from model.evaluation import card_precision_at_k, cost_optimal_threshold, expected_cost, recall_at_fpr
 from tests.conftest import fail_first_call, log_parts, log_records
+from training.fit import ModelConfig
+from training.windows import Windows
 
 
 def test_card_precision_counts_cards_per_day() -> None:
@@ -58,7 +59,7 @@ def test_the_policys_declines_are_no_labels_and_its_explored_reviews_weigh_for_t
     from core import predictions
     from features.offline import transactions_between
     from pipelines.flows.train import censor_by_serving_policy
-    from pipelines.training import split
+    from training.windows import split
 
     windows = Windows.from_settings(registry_copy)
     frame = transactions_between(registry_copy.transactions_dir, windows.train_start, windows.test_end)
@@ -207,7 +208,7 @@ def test_rollback_restores_the_replaced_champion(registry_copy) -> None:
 
 
 def test_the_gate_refuses_a_candidate_below_the_floor_the_baseline_or_the_champion() -> None:
-    from pipelines.flows import gate_failures
+    from training.gate import gate_failures
 
     good = {"test_average_precision": 0.6, "baseline_logistic_regression_average_precision": 0.5}
     assert gate_failures(good, None, 0.1) == []

@@ -1,4 +1,4 @@
-"""Bandit routing against a fixed 10% canary (`pipelines/bandit.py`): the cost above always routing
+"""Bandit routing against a fixed 10% canary (`pipelines/bench/bandit_replay.py`): the cost above always routing
 to the better model, on simulated canary traffic with a week's label delay, for a challenger that is
 better and one that is worse. Not a speed figure: what a rollout policy costs, beside its peer."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from core.settings import Settings
-from pipelines.bandit import Replay, replay, traffic
+from pipelines.bench.bandit_replay import Replay, replay, traffic
 from pipelines.bench.common import Section
 
 DAYS = 42

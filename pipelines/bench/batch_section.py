@@ -45,10 +45,10 @@ def batch_section(settings: Settings, scale: str, repeat: int) -> Section:
     from features.offline import transactions_between
     from features.state import Tx
     from features.store import historical_features, open_store
+    from model.loaded import fetch
     from pipelines.batch import score
-    from pipelines.training import Windows
-    from serving.models import fetch
     from serving.online import OnlineFeatures
+    from training.windows import Windows
 
     registry, _ = prepared(settings)
     s = batch_store(settings, scale, registry)

@@ -18,8 +18,8 @@ from pipelines.bench.serving_section import prepared
 
 def budget_section(settings: Settings, scale: str, repeat: int) -> Section:
     from features.state import Tx
-    from serving.models import load_from_registry
-    from serving.native.lightgbm_row import FastRowPredictor, RowScorer, public_predictor
+    from model.loaded import load_from_registry
+    from model.native.lightgbm_row import FastRowPredictor, RowScorer, public_predictor
     from serving.online import OnlineFeatures
     from serving.predlog import PredictionLog
     from serving.service import explain

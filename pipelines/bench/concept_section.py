@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import numpy as np
 import pandas as pd
 
 from core.settings import Settings
@@ -26,10 +25,10 @@ SEEN_DAYS = 2  # the first monitor run: the demo's period length
 def log_scored(settings: Settings, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:
     """The champion's answers for [start, end), written to the prediction log through the API's sink
     (decisions and exploration as the API takes them); returns them with the simulator's truth."""
-    from core.decisions import explore
     from features.offline import transactions_between
+    from model.decisions import explore
+    from model.loaded import fetch
     from pipelines.batch import ROW, score_rows
-    from serving.models import fetch
     from serving.predlog import sink_for
 
     truth = transactions_between(settings.transactions_dir, start, end)
@@ -50,7 +49,8 @@ def world(settings: Settings, drift: tuple[str, ...]) -> dict[str, float]:
     from features.labels import clear
     from features.simulator import SimulationConfig, deliver_chargebacks, write_simulation
     from pipelines.flows import features_flow, monitor_flow, train_flow
-    from pipelines.training import ModelConfig, Windows
+    from training.fit import ModelConfig
+    from training.windows import Windows
 
     windows = Windows.from_settings(settings)
     change_day = (windows.test_end - pd.Timestamp(settings.start_date)).days  # the day after the test window

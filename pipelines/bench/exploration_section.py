@@ -1,4 +1,4 @@
-"""The feedback loop's bias over weeks of simulated traffic (`pipelines/exploration.py`): each week's
+"""The feedback loop's bias over weeks of simulated traffic (`pipelines/bench/exploration_replay.py`): each week's
 retrained model on the week's true labels, with declines counted legitimate, left out, or explored."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pandas as pd
 
 from core.settings import Settings
 from pipelines.bench.common import Section
-from pipelines.exploration import ARMS, Run, replay
+from pipelines.bench.exploration_replay import ARMS, Run, replay
 
 WEEKS = 8
 SHARE = 0.1  # of would-be declines explored: above the 0.5% default, so that a few thousand cards show it

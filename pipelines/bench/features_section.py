@@ -10,25 +10,37 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 
 import numpy as np
+import pandas as pd
 
 from core.runtime import service_available
 from core.settings import Settings
+from features.simulator import SimulationConfig
+from features.state import Tx, features, open_state
 from pipelines.bench.common import REDIS_URL, Section, latency_ms, timed
 
 
 def features_section(settings: Settings, scale: str, repeat: int) -> Section:
     """Simulation, the event-time feature job, Feast's join into a training set, the backfill of the
     live state, and the state step a scored transaction pays (update, read, windows)."""
-    import pandas as pd
+    section = Section(f"features ({scale} scale)")
+    cfg, entity, end = offline_side(settings, scale, repeat, section)
+    arrivals = new_transactions(entity, end)
+    live_side(settings, end, arrivals, section)
+    if service_available("127.0.0.1", 6379):
+        redis_side(settings, cfg, end, arrivals, section)
+    else:
+        section.add("state step, Redis", float("nan"), "ms", "Redis not reachable on 127.0.0.1:6379: skipped")
+    return section
 
+
+def offline_side(settings: Settings, scale: str, repeat: int, section: Section) -> tuple[SimulationConfig, pd.DataFrame, datetime]:
+    """Simulate, compute the event-time features, join them through Feast: the training set's cost."""
     from features.compute import FRAUDS_FILE, compute_features
     from features.labels import clear, write_frauds
     from features.offline import read_transactions
     from features.simulator import SimulationConfig, deliver_chargebacks, write_simulation
-    from features.state import Tx, features, open_state
-    from features.store import apply, historical_features, materialize, open_store
+    from features.store import apply, historical_features, open_store
 
-    section = Section(f"features ({scale} scale)")
     customers, terminals, days = (5_000, 10_000, 183) if scale == "full" else (1_000, 2_000, 60)
     cfg = SimulationConfig.from_settings(settings, customers=customers, terminals=terminals, days=days)
     rows = 0
@@ -52,13 +64,12 @@ def features_section(settings: Settings, scale: str, repeat: int) -> Section:
     joined = timed(lambda: historical_features(store, settings.feature_service, entity), 1 if scale == "full" else repeat)
     section.add("Feast point-in-time join into the training set", min(joined), "s", f"{len(entity):,} entity rows, DuckDB offline store")
     section.add("training set from raw transactions (features + join)", statistics.median(compute) + min(joined), "s", "target < 60 s at full scale")
+    return cfg, entity, datetime.combine(cfg.start_date, datetime.min.time()) + timedelta(days=cfg.days)
 
-    end = datetime.combine(cfg.start_date, datetime.min.time()) + timedelta(days=cfg.days)
-    started = time.perf_counter()
-    loaded = materialize(settings, end)
-    seconds = time.perf_counter() - started
-    section.add("backfill the live state (SQLite)", loaded / seconds, "rows/s", f"{loaded:,} transactions in {seconds:.1f}s")
 
+def new_transactions(entity: pd.DataFrame, end: datetime) -> Callable[[], Tx]:
+    """Distinct transactions of the simulated cards at their terminals, a minute of event time apart
+    from `end` on: the cards' histories stay their real size."""
     customer_ids = entity["customer_id"].to_numpy()
     terminal_ids = entity["terminal_id"].to_numpy()
     rng = np.random.default_rng(0)
@@ -66,48 +77,63 @@ def features_section(settings: Settings, scale: str, repeat: int) -> Section:
 
     def next_tx() -> Tx:
         i = int(rng.integers(len(customer_ids)))
-        clock[0] += 60_000_000  # a transaction a minute of event time: the cards' histories stay their real size
+        clock[0] += 60_000_000
         return Tx(f"bench-{clock[0]}", str(customer_ids[i]), str(terminal_ids[i]), 10.0, clock[0])
 
-    def step(state: object) -> Callable[[], object]:
-        def call() -> object:
-            tx = next_tx()
-            return features(tx, state.update([tx])[0], settings.label_delay_days)  # type: ignore[attr-defined]
-        return call
+    return next_tx
 
-    history = open_state(settings).update([next_tx()])[0]
-    sample = next_tx()
+
+def state_step(settings: Settings, state: object, arrivals: Callable[[], Tx]) -> Callable[[], object]:
+    """One scored transaction's state step: update the card's and terminal's events, read, windows."""
+    def call() -> object:
+        tx = arrivals()
+        return features(tx, state.update([tx])[0], settings.label_delay_days)  # type: ignore[attr-defined]
+    return call
+
+
+def live_side(settings: Settings, end: datetime, arrivals: Callable[[], Tx], section: Section) -> None:
+    from features.store import materialize
+
+    started = time.perf_counter()
+    loaded = materialize(settings, end)
+    seconds = time.perf_counter() - started
+    section.add("backfill the live state (SQLite)", loaded / seconds, "rows/s", f"{loaded:,} transactions in {seconds:.1f}s")
+    history = open_state(settings).update([arrivals()])[0]
+    sample = arrivals()
     p50, p99 = latency_ms(lambda: features(sample, history, settings.label_delay_days), 2_000)
     section.add("windows alone (features.live on a card's history), p50 / p99", p50, "ms", f"p99 {p99:.3f} ms; no store")
-    p50, p99 = latency_ms(step(open_state(settings)), 2_000)
+    p50, p99 = latency_ms(state_step(settings, open_state(settings), arrivals), 2_000)
     section.add("state step, SQLite (insert, prune, read, windows), p50 / p99", p50, "ms", f"p99 {p99:.3f} ms; one transaction at a time")
 
-    if service_available("127.0.0.1", 6379):
-        import redis
 
-        client = redis.Redis(host="127.0.0.1", port=6379, db=9)
-        def info(section: str) -> dict[str, Any]:
-            return cast(dict[str, Any], client.info(section))  # the synchronous client's answer
-        client.flushdb()
-        before = info("memory")["used_memory"]
-        on_redis = settings.model_copy(update={"feast_redis_url": REDIS_URL, "state_dir": settings.state_dir / "redis"})
-        shutil.copytree(settings.transactions_dir, on_redis.transactions_dir, dirs_exist_ok=True)
-        started = time.perf_counter()
-        loaded = materialize(on_redis, end)
-        seconds = time.perf_counter() - started
-        section.add("backfill the live state (Redis)", loaded / seconds, "rows/s", f"{loaded:,} transactions in {seconds:.1f}s")
-        # what a card and a terminal cost in memory with their real history (the capacity model's input)
-        held = info("memory")["used_memory"] - before
-        entities = cfg.customers + cfg.terminals
-        section.add("Redis memory of the live state, per card or terminal", held / entities, "bytes",
-                    f"{held / 2**20:,.0f} MB for {cfg.customers:,} cards and {cfg.terminals:,} terminals after the backfill")
-        client.config_resetstat()
-        p50, p99 = latency_ms(step(open_state(on_redis)), 2_000)
-        section.add("state step, Redis (one Lua script), p50 / p99", p50, "ms", f"p99 {p99:.3f} ms; one transaction at a time")
-        scripts = info("commandstats").get("cmdstat_evalsha", {})
-        section.add("state step, Redis server time per script call", float(scripts.get("usec_per_call", float("nan"))), "us",
-                    f"{scripts.get('calls', 0):,} calls: what one Redis core spends per scored transaction")
-        client.flushdb()
-    else:
-        section.add("state step, Redis", float("nan"), "ms", "Redis not reachable on 127.0.0.1:6379: skipped")
-    return section
+def redis_side(settings: Settings, cfg: SimulationConfig, end: datetime, arrivals: Callable[[], Tx], section: Section) -> None:
+    """The same backfill and step on Redis, with what the state costs in Redis memory and server time."""
+    import redis
+
+    from features.store import materialize
+
+    client = redis.Redis(host="127.0.0.1", port=6379, db=9)
+
+    def info(section: str) -> dict[str, Any]:
+        return cast(dict[str, Any], client.info(section))  # the synchronous client's answer
+
+    client.flushdb()
+    before = info("memory")["used_memory"]
+    on_redis = settings.model_copy(update={"feast_redis_url": REDIS_URL, "state_dir": settings.state_dir / "redis"})
+    shutil.copytree(settings.transactions_dir, on_redis.transactions_dir, dirs_exist_ok=True)
+    started = time.perf_counter()
+    loaded = materialize(on_redis, end)
+    seconds = time.perf_counter() - started
+    section.add("backfill the live state (Redis)", loaded / seconds, "rows/s", f"{loaded:,} transactions in {seconds:.1f}s")
+    # what a card and a terminal cost in memory with their real history (the capacity model's input)
+    held = info("memory")["used_memory"] - before
+    entities = cfg.customers + cfg.terminals
+    section.add("Redis memory of the live state, per card or terminal", held / entities, "bytes",
+                f"{held / 2**20:,.0f} MB for {cfg.customers:,} cards and {cfg.terminals:,} terminals after the backfill")
+    client.config_resetstat()
+    p50, p99 = latency_ms(state_step(settings, open_state(on_redis), arrivals), 2_000)
+    section.add("state step, Redis (one Lua script), p50 / p99", p50, "ms", f"p99 {p99:.3f} ms; one transaction at a time")
+    scripts = info("commandstats").get("cmdstat_evalsha", {})
+    section.add("state step, Redis server time per script call", float(scripts.get("usec_per_call", float("nan"))), "us",
+                f"{scripts.get('calls', 0):,} calls: what one Redis core spends per scored transaction")
+    client.flushdb()

@@ -74,7 +74,8 @@ def _fit(settings_json: str, on_dask: bool) -> Figures:
     from features.compute import FEATURES_FILE
     from features.live import LIVE_FEATURES
     from features.offline import parts_glob
-    from pipelines.training import ModelConfig, Windows, fit_booster, window
+    from training.fit import ModelConfig, fit_booster
+    from training.windows import Windows, window
 
     s = Settings.model_validate_json(settings_json)
     windows = Windows.from_settings(s)

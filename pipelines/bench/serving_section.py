@@ -34,7 +34,8 @@ def prepared(settings: Settings) -> tuple[Settings, pd.DataFrame]:
     from features.offline import transactions_between
     from features.simulator import SimulationConfig, write_simulation
     from pipelines.flows import features_flow, training_flow
-    from pipelines.training import ModelConfig, Windows
+    from training.fit import ModelConfig
+    from training.windows import Windows
 
     # pinned: the bench's API has the machine's CPUs to itself (the setting's own description)
     s = settings.model_copy(update={"state_dir": settings.state_dir / "serving", "api_pin_workers": True})
@@ -50,7 +51,7 @@ def prepared(settings: Settings) -> tuple[Settings, pd.DataFrame]:
 def bodies(s: Settings, tx: pd.DataFrame) -> dict[str, str]:
     """Lua expressions for wrk's request bodies, and hey's one body."""
     from features.store import historical_features, open_store
-    from serving.models import load_from_registry
+    from model.loaded import load_from_registry
 
     model = load_from_registry(s, "champion")
     if model is None:

@@ -15,7 +15,7 @@ from pipelines.bench.common import Section, timed
 if TYPE_CHECKING:
     import pandas as pd
 
-    from pipelines.training import Windows
+    from training.windows import Windows
 
 
 def training_section(settings: Settings, scale: str, repeat: int) -> Section:
@@ -27,8 +27,9 @@ def training_section(settings: Settings, scale: str, repeat: int) -> Section:
     from features.simulator import SimulationConfig, write_simulation
     from features.store import historical_features, model_features, open_store
     from pipelines.flows import features_flow, training_flow
-    from pipelines.results import model_scores
-    from pipelines.training import ModelConfig, Windows, fit_booster, split
+    from training.fit import ModelConfig, fit_booster
+    from training.results import model_scores
+    from training.windows import Windows, split
 
     section = Section("training (train flow end to end; fit beside a peer)")
     sizes = (500, 1_000, 2_000) if scale == "small" else (1_000, 2_500, 5_000)
@@ -69,8 +70,9 @@ def freshness(frame: pd.DataFrame, features: list[str], windows: Windows) -> lis
     test window's card-testing frauds against its legitimate traffic."""
     from sklearn.metrics import average_precision_score
 
-    from core.evaluation import recall_at_fpr
-    from pipelines.training import ModelConfig, fit_booster, split
+    from model.evaluation import recall_at_fpr
+    from training.fit import ModelConfig, fit_booster
+    from training.windows import split
 
     fit, validation, test = split(frame, windows)
     tested = test[test["fraud_scenario"].isin([0, 4])]

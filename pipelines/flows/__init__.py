@@ -7,6 +7,6 @@ Run in Prefect's local ephemeral mode unless PREFECT_API_URL points at a server 
 from pipelines.flows.featurize import features_flow
 from pipelines.flows.monitor import Monitoring, monitor_flow
 from pipelines.flows.score import score_flow
-from pipelines.flows.train import champion_on, gate_failures, train_flow, training_flow
+from pipelines.flows.train import train_flow, training_flow
 
-__all__ = ["Monitoring", "champion_on", "features_flow", "gate_failures", "monitor_flow", "score_flow", "train_flow", "training_flow"]
+__all__ = ["Monitoring", "features_flow", "monitor_flow", "score_flow", "train_flow", "training_flow"]

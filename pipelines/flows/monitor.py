@@ -21,7 +21,7 @@ from monitoring.drift import ColumnDrift, DriftLimits, DriftSummary, Reference, 
 from monitoring.quality import Quality, comparable_reference, judge, reference_ap, with_labels
 from pipelines.flows.featurize import features_flow
 from pipelines.flows.train import REFERENCE_FILE, training_flow
-from pipelines.training import ModelConfig
+from training.fit import ModelConfig
 
 
 @dataclass

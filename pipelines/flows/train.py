@@ -1,6 +1,6 @@
 """The train flow: the point-in-time training set, checks, the fit beside its baselines, and the
 registration behind the gate, with MLflow lineage. Reads as the DAG; each step a task over the plain
-functions of pipelines.training."""
+functions of the training package."""
 
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ import pandas as pd
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.models import infer_signature
 from prefect import Flow, flow, get_run_logger, task
-from sklearn.metrics import average_precision_score
 
 from core import predictions, registry
 from core.settings import Settings
@@ -26,8 +25,10 @@ from features import labels
 from features.offline import transactions_between
 from features.schema import SchemaError
 from features.store import historical_features, model_features, open_store
-from pipelines.plots import write_plots
-from pipelines.training import ModelConfig, TrainResult, Windows, censor_by_policy, train, window
+from training.fit import ModelConfig, TrainResult, train
+from training.gate import champion_on, data_problems, fingerprint_of, gate_failures
+from training.plots import write_plots
+from training.windows import Windows, censor_by_policy
 
 # What the logged model needs to load and score, pinned to the versions that trained it. Named, not
 # inferred: MLflow's inference loads the model in a subprocess, 7 of a tiny training's 12 seconds.
@@ -91,14 +92,8 @@ def censor_by_serving_policy(frame: pd.DataFrame, settings: Settings) -> pd.Data
 
 @task
 def check_training_data(frame: pd.DataFrame, features: list[str], windows: Windows, settings: Settings) -> None:
-    """Data checks before any fit: a model trained on broken data must not reach the registry."""
-    problems = []
-    train_frauds = int(window(frame, windows.train_start, windows.train_end)["is_fraud"].sum())
-    if train_frauds < settings.min_train_frauds:
-        problems.append(f"{train_frauds} frauds in the train window, fewer than min_train_frauds={settings.min_train_frauds}")
-    empty = [f for f in features if frame[f].isna().all()]
-    if empty:
-        problems.append(f"features entirely missing: {', '.join(empty)}")
+    """Data checks before any fit (`training.gate.data_problems`)."""
+    problems = data_problems(frame, features, windows, settings)
     if problems:
         raise ValueError("training data rejected: " + "; ".join(problems))
 
@@ -178,45 +173,10 @@ def log_and_register(result: TrainResult, frame: pd.DataFrame, windows: Windows,
     return {**outcome, "version": str(version), "alias": alias}
 
 
-def gate_failures(metrics: dict[str, float], champion_ap: float | None, min_ap: float) -> list[str]:
-    """Why a candidate may not be registered, on its own test window: below the floor, no better than
-    the linear baseline on the same features (then the trees earn nothing for their cost), or, as a
-    challenger, below the champion on the same window (the canary would spend live traffic on a
-    model already known to be worse)."""
-    ap = metrics["test_average_precision"]
-    baseline = metrics["baseline_logistic_regression_average_precision"]
-    failures = []
-    if ap < min_ap:
-        failures.append(f"test AP {ap:.3f} < min_average_precision {min_ap}")
-    if ap <= baseline:
-        failures.append(f"test AP {ap:.3f} <= the logistic-regression baseline's {baseline:.3f} on the same window")
-    if champion_ap is not None and ap < champion_ap:
-        failures.append(f"test AP {ap:.3f} < the champion's {champion_ap:.3f} on the same window")
-    return failures
 
 
-def champion_on(result: TrainResult, settings: Settings) -> float | None:
-    """The serving champion's AP on the candidate's test rows; None without a champion, or when it
-    reads features this training set does not have."""
-    client = registry.connect(settings)
-    if registry.aliased_version(client, settings.model_name, registry.CHAMPION) is None:
-        return None
-    run = registry.logged_run(client, client.get_model_version_by_alias(settings.model_name, registry.CHAMPION))
-    features = json.loads(run.data.tags["features"])
-    if not set(features) <= set(result.test.columns):
-        return None
-    booster = mlflow.lightgbm.load_model(f"models:/{settings.model_name}@{registry.CHAMPION}")
-    scores = booster.predict(result.test[features].astype("float64").to_numpy())
-    return float(average_precision_score(result.test["is_fraud"], scores))
 
 
-def fingerprint_of(frame: pd.DataFrame, features: list[str], windows: Windows, config: ModelConfig, settings: Settings) -> str:
-    """Same data, same features, same windows, same config, same code: same model."""
-    columns = ["transaction_id", *features, "is_fraud", *(["weight"] if "weight" in frame else [])]
-    data = hashlib.sha256(pd.util.hash_pandas_object(frame[columns], index=False).values).hexdigest()
-    return hashlib.sha256(
-        json.dumps([data, features, str(windows), asdict(config), settings.review_fee, settings.top_k, registry.git_commit()]).encode()
-    ).hexdigest()
 
 
 @flow(name="train")

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from starlette.types import Scope
 
-from serving.native import log, written_for
+from core.native import log, written_for
 
 FASTAPI = "0.150.0"
 

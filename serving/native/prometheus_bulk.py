@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from prometheus_client import Histogram
 
-from serving.native import written_for
+from core.native import written_for
 
 PROMETHEUS_CLIENT = "0.24.1"
 _PRIVATE_OK = written_for("prometheus_client", PROMETHEUS_CLIENT)

@@ -12,10 +12,10 @@ import numpy as np
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from core.decisions import Costs, cost
-from core.evaluation import expected_cost
 from core.settings import Settings
-from pipelines.training import TrainResult
+from model.decisions import Costs, cost
+from model.evaluation import expected_cost
+from training.fit import TrainResult
 
 
 def _save(fig: plt.Figure, path: Path) -> Path:
@@ -25,16 +25,14 @@ def _save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def write_plots(result: TrainResult, settings: Settings, out: Path) -> list[Path]:
-    review_fee = settings.review_fee
-    out.mkdir(parents=True, exist_ok=True)
-    labels = result.test["is_fraud"].to_numpy()
-    amounts = result.test["amount"].to_numpy()
-    curves = {"LightGBM": result.test["score"].to_numpy(), **{k.replace("_", " "): v for k, v in result.baseline_scores.items()}}
-    paths = []
+def _curves(result: TrainResult) -> dict[str, np.ndarray]:
+    return {"LightGBM": result.test["score"].to_numpy(), **{k.replace("_", " "): v for k, v in result.baseline_scores.items()}}
 
+
+def pr_roc(result: TrainResult, settings: Settings, out: Path) -> Path:
+    labels = result.test["is_fraud"].to_numpy()
     fig, (pr, roc) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for name, scores in curves.items():
+    for name, scores in _curves(result).items():
         precision, recall, _ = precision_recall_curve(labels, scores)
         pr.plot(recall, precision, label=name)
         fpr, tpr, _ = roc_curve(labels, scores)
@@ -44,26 +42,32 @@ def write_plots(result: TrainResult, settings: Settings, out: Path) -> list[Path
     roc.plot([0, 1], [0, 1], color="grey", ls=":")
     roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, test window")
     pr.legend(), roc.legend()
-    paths.append(_save(fig, out / "pr_roc.png"))
+    return _save(fig, out / "pr_roc.png")
 
+
+def calibration(result: TrainResult, settings: Settings, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    observed, predicted = calibration_curve(labels, curves["LightGBM"], n_bins=10, strategy="quantile")
+    observed, predicted = calibration_curve(result.test["is_fraud"].to_numpy(), result.test["score"].to_numpy(), n_bins=10, strategy="quantile")
     ax.plot(predicted, observed, marker="o", label="LightGBM")
     ax.plot([0, 1], [0, 1], color="grey", ls=":", label="perfectly calibrated")
     ax.set(xscale="log", yscale="log", xlabel="mean predicted probability", ylabel="observed fraud rate", title="Calibration (quantile bins)")
     ax.legend()
-    paths.append(_save(fig, out / "calibration.png"))
+    return _save(fig, out / "calibration.png")
 
+
+def cost_by_threshold(result: TrainResult, settings: Settings, out: Path) -> Path:
+    labels, amounts, scores = (result.test[c].to_numpy() for c in ("is_fraud", "amount", "score"))
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    scores = curves["LightGBM"]
     thresholds = np.unique(np.quantile(scores, np.linspace(0.5, 1.0, 200)))
-    costs = [expected_cost(labels, amounts, scores >= t, review_fee) for t in thresholds]
-    ax.plot(thresholds, costs)
+    ax.plot(thresholds, [expected_cost(labels, amounts, scores >= t, settings.review_fee) for t in thresholds])
     ax.axvline(result.threshold, color="red", ls="--", label=f"chosen on validation: {result.threshold:.3f}")
-    ax.set(xscale="log", xlabel="decision threshold", ylabel="expected cost on test", title=f"Cost by threshold (review fee {review_fee:g})")
+    ax.set(xscale="log", xlabel="decision threshold", ylabel="expected cost on test", title=f"Cost by threshold (review fee {settings.review_fee:g})")
     ax.legend()
-    paths.append(_save(fig, out / "cost_by_threshold.png"))
+    return _save(fig, out / "cost_by_threshold.png")
 
+
+def cost_by_capacity(result: TrainResult, settings: Settings, out: Path) -> Path:
+    labels, amounts, scores = (result.test[c].to_numpy() for c in ("is_fraud", "amount", "score"))
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for actions, curve in result.capacity_costs.items():
         capacities = sorted(curve)
@@ -75,12 +79,14 @@ def write_plots(result: TrainResult, settings: Settings, out: Path) -> list[Path
     ax.set(xlim=(0, None), xlabel="review capacity (transactions a day)", ylabel="cost on test",
            title=f"Cost against review capacity (no model: {amounts[labels == 1].sum():,.0f})")
     ax.legend(fontsize=8)
-    paths.append(_save(fig, out / "cost_by_capacity.png"))
+    return _save(fig, out / "cost_by_capacity.png")
 
+
+def importance(result: TrainResult, settings: Settings, out: Path) -> Path:
     fig, (gain, shap) = plt.subplots(1, 2, figsize=(12, 5))
-    importance = result.booster.feature_importance("gain")
-    order = np.argsort(importance)
-    gain.barh(np.array(result.features)[order], importance[order])
+    by_gain = result.booster.feature_importance("gain")
+    order = np.argsort(by_gain)
+    gain.barh(np.array(result.features)[order], by_gain[order])
     gain.set(title="Feature importance (gain)", xlabel="total gain")
     # LightGBM computes exact TreeSHAP itself: pred_contrib gives one SHAP value per feature per row.
     sample = result.test[result.features].to_numpy(np.float64)[:5_000]
@@ -89,5 +95,13 @@ def write_plots(result: TrainResult, settings: Settings, out: Path) -> list[Path
     order = np.argsort(mean_abs)
     shap.barh(np.array(result.features)[order], mean_abs[order])
     shap.set(title="SHAP summary (mean |SHAP value|, log-odds)", xlabel="mean |SHAP|")
-    paths.append(_save(fig, out / "importance_gain_shap.png"))
-    return paths
+    return _save(fig, out / "importance_gain_shap.png")
+
+
+PLOTS = (pr_roc, calibration, cost_by_threshold, cost_by_capacity, importance)
+
+
+def write_plots(result: TrainResult, settings: Settings, out: Path) -> list[Path]:
+    """Every figure of `PLOTS` for this run, as PNG files under `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    return [plot(result, settings, out) for plot in PLOTS]

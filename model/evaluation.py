@@ -55,7 +55,7 @@ def recall_key(max_fpr: float) -> str:
 def ips_weights(decisions: pd.Series, propensities: pd.Series) -> np.ndarray:
     """Weights that let logged, labelled traffic stand for all of it: a declined transaction never
     gets a label and weighs 0; every other weighs 1 / the propensity of the decision it got, so an
-    explored review (`core.decisions.explore`, propensity = the exploration share) stands for the
+    explored review (`model.decisions.explore`, propensity = the exploration share) stands for the
     declines like it that went unlabelled. A record from before propensities were logged weighs 1."""
     censored = (decisions == "decline").to_numpy()
     return np.where(censored, 0.0, 1.0 / propensities.fillna(1.0).to_numpy(np.float64))

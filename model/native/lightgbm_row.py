@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import lightgbm as lgb
 import numpy as np
 
-from serving.native import written_for
+from core.native import written_for
 
 LIGHTGBM = "4.7.0"
 RowScorer = Callable[[Sequence[float] | np.ndarray], float]
@@ -84,7 +84,7 @@ def row_predictor(booster: lgb.Booster, n_features: int) -> RowScorer:
         try:
             return FastRowPredictor(booster, n_features)
         except (AttributeError, ImportError) as exc:
-            from serving.native import log
+            from core.native import log
 
             log.warning("lightgbm's single-row fast path is unavailable (%s): using Booster.predict", exc)
     return public_predictor(booster, n_features)

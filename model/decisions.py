@@ -79,7 +79,7 @@ def explore(decision: Decision, transaction_id: str, share: float) -> tuple[Deci
     happened, so no chargeback comes), and a model retrained on what it let through learns from a
     censored sample. A `share` of would-be declines goes to review instead, where an analyst's
     verdict labels it. Returns the decision taken and its propensity, the probability the policy had
-    of taking it, which evaluation on logged data divides by (`core.evaluation.ips_weights`)."""
+    of taking it, which evaluation on logged data divides by (`model.evaluation.ips_weights`)."""
     if decision != "decline" or share <= 0.0:
         return decision, 1.0
     return ("review", share) if exploration_draw(transaction_id) < share else ("decline", 1.0 - share)
@@ -126,3 +126,23 @@ def choose_bands(labels: np.ndarray, amounts: np.ndarray, scores: np.ndarray, da
 def days_in(frame: pd.DataFrame) -> float:
     """Days of traffic the frame covers: what a daily capacity is multiplied by."""
     return float(frame["event_timestamp"].dt.floor("D").nunique())
+
+
+CAPACITIES = (0.0, 10.0, 25.0, 50.0, 100.0, 200.0, 400.0, 800.0)  # reviews a day, for the cost-against-capacity figure
+
+
+def decision_bands(validation: pd.DataFrame, validation_scores: np.ndarray, test: pd.DataFrame, test_scores: np.ndarray,
+                   settings: Settings) -> tuple[Bands, dict[str, float], dict[str, dict[float, float]]]:
+    """The bands for the settings' capacity, their test figures, and the test cost at other
+    capacities, with all four actions and with reviews alone."""
+    costs = Costs.from_settings(settings)
+    labels, amounts = test["is_fraud"].to_numpy(), test["amount"].to_numpy()
+    chosen = {actions: choose_bands(validation["is_fraud"].to_numpy(), validation["amount"].to_numpy(), validation_scores,
+                                    days_in(validation), costs, CAPACITIES, review_only=actions == "review only")
+              for actions in ("four bands", "review only")}
+    bands = chosen["four bands"][0]
+    decisions = bands.decide(test_scores)
+    metrics = {"decision_cost": cost(labels, amounts, decisions, costs), "reviews_per_day": float((decisions == 2).sum()) / days_in(test),
+               **{f"{name}_share": float((decisions == i).mean()) for i, name in enumerate(DECISIONS)}}
+    return bands, metrics, {actions: {c: cost(labels, amounts, b.decide(test_scores), costs) for c, b in zip(CAPACITIES, cuts[1:])}
+                            for actions, cuts in chosen.items()}

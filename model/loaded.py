@@ -15,10 +15,10 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 
-from core.decisions import Bands
 from core.runtime import write_atomically
 from core.settings import Settings
-from serving.native.lightgbm_row import RowScorer, row_predictor
+from model.decisions import Bands
+from model.native.lightgbm_row import RowScorer, row_predictor
 
 log = logging.getLogger("fraudops.models")
 REASONS = 3  # reason codes per answer: what an analyst reads first

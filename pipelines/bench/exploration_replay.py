@@ -8,7 +8,7 @@ on the next week's true labels, which the simulator knows. Three ways to treat t
 - `naive`: no chargeback came, so they count as legitimate: the model learns that what it declined
   was fine;
 - `censored`: left out, the model learns from what it let through;
-- `explored`: a share of the would-be declines went to review (`core.decisions.explore`) and was
+- `explored`: a share of the would-be declines went to review (`model.decisions.explore`) and was
   labelled; they weigh 1 / propensity in the fit and the rest of the declines are left out.
 
 The feature table is the one the feature job computed with all labels known: only the training
@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score
 
-from core.decisions import explore
-from pipelines.training import ModelConfig, fit_booster
+from model.decisions import explore
+from training.fit import ModelConfig, fit_booster
 
 ARMS = ("naive", "censored", "explored")
 WEEK = pd.Timedelta(days=7)

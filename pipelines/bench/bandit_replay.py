@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from model.buckets import BUCKETS, bucket
 from monitoring.canary import compare, thompson_share
-from serving.router import BUCKETS, bucket
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 The train flow returns flat MLflow-style metrics (`test_roc_auc`, `baseline_amount_rule_...`); the
 names of two of them follow the settings (`top_k`, `max_false_positive_rate`), so they are read here
-by the names `core.evaluation` gives them and nowhere spelled out by hand.
+by the names `model.evaluation` gives them and nowhere spelled out by hand.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 
 from rich.table import Table
 
-from core.evaluation import card_precision_key, recall_key
 from core.settings import Settings
+from model.evaluation import card_precision_key, recall_key
 
 # the model's name in reports, and the prefix of its metrics in a training result
 MODELS = {"lightgbm": "test", "logistic_regression": "baseline_logistic_regression", "amount_rule": "baseline_amount_rule"}
@@ -29,7 +29,7 @@ class ModelScores:
     expected_cost: float | None
 
     def as_json(self, settings: Settings) -> dict[str, object]:
-        """Keyed as `core.evaluation.evaluate` names the metrics, for this installation's settings."""
+        """Keyed as `model.evaluation.evaluate` names the metrics, for this installation's settings."""
         out = asdict(self)
         out[card_precision_key(settings.top_k)] = out.pop("card_precision_at_k")
         out[recall_key(settings.max_false_positive_rate)] = out.pop("recall_at_fpr")
