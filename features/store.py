@@ -1,5 +1,10 @@
 """Opening the Feast store from settings, applying definitions, the training join, and the backfill of
-the live feature state."""
+the live feature state.
+
+Feast owns the feature definitions, the feature service the model names, and the point-in-time join
+over the offline store (training, batch scoring). It does not serve online: the API reads the live
+state (features/state.py), and Feast's online store is configured only because Feast requires one.
+"""
 
 from __future__ import annotations
 
@@ -38,11 +43,7 @@ def render_config(settings: Settings) -> str:
         registry = {"registry_type": "sql", "path": settings.feast_registry_url, "cache_ttl_seconds": 60}
     else:
         registry = {"registry_type": "file", "path": str(settings.feast_dir / "registry.db"), "cache_ttl_seconds": 60}
-    if settings.feast_redis_url:
-        online = {"type": "redis", "connection_string": settings.feast_redis_url}
-    else:
-        online = {"type": "sqlite", "path": str(settings.feast_dir / "online.db")}
-    values = {"project": settings.feast_project, "registry": json.dumps(registry), "online_store": json.dumps(online)}
+    values = {"project": settings.feast_project, "registry": json.dumps(registry), "online_path": json.dumps(str(settings.feast_dir / "online.db"))}
     return Template(TEMPLATE.read_text()).substitute(values)
 
 

@@ -58,7 +58,10 @@ def feature_objects(features_dir: Path) -> list:
     source = FileSource(name="transaction_features", path=str(features_dir / FEATURES_FILE), timestamp_field="event_timestamp")
     def view(name: str, features: list[str], description: str) -> FeatureView:
         schema = [Field(name=feature, dtype=Float64, description=_describe(feature)) for feature in features]
-        return FeatureView(name=name, entities=[transaction], ttl=ROW_TTL, schema=schema, source=source, description=description)
+        # online=False: nothing is materialized into Feast's online store; the API reads the live state
+        # (features/state.py), which keeps the events that exact window edges need.
+        return FeatureView(name=name, entities=[transaction], ttl=ROW_TTL, schema=schema, source=source, description=description,
+                           online=False)
 
     card = view("card_history", CUSTOMER_FEATURES, "The card's history up to and including the transaction.")
     terminal = view("terminal_history", TERMINAL_FEATURES, "The terminal's activity, and its risk from labels old enough to be known.")
