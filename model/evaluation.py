@@ -14,14 +14,25 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 
 def card_precision_at_k(frame: pd.DataFrame, scores: np.ndarray, k: int) -> float:
-    """Mean over days of the share of truly compromised cards among the day's k highest-scored cards.
+    """The Fraud Detection Handbook's card precision at k (its `card_precision_top_k`): mean over days
+    of the compromised cards among the day's k highest-scored cards, divided by k.
 
     A card's daily score is its highest transaction score: analysts review cards, not transactions.
+    A card found compromised on a day is blocked, so it is left out of every later day: a model
+    cannot score again, day after day, on a card it has already caught. Counting it again (a per-day
+    precision with no memory) flatters a model that ranks a few compromised cards high all week.
     """
-    scored = frame.assign(score=scores, day=frame["event_timestamp"].dt.floor("D"))
-    per_card = scored.groupby(["day", "customer_id"], observed=True).agg(score=("score", "max"), fraud=("is_fraud", "max"))
-    top = per_card.sort_values("score", ascending=False).groupby(level="day", observed=True).head(k)
-    return float(top.groupby(level="day", observed=True)["fraud"].mean().mean())
+    scored = frame.assign(score=scores, day=frame["event_timestamp"].dt.floor("D"))[["day", "customer_id", "score", "is_fraud"]]
+    detected: set[object] = set()
+    daily = []
+    for _, day in scored.groupby("day", sort=True):
+        day = day[~day["customer_id"].isin(detected)]
+        per_card = day.groupby("customer_id", observed=True).agg(score=("score", "max"), fraud=("is_fraud", "max"))
+        top = per_card.sort_values("score", ascending=False, kind="stable").head(k)
+        caught = top.index[top["fraud"] == 1]
+        daily.append(len(caught) / k)
+        detected.update(caught)
+    return float(np.mean(daily)) if daily else float("nan")
 
 
 def expected_cost(labels: np.ndarray, amounts: np.ndarray, flagged: np.ndarray, review_fee: float) -> float:

@@ -13,17 +13,42 @@ from training.fit import ModelConfig
 from training.windows import Windows
 
 
-def test_card_precision_counts_cards_per_day() -> None:
+def test_card_precision_counts_cards_per_day_and_leaves_out_cards_already_caught() -> None:
     frame = pd.DataFrame(
         {
-            "event_timestamp": pd.to_datetime(["2025-01-01 10:00"] * 4 + ["2025-01-02 10:00"] * 2),
-            "customer_id": ["a", "a", "b", "c", "a", "b"],
-            "is_fraud": [0, 1, 0, 0, 0, 0],
+            "event_timestamp": pd.to_datetime(["2025-01-01 10:00"] * 4 + ["2025-01-02 10:00"] * 3),
+            "customer_id": ["a", "a", "b", "c", "a", "b", "c"],
+            "is_fraud": [0, 1, 0, 0, 1, 0, 0],
         }
     )
-    scores = np.array([0.9, 0.1, 0.8, 0.2, 0.5, 0.4])
-    # day 1: top-2 cards by max score are a (compromised) and b; day 2: a and b, neither compromised
-    assert card_precision_at_k(frame, scores, 2) == pytest.approx((0.5 + 0.0) / 2)
+    scores = np.array([0.9, 0.1, 0.8, 0.2, 0.9, 0.4, 0.3])
+    # day 1: the top-2 cards by their highest score are a (compromised) and b: 1 of 2.
+    # day 2: a was caught on day 1 and is blocked, so the top 2 are b and c, neither compromised: 0 of 2.
+    # A per-day precision without that memory would count a again on day 2 and give 0.5.
+    assert card_precision_at_k(frame, scores, 2) == pytest.approx((1 / 2 + 0 / 2) / 2)
+    # a day with fewer cards than k still divides by k, as the Handbook does
+    assert card_precision_at_k(frame.iloc[:1], scores[:1], 2) == pytest.approx(0.0)
+
+
+def test_card_precision_matches_the_handbooks_own_loop() -> None:
+    """The Handbook's `card_precision_top_k`, written here the way its chapter 4 describes it, on a
+    random week of 50 cards: the same figure."""
+    rng = np.random.default_rng(3)
+    n = 2_000
+    frame = pd.DataFrame({"event_timestamp": pd.Timestamp("2025-01-01") + pd.to_timedelta(rng.integers(0, 7 * 86_400, n), unit="s"),
+                          "customer_id": rng.integers(0, 50, n).astype(str), "is_fraud": (rng.random(n) < 0.1).astype(int)})
+    scores = rng.random(n)
+    caught: list[str] = []
+    daily = []
+    days = frame["event_timestamp"].dt.floor("D")
+    for day in sorted(days.unique()):
+        today = frame.assign(score=scores)[(days == day).to_numpy()]
+        today = today[~today["customer_id"].isin(caught)]
+        cards = today.groupby("customer_id")[["score", "is_fraud"]].max().sort_values("score", ascending=False).head(10)
+        found = list(cards.index[cards["is_fraud"] == 1])
+        daily.append(len(found) / 10)
+        caught += found
+    assert card_precision_at_k(frame, scores, 10) == pytest.approx(float(np.mean(daily)))
 
 
 def test_cost_threshold_trades_missed_fraud_against_reviews() -> None:
