@@ -43,6 +43,10 @@ bench-tools:
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk hey >/dev/null; } || \
 	  { echo "make bench needs wrk and hey (Debian packages wrk and hey) for its serving section"; exit 1; }
 
+## docs: render every figure in README.md and docs/ from the docs/results/ file its marker names
+docs: install
+	$(BIN)/fraudops docs
+
 ## mlflow-ui: browse runs and the model registry of the demo at http://127.0.0.1:5000
 mlflow-ui: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///.fraudops/mlflow.db --port 5000
@@ -63,4 +67,4 @@ lock:
 clean:
 	rm -rf .fraudops
 
-.PHONY: help install demo test bench bench-tools mlflow-ui monitor-ui serve lock clean
+.PHONY: help install demo test bench bench-tools docs mlflow-ui monitor-ui serve lock clean

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
+import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -107,6 +107,7 @@ def train(
     """
     s = settings(train_start=train_start.date() if train_start else None, train_days=train_days, label_delay_days=delay_days, test_days=test_days)
     prepare(s)
+    from pipelines.docs import write_results
     from pipelines.flows import training_flow
     from training.fit import ModelConfig
     from training.results import model_scores, scores_table
@@ -119,7 +120,7 @@ def train(
     if json_out:
         counts = {"test_rows": result.get("test_rows"), "test_frauds": result.get("test_frauds")}
         models = {row.model: {**row.as_json(s), **counts} for row in scores}
-        json_out.write_text(json.dumps({"models": models, "version": result["version"], "alias": result["alias"], "gate": result["gate"]}, indent=2))
+        write_results(json_out, {"models": models, "version": result["version"], "alias": result["alias"], "gate": result["gate"]})
 
 
 @app.command()
@@ -378,11 +379,41 @@ def bench(
 
 
 @app.command()
-def demo() -> None:
-    """Run everything end to end on embedded defaults: simulate, features, train twice, serve, replay, monitor."""
+def docs(check: Annotated[bool, typer.Option("--check", help="Change nothing; exit 1 if a page differs from its rendering.")] = False) -> None:
+    """Render every figure in README.md and docs/*.md from the results file its marker names.
+
+    A figure a run produced stands between `<!-- fig FILE > key > ... as FORMAT -->` and `<!-- /fig -->`;
+    this writes it from docs/results/FILE (pipelines/docs.py). Example: fraudops docs --check
+    """
+    from pipelines.docs import FigureError, stale_pages
+    from pipelines.docs import main as render_all
+
+    try:
+        stale = stale_pages()
+        if check:
+            for page in stale:
+                console.print(f"[red]{page}[/] differs from its rendering: run fraudops docs")
+            raise typer.Exit(1 if stale else 0)
+        render_all()
+    except FigureError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def demo(
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the run's figures here (the docs quote docs/results/demo.json).")] = None,
+) -> None:
+    """Run everything end to end on embedded defaults: simulate, features, train twice, serve, replay, monitor.
+
+    The run's figures go to the state folder's reports/demo.json (and to --json). Example: fraudops demo --json docs/results/demo.json
+    """
     from pipelines.demo import run
 
-    run(settings(), console)
+    s = settings()
+    run(s, console)
+    if json_out:
+        shutil.copyfile(s.reports_dir / "demo.json", json_out)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ machine's own noise is part of what a reader should see. One module per section.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,14 +16,15 @@ from core.settings import Settings
 from pipelines.bench.bandit_section import bandit_section
 from pipelines.bench.batch_section import batch_section
 from pipelines.bench.budget_section import budget_section
+from pipelines.bench.common import Section
 from pipelines.bench.concept_section import concept_section
 from pipelines.bench.exploration_section import exploration_section
-from pipelines.bench.common import Section
 from pipelines.bench.features_section import features_section
 from pipelines.bench.monitoring_section import monitoring_section
 from pipelines.bench.scaling_section import scaling_section
 from pipelines.bench.serving_section import serving_section
 from pipelines.bench.training_section import training_section
+from pipelines.docs import write_results
 
 SECTIONS: dict[str, Callable[[Settings, str, int], Section]] = {
     "features": features_section,
@@ -51,7 +51,7 @@ def run(settings: Settings, sections: list[str], scale: str, repeat: int, json_p
         for figure, value, unit, note in section.rows:
             table.add_row(figure, f"{value:,.3f}" if value < 100 else f"{value:,.0f}", unit, note)
         console.print(table)
-        results[name] = {figure: value for figure, value, _, _ in section.rows}
+        results[name] = section.figures()
     if json_path:
-        json_path.write_text(json.dumps(results, indent=2))
+        write_results(json_path, results, f"fraudops bench --section {' --section '.join(sections)} --scale {scale} --repeat {repeat}")
     return results

@@ -39,16 +39,16 @@ def budget_section(settings: Settings, scale: str, repeat: int) -> Section:
         return online.lookup(Tx(f"budget-{clock[0]}", str(i), str(i * 2 % s.terminals), 25.5, clock[0]))
 
     p50, p99 = latency_ms(lookup, 2_000)
-    section.add("state step and request-time features (SQLite), p50", p50, "ms", f"p99 {p99:.3f} ms")
+    section.add("state step and request-time features (SQLite), p50", p50, "ms", f"p99 {p99:.3f} ms", p99=p99)
     row = np.asarray([lookup().values[name] for name in model.features], dtype=np.float64)  # type: ignore[attr-defined]
     scorers: list[tuple[str, RowScorer]] = [
         ("model, one row: LightGBM's single-row fast path", FastRowPredictor(model.booster, len(model.features))),
         ("peer: Booster.predict on one row", public_predictor(model.booster, len(model.features)))]
     for label, scorer in scorers:
         p50, p99 = latency_ms(partial(scorer, row), 20_000)
-        section.add(f"{label}, p50", p50 * 1000, "us", f"p99 {p99 * 1000:.1f} us")
+        section.add(f"{label}, p50", p50 * 1000, "us", f"p99 {p99 * 1000:.1f} us", p99=p99 * 1000)
     p50, p99 = latency_ms(partial(explain, model, row.tolist()), 5_000)
-    section.add("reason codes (?explain=true), one row, p50", p50 * 1000, "us", f"p99 {p99 * 1000:.1f} us; only an answer that asks pays it")
+    section.add("reason codes (?explain=true), one row, p50", p50 * 1000, "us", f"p99 {p99 * 1000:.1f} us; only an answer that asks pays it", p99=p99 * 1000)
     log = PredictionLog(lambda batch: None, batch_size=4096, max_queue=1_000_000)
     record = {"transaction_id": "t", "score": 0.1, **dict(zip(model.features, row.tolist()))}
     started = time.perf_counter()

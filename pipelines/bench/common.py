@@ -13,11 +13,21 @@ REDIS_URL = "127.0.0.1:6379,db=9"
 
 @dataclass
 class Section:
+    """A section's table: one row a figure, with the unit it is in and a note for the reader. Every
+    number a page may quote is a value here (`also` for a row's second figure, such as its p99), so
+    that it reaches the results file and the docs render it from there (pipelines/docs.py)."""
+
     name: str
     rows: list[tuple[str, float, str, str]] = field(default_factory=list)  # figure, value, unit, note
+    extra: dict[str, float] = field(default_factory=dict)  # "figure [name]" -> value, beside its row
 
-    def add(self, figure: str, value: float, unit: str, note: str = "") -> None:
+    def add(self, figure: str, value: float, unit: str, note: str = "", **also: float) -> None:
         self.rows.append((figure, value, unit, note))
+        self.extra.update({f"{figure} [{name}]": float(v) for name, v in also.items()})
+
+    def figures(self) -> dict[str, float]:
+        """What the results file keeps of this section: every row's value and every `also`."""
+        return {**{figure: value for figure, value, _, _ in self.rows}, **self.extra}
 
 
 def timed(fn: Callable[[], object], repeat: int) -> list[float]:

@@ -23,8 +23,9 @@ def training_section(settings: Settings, scale: str, repeat: int) -> Section:
     histogram gradient boosting on the same matrix."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
+    from features.labels import clear
     from features.offline import transactions_between
-    from features.simulator import SimulationConfig, write_simulation
+    from features.simulator import SimulationConfig, deliver_chargebacks, write_simulation
     from features.store import historical_features, model_features, open_store
     from pipelines.flows import features_flow, training_flow
     from training.fit import ModelConfig, fit_booster
@@ -37,6 +38,8 @@ def training_section(settings: Settings, scale: str, repeat: int) -> Section:
         s = settings.model_copy(update={"state_dir": settings.state_dir / f"training-{customers}", "customers": customers, "terminals": 2 * customers})
         cfg = SimulationConfig.from_settings(s)
         rows = write_simulation(cfg, s.transactions_dir, replace=True)
+        clear(s)  # training reads labels from the label store alone: the history's chargebacks go there first
+        deliver_chargebacks(s)
         with quiet_stdout():
             features_flow(s)
         started = time.perf_counter()
@@ -45,7 +48,8 @@ def training_section(settings: Settings, scale: str, repeat: int) -> Section:
         scores = ", ".join(f"{'LightGBM' if m.model == 'lightgbm' else m.model.replace('_', ' ')} {m.average_precision:.3f} / "
                            f"{m.card_precision_at_k:.3f}" for m in model_scores(result, s))
         section.add(f"train flow, {customers:,} customers", seconds, "s",
-                    f"{rows:,} transactions simulated; test AP / CP@{s.top_k}: {scores}")
+                    f"{rows:,} transactions simulated; test AP / CP@{s.top_k}: {scores}", transactions=rows,
+                    **{f"{m.model} test AP": m.average_precision for m in model_scores(result, s) if m.average_precision is not None})
     windows = Windows.from_settings(s)
     store = open_store(s)
     tx = transactions_between(s.transactions_dir, windows.train_start, windows.test_end)
