@@ -359,16 +359,17 @@ def deploy(
 @app.command()
 def bench(
     section: Annotated[Optional[list[str]], typer.Option(help="Section to run: features, training, serving, monitoring, scaling, budget, batch, bandit, exploration, concept. Repeatable; default: all.")] = None,
-    scale: Annotated[str, typer.Option(help="full: the handbook's 5,000 customers x 183 days; small: a quick look.")] = "full",
+    scale: Annotated[str, typer.Option(help="full: the handbook's 5,000 customers x 183 days; small: a quick look; smoke: the least that runs every step (make test).")] = "full",
     repeat: Annotated[int, typer.Option(min=1, help="Repetitions per timing; the table shows medians.")] = 3,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures as JSON, by section and figure.")] = None,
 ) -> None:
     """Measure each part beside a peer in the same run: a table per section."""
     from pipelines.bench import SECTIONS
+    from pipelines.bench.common import SCALES
     from pipelines.bench import run as run_bench
 
-    if scale not in ("full", "small"):
-        raise typer.BadParameter("choose full or small", param_hint="--scale")
+    if scale not in SCALES:
+        raise typer.BadParameter(f"choose {', '.join(SCALES)}", param_hint="--scale")
     unknown = set(section or []) - set(SECTIONS)
     if unknown:
         raise typer.BadParameter(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}", param_hint="--section")

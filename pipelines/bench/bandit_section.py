@@ -15,7 +15,7 @@ CASES = {"a better challenger": 0.8, "a worse challenger": -0.5}  # the challeng
 
 
 def bandit_section(settings: Settings, scale: str, repeat: int) -> Section:
-    customers = 1_000 if scale == "full" else 300
+    customers = {"full": 1_000, "small": 300, "smoke": 100}[scale]
     section = Section(f"bandit routing against a fixed 10% canary ({DAYS} days, {customers:,} cards a day, labels a week late)")
     runs: dict[str, dict[str, Replay]] = {}
     for case, gain in CASES.items():

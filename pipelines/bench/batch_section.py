@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from core.settings import Settings
-from pipelines.bench.common import Section, timed
+from pipelines.bench.common import SCALES, Section, timed
 from pipelines.bench.serving_section import prepared
 
 SCORED_DAYS = 61
@@ -28,7 +28,7 @@ def batch_store(settings: Settings, scale: str, registry: Settings) -> Settings:
     from features.store import apply
     from pipelines.flows.featurize import compute_feature_tables
 
-    customers, terminals, days = (5_000, 10_000, 183) if scale == "full" else (1_000, 2_000, 60)
+    customers, terminals, days = (SCALES[scale].customers, SCALES[scale].terminals, SCALES[scale].days)
     s = settings.model_copy(update={"state_dir": settings.state_dir / f"batch-{scale}", "mlflow_tracking_uri": registry.tracking_uri,
                                     "customers": customers, "terminals": terminals, "days": days})
     if not (s.state_dir / "applied").exists():
@@ -56,7 +56,7 @@ def batch_section(settings: Settings, scale: str, repeat: int) -> Section:
     if model is None:
         raise RuntimeError(f"no champion in the bench's registry at {s.tracking_uri}")
     end = pd.Timestamp(s.start_date) + pd.Timedelta(days=s.days)
-    tx = transactions_between(s.transactions_dir, end - pd.Timedelta(days=SCORED_DAYS), end).drop(columns=["is_fraud", "fraud_scenario"])
+    tx = transactions_between(s.transactions_dir, end - pd.Timedelta(days=min(SCORED_DAYS, s.days)), end).drop(columns=["is_fraud", "fraud_scenario"])
     section = Section(f"batch scoring ({len(tx):,} transactions, the last {SCORED_DAYS} days at {scale} scale; 2 threads; medians of {repeat})")
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "scores.parquet"

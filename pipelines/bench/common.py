@@ -11,6 +11,20 @@ import numpy as np
 REDIS_URL = "127.0.0.1:6379,db=9"
 
 
+@dataclass(frozen=True)
+class Scale:
+    """How big a section's simulated world is. `full` is the Handbook's; `small` a quick look;
+    `smoke` the least that still runs every step of a section from an empty state, which is what
+    tests/test_bench.py runs in `make test` (its figures mean nothing)."""
+
+    customers: int
+    terminals: int
+    days: int
+
+
+SCALES = {"full": Scale(5_000, 10_000, 183), "small": Scale(1_000, 2_000, 60), "smoke": Scale(300, 600, 50)}
+
+
 @dataclass
 class Section:
     """A section's table: one row a figure, with the unit it is in and a note for the reader. Every

@@ -16,7 +16,7 @@ from datetime import timedelta
 import pandas as pd
 
 from core.settings import Settings
-from pipelines.bench.common import Section
+from pipelines.bench.common import SCALES, Section
 
 WORLDS = {"no change": (), "mimicry": ("mimicry",)}
 SEEN_DAYS = 2  # the first monitor run: the demo's period length
@@ -85,7 +85,7 @@ def world(settings: Settings, drift: tuple[str, ...]) -> dict[str, float]:
 
 
 def concept_section(settings: Settings, scale: str, repeat: int) -> Section:
-    customers, terminals = (5_000, 10_000) if scale == "full" else (1_000, 2_000)
+    customers, terminals = SCALES[scale].customers, SCALES[scale].terminals
     section = Section(f"concept drift (mimicry from the day after the test window; {customers:,} cards; one run per world)")
     for name, drift in WORLDS.items():
         s = settings.model_copy(update={"state_dir": settings.state_dir / f"concept-{name.replace(' ', '-')}", "customers": customers,

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from core.settings import Settings
-from pipelines.bench.common import Section
+from pipelines.bench.common import SCALES, Section
 from pipelines.bench.exploration_replay import ARMS, Run, replay
 
 WEEKS = 8
@@ -36,7 +36,7 @@ def exploration_frame(s: Settings) -> tuple[pd.DataFrame, list[str]]:
 
 
 def exploration_section(settings: Settings, scale: str, repeat: int) -> Section:
-    customers, terminals = (5_000, 10_000) if scale == "full" else (2_000, 4_000)
+    customers, terminals = {"full": (5_000, 10_000), "small": (2_000, 4_000), "smoke": (SCALES["smoke"].customers, SCALES["smoke"].terminals)}[scale]
     days = 30 + 28 + WEEKS * 7  # warm-up of the windows, the first model's weeks, the replayed weeks
     s = settings.model_copy(update={"state_dir": settings.state_dir / "exploration", "customers": customers, "terminals": terminals,
                                     "days": days, "train_start_day": 30, "train_days": 14, "test_days": 7})

@@ -16,7 +16,7 @@ from core.runtime import service_available
 from core.settings import Settings
 from features.simulator import SimulationConfig
 from features.state import Tx, features, open_state
-from pipelines.bench.common import REDIS_URL, Section, latency_ms, timed
+from pipelines.bench.common import REDIS_URL, SCALES, Section, latency_ms, timed
 
 
 def features_section(settings: Settings, scale: str, repeat: int) -> Section:
@@ -41,7 +41,7 @@ def offline_side(settings: Settings, scale: str, repeat: int, section: Section) 
     from features.simulator import SimulationConfig, deliver_chargebacks, write_simulation
     from features.store import apply, historical_features, open_store
 
-    customers, terminals, days = (5_000, 10_000, 183) if scale == "full" else (1_000, 2_000, 60)
+    customers, terminals, days = (SCALES[scale].customers, SCALES[scale].terminals, SCALES[scale].days)
     cfg = SimulationConfig.from_settings(settings, customers=customers, terminals=terminals, days=days)
     rows = 0
 

@@ -58,7 +58,7 @@ def monitoring_section(settings: Settings, scale: str, repeat: int) -> Section:
     import multiprocessing
 
     section = Section("monitoring (drift job against 100k reference rows, fresh process per run)")
-    sizes = (100_000, 1_000_000) if scale == "full" else (20_000, 100_000)
+    sizes = {"full": (100_000, 1_000_000), "small": (20_000, 100_000), "smoke": (2_000,)}[scale]
     context = multiprocessing.get_context("spawn")
     for rows in sizes:
         for peer in (False, True):

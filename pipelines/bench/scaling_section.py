@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from core.settings import Settings
-from pipelines.bench.common import Section
+from pipelines.bench.common import SCALES, Section
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -130,8 +130,9 @@ def scaling_section(settings: Settings, scale: str, repeat: int) -> Section:
     from features.simulator import SimulationConfig, deliver_chargebacks, write_simulation
 
     section = Section("scaling (fresh process per run; one run per size; Dask: a LocalCluster of 2 worker processes on this machine)")
-    factors = (1, 4, 16) if scale == "full" else (1, 2, 4)
-    base = (5_000, 10_000, 183) if scale == "full" else (1_000, 2_000, 60)
+    factors = {"full": (1, 4, 16), "small": (1, 2, 4), "smoke": (1,)}[scale]
+    size = SCALES[scale]
+    base = (size.customers, size.terminals, size.days)
     curves: dict[str, list[Figures]] = {}
     for k in factors:
         span = settings.train_days + settings.label_delay_days + settings.test_days  # the protocol ends on the last day

@@ -10,7 +10,7 @@ import numpy as np
 
 from core.runtime import quiet_stdout
 from core.settings import Settings
-from pipelines.bench.common import Section, timed
+from pipelines.bench.common import SCALES, Section, timed
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -33,7 +33,7 @@ def training_section(settings: Settings, scale: str, repeat: int) -> Section:
     from training.windows import Windows, split
 
     section = Section("training (train flow end to end; fit beside a peer)")
-    sizes = (500, 1_000, 2_000) if scale == "small" else (1_000, 2_500, 5_000)
+    sizes = {"full": (1_000, 2_500, 5_000), "small": (500, 1_000, 2_000), "smoke": (SCALES["smoke"].customers,)}[scale]
     for customers in sizes:
         s = settings.model_copy(update={"state_dir": settings.state_dir / f"training-{customers}", "customers": customers, "terminals": 2 * customers})
         cfg = SimulationConfig.from_settings(s)
