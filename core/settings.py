@@ -221,6 +221,11 @@ class Settings(BaseSettings):
     stores: StoreSettings = Field(default_factory=StoreSettings)
     schedules: ScheduleSettings = Field(default_factory=ScheduleSettings)
 
+    def __init__(self, **values: Any) -> None:
+        """Flat names (`top_k=3`) or whole groups (`costs=CostSettings(...)`); the signature says so to
+        the type checker, which would otherwise accept only the groups."""
+        super().__init__(**values)
+
     @classmethod
     def groups(cls) -> dict[str, type[BaseSettings]]:
         """Each group's field name and class."""

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from core.settings import ServingSettings, Settings
+from core.settings import Settings
 from features.labels import current, history, record
 from features.offline import read_transactions
 from features.schema import SchemaError
@@ -95,7 +95,7 @@ def test_a_fraud_verdict_reaches_the_terminals_live_risk(store: Settings) -> Non
 
 def test_tokens_must_differ() -> None:
     with pytest.raises(ValueError, match="labels_token must differ from admin_token"):
-        Settings(serving=ServingSettings(admin_token="same", labels_token="same"))
+        Settings(admin_token="same", labels_token="same")
 
 
 def labels_total(client: TestClient) -> dict[str, float]:
