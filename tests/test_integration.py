@@ -113,7 +113,7 @@ def test_a_hung_redis_costs_one_read_timeout_then_is_skipped_until_the_retry(tmp
     settings = tiny_settings(tmp_path, feast_redis_url=redis_db)
     port, received = hung_server
     online = OnlineFeatures(settings.replace(feast_redis_url=f"127.0.0.1:{port},db=7", online_timeout_ms=200.0,
-                                                        online_retry_seconds=1.0))
+                                             online_retry_seconds=1.0))
 
     def timed_lookup() -> tuple[bool, float]:
         started = time.perf_counter()

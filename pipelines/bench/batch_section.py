@@ -30,7 +30,7 @@ def batch_store(settings: Settings, scale: str, registry: Settings) -> Settings:
 
     customers, terminals, days = (5_000, 10_000, 183) if scale == "full" else (1_000, 2_000, 60)
     s = settings.replace(state_dir=settings.state_dir / f"batch-{scale}", mlflow_tracking_uri=registry.tracking_uri,
-                                    customers=customers, terminals=terminals, days=days)
+                         customers=customers, terminals=terminals, days=days)
     if not (s.state_dir / "applied").exists():
         write_simulation(SimulationConfig.from_settings(s.simulation), s.transactions_dir, replace=True)
         clear(s)

@@ -89,7 +89,7 @@ def concept_section(settings: Settings, scale: str, repeat: int) -> Section:
     section = Section(f"concept drift (mimicry from the day after the test window; {customers:,} cards; one run per world)")
     for name, drift in WORLDS.items():
         s = settings.replace(state_dir=settings.state_dir / f"concept-{name.replace(' ', '-')}", customers=customers,
-                                        terminals=terminals, days=100, retrain_on_drift=False)
+                             terminals=terminals, days=100, retrain_on_drift=False)
         for figure, value in world(s, drift).items():
             section.add(f"{name}: {figure}", value, "")
     return section

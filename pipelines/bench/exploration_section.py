@@ -39,7 +39,7 @@ def exploration_section(settings: Settings, scale: str, repeat: int) -> Section:
     customers, terminals = (5_000, 10_000) if scale == "full" else (2_000, 4_000)
     days = 30 + 28 + WEEKS * 7  # warm-up of the windows, the first model's weeks, the replayed weeks
     s = settings.replace(state_dir=settings.state_dir / "exploration", customers=customers, terminals=terminals,
-                                    days=days, train_start_day=30, train_days=14, test_days=7)
+                         days=days, train_start_day=30, train_days=14, test_days=7)
     frame, features = exploration_frame(s)
     start = pd.Timestamp(s.simulation.start_date) + pd.Timedelta(days=58)
     runs = {arm: replay(frame, features, start, WEEKS, arm, SHARE, delay_days=s.features.label_delay_days) for arm in ARMS}

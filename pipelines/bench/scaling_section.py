@@ -136,7 +136,7 @@ def scaling_section(settings: Settings, scale: str, repeat: int) -> Section:
     for k in factors:
         span = settings.training.train_days + settings.features.label_delay_days + settings.training.test_days  # the protocol ends on the last day
         s = settings.replace(state_dir=settings.state_dir / f"scaling-{k}x", customers=base[0] * k,
-                                        terminals=base[1] * k, days=base[2], train_start_day=base[2] - span)
+                             terminals=base[1] * k, days=base[2], train_start_day=base[2] - span)
         rows = write_simulation(SimulationConfig.from_settings(s.simulation), s.transactions_dir, replace=True)
         clear(s)
         deliver_chargebacks(s)
