@@ -263,6 +263,12 @@ class Settings(BaseSettings):
                 data[name] = group(**{**(given or {}), **flat})
         return data
 
+    def flat(self) -> dict[str, Any]:
+        """Every setting by its flat name, as its variable (without `FRAUDOPS_`) names it."""
+        values = self.model_dump()
+        return {key: value for name, value in values.items()
+                for key, value in (value.items() if name in self.groups() else [(name, value)])}
+
     def replace(self, **changes: Any) -> Settings:
         """A copy with `changes`, by flat name (`top_k=5`) or by group (`costs=CostSettings(...)`),
         validated as new settings are. `model_copy(update=...)` would neither validate the values

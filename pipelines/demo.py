@@ -36,7 +36,7 @@ PRODUCTION_DAYS = 2  # days replayed per period: enough rows for a drift test, q
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that gives a child process exactly these settings."""
     env = dict(os.environ)
-    for key, value in settings.model_dump().items():
+    for key, value in settings.flat().items():
         if value is not None:
             env[f"FRAUDOPS_{key.upper()}"] = str(value)
     return env

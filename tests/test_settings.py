@@ -172,3 +172,12 @@ def second_copies() -> list[str]:
 
 def test_a_default_is_written_once() -> None:
     assert second_copies() == []
+
+
+def test_the_environment_of_a_child_process_rebuilds_the_same_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.demo import settings_env
+
+    settings = Settings(state_dir=tmp_path, top_k=3, customers=5, admin_token="a")
+    for key, value in settings_env(settings).items():
+        monkeypatch.setenv(key, value)
+    assert Settings() == settings
