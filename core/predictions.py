@@ -40,10 +40,10 @@ def read(settings: Settings, since: datetime | None = None, until: datetime | No
     if until is not None:
         clauses.append(f"timestamp < TIMESTAMP '{until.isoformat(sep=' ')}'")
     where = " AND ".join(clauses)
-    if settings.prediction_log_url:
+    if settings.stores.prediction_log_url:
         import psycopg
 
-        with psycopg.connect(settings.prediction_log_url) as conn, conn.cursor() as cursor:
+        with psycopg.connect(settings.stores.prediction_log_url) as conn, conn.cursor() as cursor:
             try:
                 cursor.execute(f"SELECT {', '.join(COLUMNS)}, features::text FROM {TABLE} WHERE {where} ORDER BY timestamp")
             except psycopg.errors.UndefinedTable:  # the API creates it with its first write: nothing logged yet
@@ -65,10 +65,10 @@ def logged(settings: Settings, ids: list[str], columns: tuple[str, ...] = ("tran
     """The answered (not shadow) predictions of these transaction ids, one row each, with `columns`
     (among COLUMNS; transaction_id first)."""
     wanted = ", ".join(columns)
-    if settings.prediction_log_url:
+    if settings.stores.prediction_log_url:
         import psycopg
 
-        with psycopg.connect(settings.prediction_log_url) as conn, conn.cursor() as cursor:
+        with psycopg.connect(settings.stores.prediction_log_url) as conn, conn.cursor() as cursor:
             try:
                 cursor.execute(f"SELECT DISTINCT ON (transaction_id) {wanted} FROM {TABLE} WHERE NOT shadow AND transaction_id = ANY(%s)", (ids,))
             except psycopg.errors.UndefinedTable:
@@ -98,7 +98,7 @@ def compact(settings: Settings, before: date | None = None) -> int:
     gone. The list of those parts, written once the merged file is complete, is the commit point:
     a merge that stops before it leaves its parts as they were; one that stops after it is finished
     by the next call. Today's folder, which the API's writers still fill, is left alone."""
-    if settings.prediction_log_url or not settings.predictions_dir.exists():
+    if settings.stores.prediction_log_url or not settings.predictions_dir.exists():
         return 0
     before = before or datetime.now(timezone.utc).date()
     # One merge at a time (two monitor runs, a run and an operator): another's `_finish` would take

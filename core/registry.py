@@ -35,12 +35,12 @@ def connect(settings: Settings) -> MlflowClient:
 def configure(settings: Settings) -> MlflowClient:
     """A client for writing runs: the experiment exists, with its artifact root under the state folder."""
     client = connect(settings)
-    if client.get_experiment_by_name(settings.experiment) is None:
+    if client.get_experiment_by_name(settings.stores.experiment) is None:
         # A tracking server stores artifacts itself; a database or SQLite store needs a folder of ours.
         served = settings.tracking_uri.startswith(("http://", "https://"))
         artifact_location = None if served else settings.artifact_location
-        client.create_experiment(settings.experiment, artifact_location=artifact_location)
-    mlflow.set_experiment(settings.experiment)
+        client.create_experiment(settings.stores.experiment, artifact_location=artifact_location)
+    mlflow.set_experiment(settings.stores.experiment)
     return client
 
 
@@ -66,15 +66,15 @@ def serving_state(settings: Settings) -> tuple[dict[str, str], dict[str, str]]:
     """What every serving worker follows, in one call: alias -> version, and the routing tags that the
     admin API or a guardrail set (share and mode), so all workers and replicas converge."""
     client = connect(settings)
-    model = client.get_registered_model(settings.model_name)
+    model = client.get_registered_model(settings.stores.model_name)
     routing = {k: v for k, v in model.tags.items() if k in (ROUTING_SHARE_TAG, ROUTING_MODE_TAG)}
     return {alias: str(version) for alias, version in model.aliases.items()}, routing
 
 
 def set_routing(settings: Settings, share: float, mode: str) -> None:
     client = connect(settings)
-    client.set_registered_model_tag(settings.model_name, ROUTING_SHARE_TAG, repr(share))
-    client.set_registered_model_tag(settings.model_name, ROUTING_MODE_TAG, mode)
+    client.set_registered_model_tag(settings.stores.model_name, ROUTING_SHARE_TAG, repr(share))
+    client.set_registered_model_tag(settings.stores.model_name, ROUTING_MODE_TAG, mode)
 
 
 @contextmanager
@@ -109,24 +109,24 @@ def all_or_nothing(client: MlflowClient, name: str, version: str) -> Iterator[No
 def promote(settings: Settings, reason: str, who: str | None = None) -> tuple[str | None, str]:
     """Move `champion` to the challenger's version; returns (previous champion, new champion)."""
     client = configure(settings)
-    challenger = aliased_version(client, settings.model_name, CHALLENGER)
+    challenger = aliased_version(client, settings.stores.model_name, CHALLENGER)
     if challenger is None:
-        raise ValueError(f"model {settings.model_name!r} has no {CHALLENGER!r} alias to promote")
-    previous = aliased_version(client, settings.model_name, CHAMPION)
+        raise ValueError(f"model {settings.stores.model_name!r} has no {CHALLENGER!r} alias to promote")
+    previous = aliased_version(client, settings.stores.model_name, CHAMPION)
     who = who or getpass.getuser()
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    with all_or_nothing(client, settings.model_name, challenger):
+    with all_or_nothing(client, settings.stores.model_name, challenger):
         for key, value in {"promoted_by": who, "promoted_reason": reason, "promoted_at": stamp, "replaced_version": str(previous)}.items():
-            client.set_model_version_tag(settings.model_name, challenger, key, value)
-        client.set_registered_model_alias(settings.model_name, CHAMPION, challenger)
-        client.delete_registered_model_alias(settings.model_name, CHALLENGER)
+            client.set_model_version_tag(settings.stores.model_name, challenger, key, value)
+        client.set_registered_model_alias(settings.stores.model_name, CHAMPION, challenger)
+        client.delete_registered_model_alias(settings.stores.model_name, CHALLENGER)
     return previous, challenger
 
 
 def version_with_fingerprint(settings: Settings, fingerprint: str) -> str | None:
     """The registered version trained on exactly these inputs, if any."""
     client = configure(settings)
-    found = client.search_model_versions(f"name = '{settings.model_name}' and tags.fingerprint = '{fingerprint}'")
+    found = client.search_model_versions(f"name = '{settings.stores.model_name}' and tags.fingerprint = '{fingerprint}'")
     return str(found[0].version) if found else None
 
 
@@ -140,21 +140,21 @@ def logged_run(client: MlflowClient, version: ModelVersion) -> Run:
 def version_metrics(settings: Settings, version: str) -> dict[str, float]:
     """The metrics of the run that produced a registered version."""
     client = connect(settings)
-    return dict(logged_run(client, client.get_model_version(settings.model_name, version)).data.metrics)
+    return dict(logged_run(client, client.get_model_version(settings.stores.model_name, version)).data.metrics)
 
 
 def rollback(settings: Settings, reason: str, who: str | None = None) -> tuple[str, str]:
     """Point `champion` back at the version the last promotion replaced; returns (from, to)."""
     client = configure(settings)
-    current = aliased_version(client, settings.model_name, CHAMPION)
+    current = aliased_version(client, settings.stores.model_name, CHAMPION)
     if current is None:
-        raise ValueError(f"model {settings.model_name!r} has no {CHAMPION!r} alias")
-    replaced = client.get_model_version(settings.model_name, current).tags.get("replaced_version")
+        raise ValueError(f"model {settings.stores.model_name!r} has no {CHAMPION!r} alias")
+    replaced = client.get_model_version(settings.stores.model_name, current).tags.get("replaced_version")
     if replaced in (None, "None"):
         raise ValueError(f"version {current} was not promoted over another version: nothing to roll back to")
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    with all_or_nothing(client, settings.model_name, current):
+    with all_or_nothing(client, settings.stores.model_name, current):
         for key, value in {"rolled_back_by": who or getpass.getuser(), "rolled_back_reason": reason, "rolled_back_at": stamp}.items():
-            client.set_model_version_tag(settings.model_name, current, key, value)
-        client.set_registered_model_alias(settings.model_name, CHAMPION, replaced)
+            client.set_model_version_tag(settings.stores.model_name, current, key, value)
+        client.set_registered_model_alias(settings.stores.model_name, CHAMPION, replaced)
     return current, replaced

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from core.settings import Settings
+from core.settings import Settings, SimulationSettings
 from features.offline import write_part
 
 SECONDS_PER_DAY = 86_400
@@ -52,13 +52,18 @@ class Drift(str, Enum):
     mimicry = "mimicry"
 
 
+# The settings' defaults, not the environment's values (`model_construct` reads no variables): a config
+# built directly is the same wherever it runs, and a default is written once, in core/settings.py.
+_DEFAULT = SimulationSettings.model_construct()
+
+
 @dataclass(frozen=True)
 class SimulationConfig:
-    customers: int = 1_000
-    terminals: int = 2_000
-    days: int = 100
-    start_date: date = date(2025, 4, 1)
-    seed: int = 42
+    customers: int = _DEFAULT.customers
+    terminals: int = _DEFAULT.terminals
+    days: int = _DEFAULT.days
+    start_date: date = date.fromisoformat(_DEFAULT.start_date)
+    seed: int = _DEFAULT.seed
     radius: float = 5.0
     drift: tuple[Drift, ...] = ()
     drift_start_day: int | None = None
@@ -70,14 +75,13 @@ class SimulationConfig:
     terminal_compromise_days: int = 28
     customer_compromise_days: int = 14
     inflation: float = field(default=1.6)
-    card_testing: bool = True
+    card_testing: bool = _DEFAULT.card_testing
     card_tests_per_day: float = 3 / 5_000
 
     @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> SimulationConfig:
+    def from_settings(cls, simulation: SimulationSettings, **overrides: Any) -> SimulationConfig:
         """The simulation the settings describe: one place that turns settings into a config."""
-        values: dict[str, Any] = dict(customers=settings.customers, terminals=settings.terminals, days=settings.days, seed=settings.seed,
-                                      start_date=date.fromisoformat(settings.start_date), card_testing=settings.card_testing)
+        values: dict[str, Any] = {**simulation.model_dump(), "start_date": date.fromisoformat(simulation.start_date)}
         return cls(**{**values, **overrides})
 
 
@@ -251,7 +255,7 @@ def deliver_chargebacks(settings: Settings, until: datetime | None = None) -> in
     from features.offline import read_transactions
 
     frauds = read_transactions(settings.transactions_dir, "is_fraud = 1")
-    reported = frauds["timestamp"] + pd.Timedelta(days=settings.label_delay_days)
+    reported = frauds["timestamp"] + pd.Timedelta(days=settings.features.label_delay_days)
     feed = pd.DataFrame({"transaction_id": frauds["transaction_id"], "is_fraud": 1, "reported_at": reported})
     if until is not None:
         feed = feed[feed["reported_at"] <= pd.Timestamp(until)]

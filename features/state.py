@@ -236,6 +236,6 @@ State = SqliteState | RedisState
 
 
 def open_state(settings: Settings, timeout_seconds: float = 5.0) -> State:
-    if settings.feast_redis_url:
-        return RedisState(settings.feast_redis_url, settings.label_delay_days, f"{settings.feast_project}:live", timeout_seconds)
-    return SqliteState(settings.feast_dir / "live_state.db", settings.label_delay_days, timeout_seconds)
+    if settings.features.feast_redis_url:
+        return RedisState(settings.features.feast_redis_url, settings.features.label_delay_days, f"{settings.features.feast_project}:live", timeout_seconds)
+    return SqliteState(settings.feast_dir / "live_state.db", settings.features.label_delay_days, timeout_seconds)

@@ -39,11 +39,11 @@ TEMPLATE = Path(__file__).parent / "repo" / "feature_store.yaml"
 
 def render_config(settings: Settings) -> str:
     """feature_store.yaml with this installation's values, as Feast's own CLI would read it."""
-    if settings.feast_registry_url:
-        registry = {"registry_type": "sql", "path": settings.feast_registry_url, "cache_ttl_seconds": 60}
+    if settings.features.feast_registry_url:
+        registry = {"registry_type": "sql", "path": settings.features.feast_registry_url, "cache_ttl_seconds": 60}
     else:
         registry = {"registry_type": "file", "path": str(settings.feast_dir / "registry.db"), "cache_ttl_seconds": 60}
-    values = {"project": settings.feast_project, "registry": json.dumps(registry), "online_path": json.dumps(str(settings.feast_dir / "online.db"))}
+    values = {"project": settings.features.feast_project, "registry": json.dumps(registry), "online_path": json.dumps(str(settings.feast_dir / "online.db"))}
     return Template(TEMPLATE.read_text()).substitute(values)
 
 
@@ -74,7 +74,7 @@ def materialize(settings: Settings, end: datetime) -> int:
     from features.offline import micros, transactions_between
     from features.state import LATE_MARGIN_US, Tx, open_state
 
-    start = end - timedelta(microseconds=terminal_horizon_us(settings.label_delay_days) + LATE_MARGIN_US)
+    start = end - timedelta(microseconds=terminal_horizon_us(settings.features.label_delay_days) + LATE_MARGIN_US)
     frame = transactions_between(settings.transactions_dir, start, end)
     us = np.asarray(micros(frame))
     state = open_state(settings)

@@ -6,7 +6,7 @@ touches and stops most fraud, since the fraudster rarely holds the phone; a revi
 stops the fraud but costs an analyst's time, of which there is a fixed amount a day; a decline
 stops the fraud and costs a good customer a lost sale. So the score is cut into four bands, lowest
 to highest, and the cuts are chosen on validation data to minimise the total cost, with the review
-band held within the team's daily capacity (`Settings.top_k`, the Handbook's 100 cards a day).
+band held within the team's daily capacity (`Settings.costs.top_k`, the Handbook's 100 cards a day).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from core.settings import Settings
+from core.settings import CostSettings, Settings
 
 Decision = Literal["approve", "step_up", "review", "decline"]
 DECISIONS: tuple[Decision, ...] = ("approve", "step_up", "review", "decline")
@@ -36,8 +36,8 @@ class Costs:
     reviews_per_day: float  # what the analysts can review a day (transactions, an upper bound on cards)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Costs:
-        return cls(settings.review_fee, settings.step_up_fee, settings.step_up_catch, settings.decline_fee, float(settings.top_k))
+    def from_settings(cls, costs: CostSettings) -> Costs:
+        return cls(costs.review_fee, costs.step_up_fee, costs.step_up_catch, costs.decline_fee, float(costs.top_k))
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ def decision_bands(validation: pd.DataFrame, validation_scores: np.ndarray, test
                    settings: Settings) -> tuple[Bands, dict[str, float], dict[str, dict[float, float]]]:
     """The bands for the settings' capacity, their test figures, and the test cost at other
     capacities, with all four actions and with reviews alone."""
-    costs = Costs.from_settings(settings)
+    costs = Costs.from_settings(settings.costs)
     labels, amounts = test["is_fraud"].to_numpy(), test["amount"].to_numpy()
     chosen = {actions: choose_bands(validation["is_fraud"].to_numpy(), validation["amount"].to_numpy(), validation_scores,
                                     days_in(validation), costs, CAPACITIES, review_only=actions == "review only")

@@ -104,11 +104,11 @@ def fetch(settings: Settings, alias: str) -> LoadedModel | None:
     from core import registry
 
     client = registry.connect(settings)
-    version = registry.aliased_version(client, settings.model_name, alias)
+    version = registry.aliased_version(client, settings.stores.model_name, alias)
     if version is None:
         return None
     version = str(version)
-    uri = f"models:/{settings.model_name}/{version}"
+    uri = f"models:/{settings.stores.model_name}/{version}"
     booster = mlflow.lightgbm.load_model(uri)
     meta = mlflow.models.get_model_info(uri).metadata or {}
     model = LoadedModel.from_meta(alias, version, booster, meta, "registry")

@@ -139,7 +139,7 @@ def of_current_versions(settings: Settings, labelled: pd.DataFrame) -> pd.DataFr
     if labelled.empty:
         return pd.DataFrame(columns=JUDGED)
     client = registry.connect(settings)
-    versions = {alias: registry.aliased_version(client, settings.model_name, alias) for alias in VARIANTS}
+    versions = {alias: registry.aliased_version(client, settings.stores.model_name, alias) for alias in VARIANTS}
     return labelled[labelled["model_version"].astype(str) == labelled["variant"].map(lambda v: str(versions.get(v)))]
 
 
@@ -150,8 +150,8 @@ def labelled_canary(settings: Settings, until: datetime | None = None) -> pd.Dat
     latest = until if everything is None else (everything["timestamp"].max() if len(everything) else None)
     if latest is None:  # nothing logged yet
         return pd.DataFrame(columns=JUDGED)
-    matured = latest - timedelta(days=settings.label_delay_days)
-    logged = predictions.read(settings, matured - timedelta(days=settings.quality_days), matured)
+    matured = latest - timedelta(days=settings.features.label_delay_days)
+    logged = predictions.read(settings, matured - timedelta(days=settings.monitoring.quality_days), matured)
     labelled = with_labels(logged, settings, latest) if len(logged) else logged
     return of_current_versions(settings, labelled)
 

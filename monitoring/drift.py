@@ -18,7 +18,7 @@ import pandas as pd
 from evidently import Report
 from scipy.stats import norm
 
-from core.settings import Settings
+from core.settings import MonitoringSettings
 from evidently.core.report import Snapshot
 from evidently.metrics import ValueDrift
 from evidently.presets import DataDriftPreset
@@ -168,9 +168,9 @@ class DriftLimits:
     max_out_of_range_share: float
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> DriftLimits:
-        return cls(settings.drift_share, settings.min_rows, settings.max_missing_share, settings.rate_drift_p_value,
-                   settings.max_out_of_range_share)
+    def from_settings(cls, monitoring: MonitoringSettings) -> DriftLimits:
+        return cls(monitoring.drift_share, monitoring.min_rows, monitoring.max_missing_share, monitoring.rate_drift_p_value,
+                   monitoring.max_out_of_range_share)
 
 
 def drift_report(

@@ -51,7 +51,7 @@ def with_labels(predictions: pd.DataFrame, settings: Settings, as_of: datetime) 
     """Answered predictions (shadow scores are not decisions) whose labels have matured by `as_of`,
     each with its verdict as the label store held it then. Declined transactions are left out: no
     label ever comes for them, and "no chargeback" would call every declined fraud legitimate."""
-    cutoff = as_of - timedelta(days=settings.label_delay_days)
+    cutoff = as_of - timedelta(days=settings.features.label_delay_days)
     declined = predictions["decision"].eq("decline") if "decision" in predictions else False
     answered = predictions[~predictions["shadow"].astype(bool) & (predictions["timestamp"] < cutoff) & ~declined]
     if answered.empty:

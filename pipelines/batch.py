@@ -77,7 +77,7 @@ def score_rows(settings: Settings, model: LoadedModel, transactions: pd.DataFram
     from features.store import historical_features, open_store
 
     entity = transactions.assign(**{ROW: np.arange(len(transactions))}) if ROW not in transactions else transactions
-    joined = historical_features(open_store(settings), settings.feature_service, entity).sort_values(ROW, ignore_index=True)
+    joined = historical_features(open_store(settings), settings.features.feature_service, entity).sort_values(ROW, ignore_index=True)
     # The card's count includes the transaction itself: never missing where the feature row exists.
     absent = joined[ROW].to_numpy()[joined["customer_tx_count_1d"].isna().to_numpy()]
     if absent.size:
@@ -118,17 +118,17 @@ def write_scores(scored: pd.DataFrame, out: Path, alias: str) -> None:
 def score(settings: Settings, transactions: pd.DataFrame, out: Path, alias: str = "champion", explain: bool = False,
           client: Client | None = None) -> Scored:
     """Score validated transactions with the model behind `alias` and write them to `out`: on
-    `client`'s cluster if given, else on the one at `settings.dask_address` if set, else here."""
+    `client`'s cluster if given, else on the one at `settings.training.dask_address` if set, else here."""
     if out.suffix.lower() != ".parquet":
         raise BatchError(f"{out}: the output is written as Parquet; name it *.parquet")
-    if client is None and settings.dask_address is not None:
+    if client is None and settings.training.dask_address is not None:
         from distributed import Client
 
-        with Client(settings.dask_address) as cluster:
+        with Client(settings.training.dask_address) as cluster:
             return score(settings, transactions, out, alias, explain, cluster)
     model = fetch(settings, alias)
     if model is None:
-        raise BatchError(f"no model behind the alias {alias!r} of {settings.model_name}: train one first (fraudops train)")
+        raise BatchError(f"no model behind the alias {alias!r} of {settings.stores.model_name}: train one first (fraudops train)")
     scored = score_rows(settings, model, transactions, explain) if client is None else score_on_dask(settings, model, transactions, explain, client)
     write_scores(scored, out, alias)
     return Scored(out, len(scored), alias, model.version, model.threshold, int(scored["is_fraud_predicted"].sum()))

@@ -53,7 +53,7 @@ def simulate(
         scenarios = tuple(Drift(d) for d in drift or [])
     except ValueError as exc:
         raise typer.BadParameter(f"{exc}; choose from {', '.join(d.value for d in Drift)}", param_hint="--drift") from exc
-    cfg = SimulationConfig.from_settings(s, drift=scenarios, drift_start_day=drift_start_day)
+    cfg = SimulationConfig.from_settings(s.simulation, drift=scenarios, drift_start_day=drift_start_day)
     with Progress(console=console) as progress:
         bar = progress.add_task("simulating days", total=cfg.days)
         rows = write_simulation(cfg, out or s.transactions_dir, replace, lambda n: progress.advance(bar, n))
@@ -225,7 +225,7 @@ def _canary(s: Settings, until: datetime | None) -> Comparison:
     """The canary's comparison, printed: the figures a promotion is decided by."""
     from monitoring.canary import compare, labelled_canary
 
-    comparison = compare(labelled_canary(s, until), s.review_fee, s.promote_min_frauds, s.promote_max_ap_loss)
+    comparison = compare(labelled_canary(s, until), s.costs.review_fee, s.canary.promote_min_frauds, s.canary.promote_max_ap_loss)
     for side in (comparison.champion, comparison.challenger):
         console.print(f"{side.name:>10} v{','.join(side.versions) or '-'}: {side.customers:,} customers, {side.transactions:,} labelled "
                       f"transactions, {side.frauds} frauds; AP {side.average_precision:.3f}, cost {side.cost_per_1000:,.1f} per 1,000")
@@ -233,7 +233,7 @@ def _canary(s: Settings, until: datetime | None) -> Comparison:
                   f"AP {comparison.average_precision}, cost per 1,000 {comparison.cost_per_1000}")
     needed = comparison.days_needed()
     if math.isfinite(needed):
-        console.print(f"days of traffic at this share for this cost difference at 80% power: {needed:,.0f} (plus {s.label_delay_days} days of label delay)")
+        console.print(f"days of traffic at this share for this cost difference at 80% power: {needed:,.0f} (plus {s.features.label_delay_days} days of label delay)")
     return comparison
 
 
@@ -286,9 +286,9 @@ def serve(
     from serving.workers import serve as serve_app
 
     s = settings(api_host=host, api_port=port)
-    os.environ.update(worker_metrics_env(s.api_workers))  # one set of metrics across the workers
+    os.environ.update(worker_metrics_env(s.serving.api_workers))  # one set of metrics across the workers
     # Workers build the app from the environment (the factory), so every setting reaches each of them.
-    serve_app("serving.app:create_app", s.api_host, s.api_port, s.api_workers, s.api_pin_workers)
+    serve_app("serving.app:create_app", s.serving.api_host, s.serving.api_port, s.serving.api_workers, s.serving.api_pin_workers)
 
 
 @app.command()
@@ -374,7 +374,7 @@ def bench(
     if unknown:
         raise typer.BadParameter(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}", param_hint="--section")
     base = settings()
-    s = base.model_copy(update={"state_dir": base.state_dir / "bench"})
+    s = base.replace(state_dir=base.state_dir / "bench")
     prepare(s, quiet=True)
     run_bench(s, list(section or SECTIONS), scale, repeat, json_out, console)
 

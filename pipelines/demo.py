@@ -37,7 +37,7 @@ PRODUCTION_DAYS = 2  # days replayed per period: enough rows for a drift test, q
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that gives a child process exactly these settings."""
     env = dict(os.environ)
-    for key, value in settings.model_dump().items():
+    for key, value in settings.flat().items():
         if value is not None:
             env[f"FRAUDOPS_{key.upper()}"] = str(value)
     return env
@@ -79,21 +79,21 @@ def run(settings: Settings, console: Console) -> dict[str, object]:
 
     windows = Windows.from_settings(settings)
     calm_start = windows.test_end
-    drift_day = settings.days - PRODUCTION_DAYS
-    drift_start = datetime.combine(date.fromisoformat(settings.start_date), datetime.min.time()) + timedelta(days=drift_day)
+    drift_day = settings.simulation.days - PRODUCTION_DAYS
+    drift_start = datetime.combine(date.fromisoformat(settings.simulation.start_date), datetime.min.time()) + timedelta(days=drift_day)
     if calm_start + timedelta(days=PRODUCTION_DAYS) > drift_start:
-        raise ValueError(f"days = {settings.days} leaves no calm production period after the test window")
+        raise ValueError(f"days = {settings.simulation.days} leaves no calm production period after the test window")
 
     if settings.state_dir.exists():
         shutil.rmtree(settings.state_dir)  # the demo tells its story from an empty state folder
     summary: dict[str, object] = {}
 
     with console.status("[1/6] simulating transactions"):
-        cfg = SimulationConfig.from_settings(settings, drift=(Drift.amount_inflation,), drift_start_day=drift_day)
+        cfg = SimulationConfig.from_settings(settings.simulation, drift=(Drift.amount_inflation,), drift_start_day=drift_day)
         summary["transactions"] = write_simulation(cfg, settings.transactions_dir)
         # the history's chargebacks, the test window's included: they arrived before anyone trained on it
-        summary["chargebacks"] = deliver_chargebacks(settings, windows.test_end + timedelta(days=settings.label_delay_days))
-    console.print(f"[green]✓[/] simulated {summary['transactions']:,} transactions over {settings.days} days "
+        summary["chargebacks"] = deliver_chargebacks(settings, windows.test_end + timedelta(days=settings.features.label_delay_days))
+    console.print(f"[green]✓[/] simulated {summary['transactions']:,} transactions over {settings.simulation.days} days "
                   f"(amounts inflate from day {drift_day}); {summary['chargebacks']:,} chargebacks of the history in the label store")
 
     with console.status("[2/6] computing features, feast apply"):
@@ -182,5 +182,5 @@ def production_period(settings: Settings, console: Console, period: str, first: 
                       f"(AP {outcome.retrain['test_average_precision']:.3f}); why: {'; '.join(outcome.reasons)}")
         with console.status("waiting for the API to follow the registry"):
             summary["canary"] = wait_for_challenger(settings, str(outcome.retrain["version"]))
-        console.print(f"[green]✓[/] the API serves challenger v{summary['canary']} to {settings.challenger_share:.0%} of customers")
+        console.print(f"[green]✓[/] the API serves challenger v{summary['canary']} to {settings.canary.challenger_share:.0%} of customers")
     return outcome

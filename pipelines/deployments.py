@@ -25,9 +25,9 @@ from pipelines.flows import monitor_flow, score_flow, train_flow, training_flow
 def schedules(settings: Settings) -> list[tuple[Flow, str, str, list[str]]]:
     """(flow, deployment name, cron, tags) for each scheduled run."""
     return [
-        (training_flow(settings), "daily-retrain", settings.retrain_cron, ["fraudops", "training"]),
-        (monitor_flow, "hourly-monitor", settings.monitor_cron, ["fraudops", "monitoring"]),
-        (score_flow, "nightly-score", settings.score_cron, ["fraudops", "batch-scoring"]),
+        (training_flow(settings), "daily-retrain", settings.schedules.retrain_cron, ["fraudops", "training"]),
+        (monitor_flow, "hourly-monitor", settings.schedules.monitor_cron, ["fraudops", "monitoring"]),
+        (score_flow, "nightly-score", settings.schedules.score_cron, ["fraudops", "batch-scoring"]),
     ]
 
 

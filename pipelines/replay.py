@@ -55,7 +55,7 @@ def label_feed(settings: Settings, start: pd.Timestamp, end: pd.Timestamp) -> La
     simulated feeds read), recorded as a card issuer's chargeback feed would send it."""
     from features.labels import record
 
-    delay = settings.label_delay_days * DAY_US
+    delay = settings.features.label_delay_days * DAY_US
     frauds = transactions_between(settings.transactions_dir, start - pd.Timedelta(microseconds=delay), end, where="is_fraud = 1")
     us = micros(frauds)
     arrivals = sorted((u + delay, (str(m), str(t), u)) for m, t, u in zip(frauds["terminal_id"], frauds["transaction_id"], us))

@@ -42,7 +42,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     service = ScoringService(settings)
     service.start()
     app.state.service = service
-    app.state.batcher = Batcher(service.score_many, settings.scoring_batch_max)
+    app.state.batcher = Batcher(service.score_many, settings.serving.scoring_batch_max)
     app.state.batcher.start()
     # Everything loaded so far (MLflow, the models) lives as long as the worker: freezing it keeps the
     # collector from walking it on every full collection, which stalled requests for hundreds of
@@ -83,20 +83,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Scores card transactions with the champion model, or the challenger for a sticky share of customers.",
         lifespan=lifespan,
-        telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
+        telemetry=None if settings.serving.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
     )
     app.state.settings = settings
-    logs.configure(settings.log_level)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
-    access = logs.AccessLog(observe=response_counter(app), sample=settings.access_log_sample)
+    logs.configure(settings.serving.log_level)
+    app.add_middleware(BodyLimit, limit=settings.serving.max_body_bytes)
+    access = logs.AccessLog(observe=response_counter(app), sample=settings.serving.access_log_sample)
     app.add_middleware(logs.RequestId, access=access)  # outermost of the stack: even a 413 carries its request id
     app.exception_handler(RequestValidationError)(invalid)
-    if settings.scoring_lane:  # ahead of it all, with the same request id and body limit
+    if settings.serving.scoring_lane:  # ahead of it all, with the same request id and body limit
         app.front = lambda stack: ScoringLane(stack, app.state, settings, access)
     else:
         app.include_router(scoring.single)
     for router in (scoring.router, operations.router, admin.router, labels.router):
         app.include_router(router)
-    if settings.scoring_lane:
+    if settings.serving.scoring_lane:
         document(app)
     return app

@@ -32,8 +32,8 @@ class Limits:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Limits:
-        return cls(settings.guardrail_window, settings.guardrail_min_samples, settings.guardrail_max_error_rate,
-                   settings.guardrail_max_p99_ratio, settings.guardrail_max_psi)
+        return cls(settings.canary.guardrail_window, settings.canary.guardrail_min_samples, settings.canary.guardrail_max_error_rate,
+                   settings.canary.guardrail_max_p99_ratio, settings.canary.guardrail_max_psi)
 
 
 def _log_odds(p: np.ndarray) -> np.ndarray:

@@ -117,12 +117,12 @@ async def within_budget(state: State, settings: Settings, transactions: Sequence
     503 when the transactions overrun `predict_timeout_ms` each: a lookup stuck on a locked or
     unreachable store costs 503s, not a hung worker."""
     service = ready_service(state)
-    budget = settings.predict_timeout_ms * len(transactions) / 1000
+    budget = settings.serving.predict_timeout_ms * len(transactions) / 1000
     try:
         return await state.batcher.submit(transactions, time.perf_counter() + budget, explained)
     except TimeoutError:
         service.metrics.timeouts.inc()
-        raise HTTPException(503, f"prediction exceeded its time limit of {settings.predict_timeout_ms:g} ms") from None
+        raise HTTPException(503, f"prediction exceeded its time limit of {settings.serving.predict_timeout_ms:g} ms") from None
 
 
 def score_with_features(state: State, request: TransactionWithFeatures, explained: bool = False) -> Score:
@@ -168,9 +168,9 @@ class ScoringLane:
         if scope["method"] != "POST":
             return 405, orjson.dumps({"detail": "Method Not Allowed"}), [(b"allow", b"POST")]
         try:
-            body = await read_body(scope, receive, self.settings.max_body_bytes)
+            body = await read_body(scope, receive, self.settings.serving.max_body_bytes)
         except BodyTooLarge:
-            return 413, too_large(self.settings.max_body_bytes), []
+            return 413, too_large(self.settings.serving.max_body_bytes), []
         if body is None:  # the client left
             return None
         try:

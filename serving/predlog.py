@@ -93,7 +93,7 @@ class PostgresSink:
 
 
 def sink_for(settings: Settings) -> Sink:
-    return PostgresSink(settings.prediction_log_url) if settings.prediction_log_url else ParquetSink(settings.predictions_dir)
+    return PostgresSink(settings.stores.prediction_log_url) if settings.stores.prediction_log_url else ParquetSink(settings.predictions_dir)
 
 
 class PredictionLog:

@@ -43,18 +43,18 @@ def live_tx(tx: Transaction) -> Tx:
 class ScoringService:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.router = Router(settings.challenger_share)
+        self.router = Router(settings.canary.challenger_share)
         self.metrics = Metrics(settings.reports_dir)
         self.models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
-        if settings.online_timeout_ms >= settings.predict_timeout_ms:
+        if settings.serving.online_timeout_ms >= settings.serving.predict_timeout_ms:
             log.warning("online_timeout_ms %g is not under predict_timeout_ms %g: a hung online store will answer 503, not degraded",
-                        settings.online_timeout_ms, settings.predict_timeout_ms)
+                        settings.serving.online_timeout_ms, settings.serving.predict_timeout_ms)
         self.online = OnlineFeatures(settings, on_breaker=lambda opened: self.metrics.online_skipped.set(float(opened)))
-        self.log = PredictionLog(predlog.sink_for(settings), settings.log_batch_size, settings.log_queue_size, on_wake=self._report)
+        self.log = PredictionLog(predlog.sink_for(settings), settings.serving.log_batch_size, settings.serving.log_queue_size, on_wake=self._report)
         # Shadow scoring runs on its own thread from a bounded queue: a slow challenger can only drop
         # shadow scores (counted), never delay an answer.
-        self.shadow_queue: queue.Queue[tuple[Transaction, dict[str, float], float] | None] = queue.Queue(maxsize=settings.log_queue_size)
+        self.shadow_queue: queue.Queue[tuple[Transaction, dict[str, float], float] | None] = queue.Queue(maxsize=settings.serving.log_queue_size)
         self.shadow_dropped = 0
         self.guardrail = Guardrail(Limits.from_settings(settings))
         self.last_trip: str | None = None
@@ -66,7 +66,7 @@ class ScoringService:
         self.reload()
         self.log.start()
         self._shadow.start()
-        if self.settings.model_poll_seconds > 0:
+        if self.settings.serving.model_poll_seconds > 0:
             self._poller.start()
 
     def stop(self) -> None:
@@ -83,7 +83,7 @@ class ScoringService:
                 self._publish([self._score_with(challenger, "challenger", tx, values, [], False, started, shadow=True)[1]])
 
     def _poll_loop(self) -> None:
-        while not self._stopping.wait(self.settings.model_poll_seconds):
+        while not self._stopping.wait(self.settings.serving.model_poll_seconds):
             try:
                 self.sync()
             except Exception as exc:  # registry unreachable: keep serving what is loaded
@@ -241,7 +241,7 @@ class ScoringService:
         score = model.score_one(row)
         elapsed = time.perf_counter() - started
         is_fraud = score >= model.threshold
-        decision, propensity = explore(decide_one(model.bands, score), tx.transaction_id, self.settings.exploration_share)
+        decision, propensity = explore(decide_one(model.bands, score), tx.transaction_id, self.settings.costs.exploration_share)
         answer = Score(
             transaction_id=tx.transaction_id,
             score=score,

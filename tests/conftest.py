@@ -48,7 +48,7 @@ def features_from_truth(settings: Settings, out: Path | None = None, buckets: in
 
     deliver_chargebacks(settings)
     frauds = write_frauds(settings, settings.features_dir / FRAUDS_FILE)
-    return compute_features(settings.transactions_dir, out or settings.features_dir, frauds, settings.label_delay_days, buckets, run or in_process)
+    return compute_features(settings.transactions_dir, out or settings.features_dir, frauds, settings.features.label_delay_days, buckets, run or in_process)
 
 
 def free_port() -> int:
@@ -160,9 +160,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     from training.fit import ModelConfig
     from training.windows import Windows
 
-    write_simulation(SimulationConfig.from_settings(settings), settings.transactions_dir)
+    write_simulation(SimulationConfig.from_settings(settings.simulation), settings.transactions_dir)
     # the chargebacks of the windows trained and tested on; later ones arrive as a test replays traffic
-    deliver_chargebacks(settings, Windows.from_settings(settings).test_end + timedelta(days=settings.label_delay_days))
+    deliver_chargebacks(settings, Windows.from_settings(settings).test_end + timedelta(days=settings.features.label_delay_days))
     features_flow(settings, materialize_until=Windows.from_settings(settings).test_end.to_pydatetime())
     train_flow(settings, ModelConfig(num_boost_round=60))
     train_flow(settings, ModelConfig(num_boost_round=60, num_leaves=15, scale_pos_weight=3.0))
@@ -177,7 +177,7 @@ def registry_copy(trained: Settings, tmp_path: Path) -> Settings:
         shutil.copytree(trained.state_dir / folder, tmp_path / folder)
     for database in ("mlflow.db", "labels.db"):
         shutil.copy(trained.state_dir / database, tmp_path / database)
-    return trained.model_copy(update={"state_dir": tmp_path})
+    return trained.replace(state_dir=tmp_path)
 
 
 def fail_first_call(monkeypatch, method: str) -> None:

@@ -25,7 +25,7 @@ TX: dict[str, object] = {"transaction_id": "tx-1", "customer_id": "12", "termina
 
 @pytest.fixture(scope="module")
 def client(trained):
-    settings = trained.model_copy(update={"admin_token": "s3cret", "challenger_share": 0.5})
+    settings = trained.replace(admin_token="s3cret", challenger_share=0.5)
     with TestClient(create_app(settings)) as c:
         yield c
 
@@ -41,7 +41,7 @@ def test_valid_transaction_is_scored(client) -> None:
     from model.decisions import decide_one, explore
 
     model = client.app.state.service.models[body["variant"]]
-    expected, _ = explore(decide_one(model.bands, body["score"]), "tx-1", client.app.state.settings.exploration_share)
+    expected, _ = explore(decide_one(model.bands, body["score"]), "tx-1", client.app.state.settings.costs.exploration_share)
     assert body["model_version"] == model.version and body["decision"] == expected
 
 
@@ -121,7 +121,7 @@ def _on_every_path(client, body: object, content_type: str | None, features: dic
 @pytest.fixture(scope="module")
 def without_lane(trained):
     """The same API with the scoring lane off: FastAPI's own routes answer /predict and /predict/features."""
-    with TestClient(create_app(trained.model_copy(update={"scoring_lane": False}))) as c:
+    with TestClient(create_app(trained.replace(scoring_lane=False))) as c:
         yield c
 
 
@@ -227,7 +227,7 @@ def test_with_opentelemetry_on_the_scoring_routes_are_traced_too(trained, monkey
 
     def spans(opentelemetry: bool) -> list[str]:
         exporter.clear()
-        with TestClient(create_app(trained.model_copy(update={"opentelemetry": opentelemetry}))) as c:
+        with TestClient(create_app(trained.replace(opentelemetry=opentelemetry))) as c:
             assert c.post("/predict", json=TX).status_code == 200
             assert c.get("/healthz").status_code == 200
         return [f"{s.name} {(s.attributes or {}).get('http.response.status_code')}" for s in exporter.get_finished_spans() if s.kind == trace.SpanKind.SERVER]
@@ -290,7 +290,7 @@ def test_batch_scores_each_and_has_a_maximum(client, trained) -> None:
     answer = client.post("/predict/batch", json={"transactions": batch})
     assert answer.status_code == 200 and [s["transaction_id"] for s in answer.json()["scores"]] == [t["transaction_id"] for t in batch]
     assert batch_metric(client) == (reads + 1, transactions + 10)  # one online read for the whole batch
-    too_many = [{**TX, "transaction_id": f"b{i}"} for i in range(trained.max_batch_size + 1)]
+    too_many = [{**TX, "transaction_id": f"b{i}"} for i in range(trained.serving.max_batch_size + 1)]
     answer = client.post("/predict/batch", json={"transactions": too_many})
     assert answer.status_code == 413 and "at most" in answer.json()["detail"]
 
@@ -305,7 +305,7 @@ def test_health_readiness_and_metrics(client) -> None:
 
 
 def test_admin_needs_its_token(registry_copy) -> None:
-    with TestClient(create_app(registry_copy.model_copy(update={"admin_token": "s3cret", "challenger_share": 0.5}))) as c:
+    with TestClient(create_app(registry_copy.replace(admin_token="s3cret", challenger_share=0.5))) as c:
         assert c.get("/admin/routing").status_code == 401
         auth = {"Authorization": "Bearer s3cret"}
         assert c.put("/admin/routing", json={"challenger_share": 0.0}, headers=auth).json()["challenger_share"] == 0.0
@@ -318,7 +318,7 @@ def test_every_worker_follows_routing_and_aliases_set_on_another(registry_copy) 
     of them, and the others must follow through the registry."""
     import time
 
-    settings = registry_copy.model_copy(update={"admin_token": "t", "model_poll_seconds": 0.2, "challenger_share": 0.1})
+    settings = registry_copy.replace(admin_token="t", model_poll_seconds=0.2, challenger_share=0.1)
     auth = {"Authorization": "Bearer t"}
     with TestClient(create_app(settings)) as a, TestClient(create_app(settings)) as b:
         a.put("/admin/routing", json={"challenger_share": 0.7, "mode": "shadow"}, headers=auth)
@@ -401,9 +401,9 @@ def test_hot_path_scores_equal_the_mlflow_pyfunc_model(trained) -> None:
     model = load_from_registry(trained, "champion")
     assert model is not None
     tx = read_transactions(trained.transactions_dir, "timestamp >= TIMESTAMP '2025-05-05'").head(300)
-    frame = historical_features(open_store(trained), trained.feature_service, tx)
+    frame = historical_features(open_store(trained), trained.features.feature_service, tx)
     matrix = frame[list(model.features)].to_numpy(np.float64)
-    pyfunc = mlflow.pyfunc.load_model(f"models:/{trained.model_name}@champion")
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{trained.stores.model_name}@champion")
     reference = np.asarray(pyfunc.predict(frame[list(model.features)])).ravel()
     np.testing.assert_allclose(model.score(matrix), reference, atol=1e-6)  # batches
     np.testing.assert_allclose(np.array([model.score_one(row) for row in matrix]), reference, atol=1e-6)  # the per-request path
@@ -428,7 +428,7 @@ def test_features_passed_in_score_like_the_full_path(client) -> None:
 def test_shadow_mode_answers_with_the_champion_and_logs_the_challenger(registry_copy) -> None:
     import time
 
-    settings = registry_copy.model_copy(update={"admin_token": "t"})
+    settings = registry_copy.replace(admin_token="t")
     auth = {"Authorization": "Bearer t"}
     n = 40
     with TestClient(create_app(settings)) as c:
@@ -444,7 +444,7 @@ def test_shadow_mode_answers_with_the_champion_and_logs_the_challenger(registry_
 
 
 def test_admin_promote_and_rollback_hot_swap_the_champion(registry_copy) -> None:
-    settings = registry_copy.model_copy(update={"admin_token": "t"})
+    settings = registry_copy.replace(admin_token="t")
     auth = {"Authorization": "Bearer t"}
     with TestClient(create_app(settings)) as c:
         assert c.post("/admin/rollback", json={"reason": "nothing yet"}, headers=auth).status_code == 409
@@ -456,7 +456,7 @@ def test_admin_promote_and_rollback_hot_swap_the_champion(registry_copy) -> None
 
 
 def test_a_rollback_the_registry_drops_answers_503_and_keeps_the_champion(registry_copy, monkeypatch) -> None:
-    settings = registry_copy.model_copy(update={"admin_token": "t"})
+    settings = registry_copy.replace(admin_token="t")
     auth = {"Authorization": "Bearer t"}
     with TestClient(create_app(settings)) as c:
         assert c.post("/admin/promote", json={"reason": "canary is better"}, headers=auth).json()["champion"] == "2"
@@ -468,7 +468,7 @@ def test_a_rollback_the_registry_drops_answers_503_and_keeps_the_champion(regist
 
 
 def test_a_promotion_the_registry_drops_answers_503_and_changes_nothing(registry_copy, monkeypatch) -> None:
-    settings = registry_copy.model_copy(update={"admin_token": "t"})
+    settings = registry_copy.replace(admin_token="t")
     with TestClient(create_app(settings)) as c:
         fail_first_call(monkeypatch, "delete_registered_model_alias")
         answer = c.post("/admin/promote", json={"reason": "canary is better"}, headers={"Authorization": "Bearer t"})
@@ -498,7 +498,7 @@ def test_a_prediction_stuck_on_a_locked_store_answers_503_within_its_limit(regis
     is not logged as an answer."""
     import time
 
-    settings = registry_copy.model_copy(update={"predict_timeout_ms": 300.0, "online_timeout_ms": 5_000.0})
+    settings = registry_copy.replace(predict_timeout_ms=300.0, online_timeout_ms=5_000.0)
     with captured_logs() as lines, TestClient(create_app(settings)) as c:
         assert c.post("/predict", json=TX).status_code == 200
         with locked_online_store(settings):
@@ -520,7 +520,7 @@ def test_a_locked_store_degrades_within_its_read_timeout_and_is_skipped_until_th
     after `online_retry_seconds` one answer reads it again, and it is back."""
     import time
 
-    settings = registry_copy.model_copy(update={"online_timeout_ms": 150.0, "online_retry_seconds": 1.0})
+    settings = registry_copy.replace(online_timeout_ms=150.0, online_retry_seconds=1.0)
     with TestClient(create_app(settings)) as c:
 
         def timed_predict(transaction_id: str) -> tuple[dict, float]:
@@ -565,7 +565,7 @@ def captured_logs() -> Iterator[list[dict]]:
 
 
 def test_logs_are_json_lines_that_carry_the_request_id(registry_copy) -> None:
-    with TestClient(create_app(registry_copy.model_copy(update={"admin_token": "t", "access_log_sample": 1.0}))) as c, captured_logs() as lines:
+    with TestClient(create_app(registry_copy.replace(admin_token="t", access_log_sample=1.0))) as c, captured_logs() as lines:
         answer = c.post("/predict", json=TX, headers={"X-Request-ID": "req-42"})
         second = c.post("/predict", json={**TX, "transaction_id": "tx-2"})
         c.put("/admin/routing", json={"challenger_share": 0.3}, headers={"Authorization": "Bearer t", "X-Request-ID": "ops-7"})
@@ -603,7 +603,7 @@ def test_answers_reach_the_response_counter_without_a_scrape_of_this_worker(trai
 
 
 def test_unsampled_successes_get_no_access_line_but_every_refusal_does(trained) -> None:
-    with TestClient(create_app(trained.model_copy(update={"access_log_sample": 0.0}))) as c, captured_logs() as lines:
+    with TestClient(create_app(trained.replace(access_log_sample=0.0))) as c, captured_logs() as lines:
         for i in range(5):
             assert c.post("/predict", json={**TX, "transaction_id": f"ok-{i}"}).status_code == 200
         assert c.post("/predict", json={**TX, "amount": -1}).status_code == 422

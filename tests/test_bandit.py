@@ -36,10 +36,10 @@ def test_the_monitor_sets_the_share_in_bandit_mode_only(registry_copy, tmp_path)
     from pipelines.flows import monitor_flow
 
     _, until = log_canary_traffic(registry_copy, tmp_path)
-    settings = registry_copy.model_copy(update={"retrain_on_drift": False})
+    settings = registry_copy.replace(retrain_on_drift=False)
     assert monitor_flow(settings, "canary-mode", until=until.to_pydatetime()).bandit_share is None
     registry.set_routing(settings, 0.1, "bandit")
     share = monitor_flow(settings, "bandit-mode", until=until.to_pydatetime()).bandit_share
-    assert share is not None and settings.bandit_min_share <= share <= settings.bandit_max_share
+    assert share is not None and settings.canary.bandit_min_share <= share <= settings.canary.bandit_max_share
     _, routing = registry.serving_state(settings)
     assert float(routing[registry.ROUTING_SHARE_TAG]) == share and routing[registry.ROUTING_MODE_TAG] == "bandit"

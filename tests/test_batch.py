@@ -27,7 +27,7 @@ def held_out_window(settings) -> pd.DataFrame:
 def shipped_reference(settings) -> pd.DataFrame:
     """The champion's scores of its test window, as training computed them and logged them."""
     client = registry.connect(settings)
-    run = registry.logged_run(client, client.get_model_version_by_alias(settings.model_name, registry.CHAMPION))
+    run = registry.logged_run(client, client.get_model_version_by_alias(settings.stores.model_name, registry.CHAMPION))
     return pd.read_parquet(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="reference/reference.parquet"))
 
 
@@ -46,7 +46,7 @@ def test_a_csv_scored_in_batch_gives_the_scores_training_logged_in_input_order(r
     assert set(out["model_version"]) == {result.version} and set(out["alias"]) == {"champion"}
     # reason codes: three distinct features of the model, the largest contribution first
     features = json.loads(registry.logged_run(registry.connect(registry_copy), registry.connect(registry_copy).get_model_version_by_alias(
-        registry_copy.model_name, "champion")).data.tags["features"])
+        registry_copy.stores.model_name, "champion")).data.tags["features"])
     reasons = out[["reason_1", "reason_2", "reason_3"]]
     assert reasons.isin(features).all().all() and (reasons.nunique(axis=1) == 3).all()
     assert (out["reason_1_contribution"] >= out["reason_2_contribution"]).all()
@@ -131,12 +131,12 @@ def test_decisions_follow_the_bands_training_chose_and_registered(registry_copy,
     from model.loaded import fetch
 
     client = registry.connect(registry_copy)
-    version = client.get_model_version_by_alias(registry_copy.model_name, "champion")
+    version = client.get_model_version_by_alias(registry_copy.stores.model_name, "champion")
     run = registry.logged_run(client, version)
-    meta = mlflow.models.get_model_info(f"models:/{registry_copy.model_name}/{version.version}").metadata or {}
+    meta = mlflow.models.get_model_info(f"models:/{registry_copy.stores.model_name}/{version.version}").metadata or {}
     bands = Bands(*meta["bands"])
     assert bands.step_up <= bands.review <= bands.decline
-    assert run.data.metrics["test_reviews_per_day"] <= registry_copy.top_k * 1.5  # chosen on validation, judged on test
+    assert run.data.metrics["test_reviews_per_day"] <= registry_copy.costs.top_k * 1.5  # chosen on validation, judged on test
     model = fetch(registry_copy, "champion")
     assert model is not None and model.bands == bands
     out = pd.read_parquet(score(registry_copy, held_out_window(registry_copy)[COLUMNS], tmp_path / "s.parquet").path)
@@ -153,7 +153,7 @@ def test_batch_answers_logged_through_the_apis_sink_are_what_the_monitor_judges(
     from pipelines.bench.concept_section import log_scored
     from pipelines.flows import monitor_flow
 
-    settings = registry_copy.model_copy(update={"retrain_on_drift": False})
+    settings = registry_copy.replace(retrain_on_drift=False)
     start = Windows.from_settings(settings).test_start.to_pydatetime()
     scored = log_scored(settings, start, start + timedelta(days=2))
     logged = predictions.read(settings, start, start + timedelta(days=2))

@@ -69,14 +69,14 @@ def log_canary_traffic(settings, tmp_path) -> tuple[pd.DataFrame, pd.Timestamp]:
     chosen = scored["champion"].where(pd.Series(variant == "champion"), scored["challenger"])
     log = chosen.assign(variant=variant, shadow=False, features_missing=0, degraded=False, latency_ms=0.5)
     log = log.assign(model_version=np.where(np.arange(len(log)) % 10 == 0, "99", log["model_version"]))  # a retired version's answers
-    joined = historical_features(open_store(settings), settings.feature_service, tx[COLUMNS])
-    features = [c for c in model_features(open_store(settings), settings.feature_service) if c != "amount"]
+    joined = historical_features(open_store(settings), settings.features.feature_service, tx[COLUMNS])
+    features = [c for c in model_features(open_store(settings), settings.features.feature_service) if c != "amount"]
     log = log.merge(joined.assign(transaction_id=joined["transaction_id"].astype(str))[["transaction_id", *features]], on="transaction_id")
     for day, rows in log.groupby(log["timestamp"].dt.date):
         log_parts(settings, str(day), [rows[["transaction_id", "customer_id", "terminal_id", "timestamp", "score", "is_fraud_predicted",
                                              "variant", "shadow", "model_version", "features_missing", "degraded", "latency_ms",
                                              "amount", *features]].to_dict("records")])
-    return tx, tx["timestamp"].max() + pd.Timedelta(days=settings.label_delay_days + 1)
+    return tx, tx["timestamp"].max() + pd.Timedelta(days=settings.features.label_delay_days + 1)
 
 
 def test_promote_refuses_without_labelled_canary_traffic_and_force_overrides(registry_copy, tmp_path) -> None:
@@ -92,7 +92,7 @@ def test_promote_refuses_without_labelled_canary_traffic_and_force_overrides(reg
 
     labelled = labelled_canary(registry_copy, until.to_pydatetime())
     client = registry.connect(registry_copy)
-    versions = {a: registry.aliased_version(client, registry_copy.model_name, a) for a in ("champion", "challenger")}
+    versions = {a: registry.aliased_version(client, registry_copy.stores.model_name, a) for a in ("champion", "challenger")}
     assert set(labelled["variant"]) == {"champion", "challenger"} and "99" not in set(labelled["model_version"])
     assert (labelled["model_version"] == labelled["variant"].map(versions)).all()
     truth = tx.assign(transaction_id=tx["transaction_id"].astype(str)).set_index("transaction_id")["is_fraud"]
@@ -103,10 +103,10 @@ def test_promote_refuses_without_labelled_canary_traffic_and_force_overrides(reg
     refused = CliRunner().invoke(app, args, env=env)
     message = " ".join(refused.output.split())
     assert refused.exit_code == 2 and "refused" in message and "challenger - champion over" in message
-    assert registry.aliased_version(client, registry_copy.model_name, "champion") == versions["champion"]
+    assert registry.aliased_version(client, registry_copy.stores.model_name, "champion") == versions["champion"]
     forced = CliRunner().invoke(app, [*args, "--force"], env=env)
     assert forced.exit_code == 0, forced.output
-    assert registry.aliased_version(client, registry_copy.model_name, "champion") == versions["challenger"]
+    assert registry.aliased_version(client, registry_copy.stores.model_name, "champion") == versions["challenger"]
 
 
 @pytest.mark.parametrize("difference", [None, 5.0])

@@ -18,7 +18,7 @@ def test_train_flow_runs_its_join_and_fits_on_a_dask_cluster(registry_copy) -> N
     with (LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                        env={"PREFECT_API_URL": server.api_url}) as cluster,
           Client(cluster) as client):
-        settings = registry_copy.model_copy(update={"dask_address": cluster.scheduler_address})
+        settings = registry_copy.replace(dask_address=cluster.scheduler_address)
         result = training_flow(settings)(settings, config)
         prefixes = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
     # the Prefect tasks ran on the cluster, and so did LightGBM's per-worker training parts
@@ -49,7 +49,7 @@ def test_the_feature_job_on_a_dask_cluster_gives_the_single_machine_table(tmp_pa
     from tests.conftest import features_from_truth, tiny_settings
 
     settings = tiny_settings(tmp_path, days=40)
-    write_simulation(SimulationConfig.from_settings(settings, customers=200, terminals=400), settings.transactions_dir)
+    write_simulation(SimulationConfig.from_settings(settings.simulation, customers=200, terminals=400), settings.transactions_dir)
     features_from_truth(settings, tmp_path / "here")
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         features_from_truth(settings, tmp_path / "dask", buckets=4, run=on_dask(cluster.scheduler_address))

@@ -34,7 +34,7 @@ def test_the_weeks_replay_for_every_arm(trained: Settings) -> None:
 
     frame = select(f"""SELECT f.*, t.customer_id, t.amount, t.is_fraud FROM read_parquet('{trained.features_dir / FEATURES_FILE}') AS f
                        JOIN read_parquet('{parts_glob(trained.transactions_dir)}') AS t USING (transaction_id) ORDER BY f.event_timestamp""").df()
-    start = pd.Timestamp(trained.start_date) + pd.Timedelta(days=28)
+    start = pd.Timestamp(trained.simulation.start_date) + pd.Timedelta(days=28)
     # the third week's model is the first fitted on a replayed week (a label delay back)
     runs = {arm: replay(frame, ["amount", *LIVE_FEATURES], start, 3, arm, 0.5, decline_rate=0.05, train_weeks=2) for arm in ARMS}
     assert all(len(run.weekly_ap) == 3 and all(0 < ap <= 1 and not math.isnan(ap) for ap in run.weekly_ap) for run in runs.values())

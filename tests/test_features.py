@@ -97,7 +97,7 @@ def test_offline_features_match_a_count_from_scratch(store_settings) -> None:
 def test_feasts_join_gives_each_transaction_its_own_row(store_settings) -> None:
     settings, tx = store_settings
     store = open_store(settings)
-    joined = historical_features(store, settings.feature_service, tx.iloc[100:160]).set_index("transaction_id")
+    joined = historical_features(store, settings.features.feature_service, tx.iloc[100:160]).set_index("transaction_id")
     table = pd.read_parquet(settings.features_dir / FEATURES_FILE).set_index("transaction_id")
     for tx_id, row in joined.iterrows():
         for name in LIVE_FEATURES:
@@ -116,7 +116,7 @@ def test_a_burst_shows_at_once_and_its_labels_only_after_the_delay(store_setting
                            "timestamp": [START + pd.Timedelta(days=35, hours=23, minutes=30), START + pd.Timedelta(days=39, hours=12)]})
     tables = {}
     for name, frames in (("base", [tx, probes]), ("burst", [tx, burst, probes])):
-        s = settings.model_copy(update={"state_dir": tmp_path / name})
+        s = settings.replace(state_dir=tmp_path / name)
         write_part(pd.concat(frames, ignore_index=True), s.transactions_dir, name)
         features_from_truth(s)
         tables[name] = pd.read_parquet(s.features_dir / FEATURES_FILE).set_index("transaction_id")
@@ -143,7 +143,7 @@ def test_the_live_state_gives_the_offline_features(store_settings, tmp_path) -> 
     """Backfill to day 20, then score days 20 to 40 through the state: every feature of every
     transaction equals its offline row (counts exactly, sums within 1e-9 relative)."""
     settings, tx = store_settings
-    copy = settings.model_copy(update={"state_dir": tmp_path})
+    copy = settings.replace(state_dir=tmp_path)
     write_part(tx, copy.transactions_dir, "hand-built")
     deliver_chargebacks(copy)  # the backfill reads the frauds known by the cut from the label store
     cut = START + pd.Timedelta(days=20)

@@ -14,7 +14,7 @@ from serving.app import create_app
 
 
 def test_no_generated_input_makes_the_api_fail(registry_copy) -> None:
-    app = create_app(registry_copy.model_copy(update={"admin_token": "fuzz-token", "labels_token": "fuzz-labels"}))  # verdicts stay in this test
+    app = create_app(registry_copy.replace(admin_token="fuzz-token", labels_token="fuzz-labels"))  # verdicts stay in this test
     # the label feed's body is fuzzed past its token; the admin API's stays behind its own
     headers = {"/labels": {"Authorization": "Bearer fuzz-labels"}}
     failures: list[str] = []

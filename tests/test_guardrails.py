@@ -57,7 +57,7 @@ def test_a_failing_challenger_costs_no_request_and_loses_its_share(registry_copy
     def corrupt(row):
         raise RuntimeError("corrupt model file")
 
-    settings = registry_copy.model_copy(update={"challenger_share": 1.0, "guardrail_min_samples": 20})
+    settings = registry_copy.replace(challenger_share=1.0, guardrail_min_samples=20)
     app = create_app(settings)
     with TestClient(app) as c:
         svc = app.state.service

@@ -28,7 +28,7 @@ def test_feast_on_postgres_registry_and_the_live_state_on_redis(tmp_path, databa
     from serving.online import OnlineFeatures
 
     settings = tiny_settings(tmp_path, feast_registry_url=database, feast_redis_url=redis_db, days=40)
-    write_simulation(SimulationConfig.from_settings(settings, customers=100, terminals=200), settings.transactions_dir)
+    write_simulation(SimulationConfig.from_settings(settings.simulation, customers=100, terminals=200), settings.transactions_dir)
     features_from_truth(settings)
     apply(settings)
     cut = datetime(2025, 5, 5)
@@ -41,8 +41,8 @@ def test_feast_on_postgres_registry_and_the_live_state_on_redis(tmp_path, databa
     day = read_transactions(settings.transactions_dir, "timestamp >= TIMESTAMP '2025-05-05' AND timestamp < TIMESTAMP '2025-05-06'")
     frauds = read_transactions(settings.transactions_dir, "is_fraud = 1 AND timestamp >= TIMESTAMP '2025-04-28' AND timestamp < TIMESTAMP '2025-05-06'")
     online = OnlineFeatures(settings)
-    got = replay_live(lambda live: online.lookup(live).values, online.state.add_frauds, day, frauds, settings.label_delay_days)
-    offline = historical_features(open_store(settings), settings.feature_service, day).set_index("transaction_id")
+    got = replay_live(lambda live: online.lookup(live).values, online.state.add_frauds, day, frauds, settings.features.label_delay_days)
+    offline = historical_features(open_store(settings), settings.features.feature_service, day).set_index("transaction_id")
     assert len(got) == len(day) > 100
     wrong = mismatches(got, offline, LIVE_FEATURES)
     assert not wrong, wrong[:5]
@@ -112,8 +112,8 @@ def test_a_hung_redis_costs_one_read_timeout_then_is_skipped_until_the_retry(tmp
 
     settings = tiny_settings(tmp_path, feast_redis_url=redis_db)
     port, received = hung_server
-    online = OnlineFeatures(settings.model_copy(update={"feast_redis_url": f"127.0.0.1:{port},db=7", "online_timeout_ms": 200.0,
-                                                        "online_retry_seconds": 1.0}))
+    online = OnlineFeatures(settings.replace(feast_redis_url=f"127.0.0.1:{port},db=7", online_timeout_ms=200.0,
+                                             online_retry_seconds=1.0))
 
     def timed_lookup() -> tuple[bool, float]:
         started = time.perf_counter()
@@ -137,11 +137,11 @@ def test_training_flow_tracks_and_registers_in_postgres(registry_copy, tmp_path,
     from pipelines.flows import train_flow
     from training.fit import ModelConfig
 
-    settings = registry_copy.model_copy(update={"mlflow_tracking_uri": database.replace("+psycopg", "")})
+    settings = registry_copy.replace(mlflow_tracking_uri=database.replace("+psycopg", ""))
     result = train_flow(settings, ModelConfig(num_boost_round=30))
     assert result["alias"] == "champion" and result["version"] == "1"
     client = MlflowClient(settings.tracking_uri)
-    version = client.get_model_version_by_alias(settings.model_name, "champion")
+    version = client.get_model_version_by_alias(settings.stores.model_name, "champion")
     assert version.run_id is not None
     run = client.get_run(version.run_id)
     assert run.data.tags["feature_service"] == "fraud_detection_v2"
@@ -158,7 +158,7 @@ def test_prediction_log_in_postgres_holds_every_answer(registry_copy, database) 
     from serving.app import create_app
 
     url = database.replace("postgresql+psycopg://", "postgresql://")
-    settings = registry_copy.model_copy(update={"prediction_log_url": url, "challenger_share": 0.5})
+    settings = registry_copy.replace(prediction_log_url=url, challenger_share=0.5)
     assert predictions.read(settings).empty  # before the API's first write made the table: nothing logged, no error
     n = 73
     with TestClient(create_app(settings)) as client:

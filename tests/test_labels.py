@@ -24,7 +24,7 @@ DAY = pd.Timedelta(days=1)
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     settings = tiny_settings(tmp_path_factory.mktemp("labels"), days=30, train_start_day=5, train_days=7, test_days=7)
-    write_simulation(SimulationConfig.from_settings(settings), settings.transactions_dir)
+    write_simulation(SimulationConfig.from_settings(settings.simulation), settings.transactions_dir)
     return settings
 
 
@@ -34,7 +34,7 @@ def store(simulated: Settings, tmp_path: Path, request: pytest.FixtureRequest) -
     url = request.getfixturevalue("database") if getattr(request, "param", "sqlite") == "postgresql" else None
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "transactions").symlink_to(simulated.transactions_dir, target_is_directory=True)
-    return simulated.model_copy(update={"state_dir": tmp_path, "labels_url": url})
+    return simulated.replace(state_dir=tmp_path, labels_url=url)
 
 
 def frauds(settings: Settings, n: int) -> pd.DataFrame:
@@ -87,7 +87,7 @@ def test_a_fraud_verdict_reaches_the_terminals_live_risk(store: Settings) -> Non
 
     chargeback = frauds(store, 1)
     tx = read_transactions(store.transactions_dir, f"transaction_id = '{chargeback['transaction_id'].iloc[0]}'")
-    later = Tx("probe", "probe-card", str(tx["terminal_id"].iloc[0]), 10.0, micros(tx)[0] + (store.label_delay_days + 1) * DAY_US)
+    later = Tx("probe", "probe-card", str(tx["terminal_id"].iloc[0]), 10.0, micros(tx)[0] + (store.features.label_delay_days + 1) * DAY_US)
     assert open_state(store).update([later])[0].frauds == []
     record(store, chargeback, "api")
     assert [tid for _, tid in open_state(store).update([later])[0].frauds] == [str(tx["transaction_id"].iloc[0])]
@@ -115,7 +115,7 @@ def test_the_api_records_verdicts_behind_its_own_token(registry_copy: Settings) 
                        {"transaction_id": "never-seen", "is_fraud": 0}]}
     with TestClient(create_app(registry_copy)) as off:
         assert off.post("/labels", json=body).status_code == 404
-    settings = registry_copy.model_copy(update={"labels_token": "feed", "admin_token": "admin"})
+    settings = registry_copy.replace(labels_token="feed", admin_token="admin")
     with TestClient(create_app(settings)) as c:
         assert c.post("/labels", json=body).status_code == 401
         assert c.post("/labels", json=body, headers={"Authorization": "Bearer admin"}).status_code == 401, "the admin token is not the feed's"

@@ -37,7 +37,7 @@ def run(tmp_path, current: pd.DataFrame, challenger: bool = False, **overrides):
     references = {"champion": Reference("1", traffic(5_000, 0))}
     if challenger:
         references["challenger"] = Reference("2", traffic(5_000, 1))
-    limits = replace(DriftLimits.from_settings(Settings()), **({"drift_share": 0.3, "min_rows": 200, "max_missing_share": 0.05} | overrides))
+    limits = replace(DriftLimits.from_settings(Settings().monitoring), **({"drift_share": 0.3, "min_rows": 200, "max_missing_share": 0.05} | overrides))
     summary, _ = drift_report(references, current, FEATURES, tmp_path, limits)
     return summary
 
@@ -155,7 +155,7 @@ def test_a_monitor_run_merges_the_finished_days_of_the_prediction_log_before_it_
     from core import predictions
     from tests.conftest import log_parts, log_records
 
-    settings = registry_copy.model_copy(update={"retrain_on_drift": False})
+    settings = registry_copy.replace(retrain_on_drift=False)
     log_parts(settings, "2025-07-01", [log_records("a", 3), log_records("b", 2)])
     monitor_flow(settings, "compaction")
     assert [p.name.startswith("part-compacted-") for p in (settings.predictions_dir / "date=2025-07-01").iterdir()] == [True]

@@ -42,9 +42,9 @@ def replay_day_through_the_api(settings: Settings) -> tuple[pd.DataFrame, pd.Dat
 
 @pytest.mark.parametrize("online", ["sqlite", pytest.param("redis", marks=pytest.mark.integration)])
 def test_every_logged_feature_vector_equals_its_training_row(registry_copy: Settings, online: str, request: pytest.FixtureRequest) -> None:
-    settings = registry_copy.model_copy(update={"api_port": free_port(), "api_workers": 2})
+    settings = registry_copy.replace(api_port=free_port(), api_workers=2)
     if online == "redis":
-        settings = settings.model_copy(update={"feast_redis_url": request.getfixturevalue("redis_db")})
+        settings = settings.replace(feast_redis_url=request.getfixturevalue("redis_db"))
     else:  # other tests scored made-up cards into the shared state: start from the backfill alone
         (settings.feast_dir / "live_state.db").unlink(missing_ok=True)
     day, logged = replay_day_through_the_api(settings)

@@ -73,9 +73,9 @@ def test_prequential_folds_end_before_the_test_window(trained) -> None:
 def test_latest_windows_use_only_labels_that_have_arrived(trained) -> None:
     as_of = pd.Timestamp("2025-05-20 15:30")
     windows = Windows.latest(as_of, trained)
-    assert windows.test_end == pd.Timestamp("2025-05-20") - pd.Timedelta(days=trained.label_delay_days)
-    assert windows.test_start - windows.train_end == pd.Timedelta(days=trained.label_delay_days)
-    assert (windows.train_end - windows.train_start).days == trained.train_days
+    assert windows.test_end == pd.Timestamp("2025-05-20") - pd.Timedelta(days=trained.features.label_delay_days)
+    assert windows.test_start - windows.train_end == pd.Timedelta(days=trained.features.label_delay_days)
+    assert (windows.train_end - windows.train_start).days == trained.training.train_days
 
 
 def test_the_policys_declines_are_no_labels_and_its_explored_reviews_weigh_for_them(registry_copy) -> None:
@@ -107,7 +107,7 @@ def test_the_policys_declines_are_no_labels_and_its_explored_reviews_weigh_for_t
 
 def test_run_is_logged_with_lineage_baselines_and_plots(trained) -> None:
     client = MlflowClient(trained.tracking_uri)
-    version = client.get_model_version_by_alias(trained.model_name, "champion")
+    version = client.get_model_version_by_alias(trained.stores.model_name, "champion")
     assert version.run_id is not None
     run = client.get_run(version.run_id)
     for key in ("git_commit", "feature_service", "features", "train_window", "test_window", "fingerprint"):
@@ -121,7 +121,7 @@ def test_run_is_logged_with_lineage_baselines_and_plots(trained) -> None:
 
 
 def aliases(settings) -> dict[str, str]:
-    return {alias: str(v) for alias, v in MlflowClient(settings.tracking_uri).get_registered_model(settings.model_name).aliases.items()}
+    return {alias: str(v) for alias, v in MlflowClient(settings.tracking_uri).get_registered_model(settings.stores.model_name).aliases.items()}
 
 
 def test_rerun_on_same_inputs_creates_nothing_and_moves_nothing(registry_copy) -> None:
@@ -129,10 +129,10 @@ def test_rerun_on_same_inputs_creates_nothing_and_moves_nothing(registry_copy) -
 
     before = aliases(registry_copy)
     client = MlflowClient(registry_copy.tracking_uri)
-    count = len(client.search_model_versions(f"name = '{registry_copy.model_name}'"))
+    count = len(client.search_model_versions(f"name = '{registry_copy.stores.model_name}'"))
     result = train_flow(registry_copy, ModelConfig(num_boost_round=60))  # the fixture's champion config
     assert result["gate"] == "unchanged" and result["version"] == before["champion"]
-    assert len(client.search_model_versions(f"name = '{registry_copy.model_name}'")) == count
+    assert len(client.search_model_versions(f"name = '{registry_copy.stores.model_name}'")) == count
     assert aliases(registry_copy) == before
 
 
@@ -140,7 +140,7 @@ def test_candidate_below_the_bar_is_not_registered(registry_copy) -> None:
     from pipelines.flows import train_flow
 
     before = aliases(registry_copy)
-    strict = registry_copy.model_copy(update={"min_average_precision": 0.999})
+    strict = registry_copy.replace(min_average_precision=0.999)
     result = train_flow(strict, ModelConfig(num_boost_round=20, num_leaves=7))
     assert str(result["gate"]).startswith("failed: test AP") and result["version"] is None
     assert aliases(registry_copy) == before
@@ -151,7 +151,7 @@ def test_rejected_data_fails_the_run_and_leaves_aliases(registry_copy) -> None:
 
     before = aliases(registry_copy)
     with pytest.raises(ValueError, match="min_train_frauds"):
-        train_flow(registry_copy.model_copy(update={"min_train_frauds": 10**6}), ModelConfig(num_boost_round=20, num_leaves=5))
+        train_flow(registry_copy.replace(min_train_frauds=10**6), ModelConfig(num_boost_round=20, num_leaves=5))
     assert aliases(registry_copy) == before
 
 
@@ -162,7 +162,7 @@ def test_promote_moves_champion_and_records_why(registry_copy) -> None:
     previous, new = promote(registry_copy, reason="better cost on the canary", who="tester")
     assert (previous, new) == (before["champion"], before["challenger"])
     assert aliases(registry_copy) == {"champion": before["challenger"]}
-    tags = MlflowClient(registry_copy.tracking_uri).get_model_version(registry_copy.model_name, new).tags
+    tags = MlflowClient(registry_copy.tracking_uri).get_model_version(registry_copy.stores.model_name, new).tags
     assert tags["promoted_by"] == "tester" and tags["promoted_reason"] == "better cost on the canary"
     with pytest.raises(ValueError, match="no 'challenger'"):
         promote(registry_copy, reason="again")
@@ -176,13 +176,13 @@ def test_a_promotion_that_fails_part_way_leaves_the_registry_as_it_was(registry_
 
     client = MlflowClient(registry_copy.tracking_uri)
     before = aliases(registry_copy)
-    tags = client.get_model_version(registry_copy.model_name, before["challenger"]).tags
+    tags = client.get_model_version(registry_copy.stores.model_name, before["challenger"]).tags
     with monkeypatch.context() as patch:
         fail_first_call(patch, failing)
         with pytest.raises(ConnectionError, match=failing):
             promote(registry_copy, reason="canary looked good", who="tester")
     assert aliases(registry_copy) == before
-    assert client.get_model_version(registry_copy.model_name, before["challenger"]).tags == tags
+    assert client.get_model_version(registry_copy.stores.model_name, before["challenger"]).tags == tags
     assert promote(registry_copy, reason="retried", who="tester") == (before["champion"], before["challenger"])
     assert rollback(registry_copy, reason="alert fired", who="oncall") == (before["challenger"], before["champion"])
 
@@ -193,13 +193,13 @@ def test_a_rollback_that_fails_leaves_the_champion_and_its_tags(registry_copy, m
     client = MlflowClient(registry_copy.tracking_uri)
     promote(registry_copy, reason="canary looked good", who="tester")
     before = aliases(registry_copy)
-    tags = client.get_model_version(registry_copy.model_name, before["champion"]).tags
+    tags = client.get_model_version(registry_copy.stores.model_name, before["champion"]).tags
     with monkeypatch.context() as patch:
         fail_first_call(patch, "set_registered_model_alias")
         with pytest.raises(ConnectionError):
             rollback(registry_copy, reason="alert fired", who="oncall")
     assert aliases(registry_copy) == before
-    assert client.get_model_version(registry_copy.model_name, before["champion"]).tags == tags
+    assert client.get_model_version(registry_copy.stores.model_name, before["champion"]).tags == tags
 
 
 def test_validation_errors_are_not_retried() -> None:
@@ -214,7 +214,7 @@ def test_validation_errors_are_not_retried() -> None:
 def test_deployments_are_scheduled_from_settings(trained) -> None:
     from pipelines.deployments import deployments
 
-    custom = trained.model_copy(update={"retrain_cron": "15 4 * * *", "score_cron": "0 2 * * *"})
+    custom = trained.replace(retrain_cron="15 4 * * *", score_cron="0 2 * * *")
     by_name = {d.name: d for d in deployments(custom)}
     assert set(by_name) == {"daily-retrain", "hourly-monitor", "nightly-score"}
     crons = {name: [getattr(s.schedule, "cron", None) for s in d.schedules or []] for name, d in by_name.items()}

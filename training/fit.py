@@ -109,7 +109,7 @@ def select_imbalance(frame: pd.DataFrame, features: list[str], windows: Windows,
     """Prequential validation: mean average precision of each class weight over shifted folds."""
     if config.scale_pos_weight is not None:
         return config, {}
-    folds = windows.prequential(settings.prequential_folds, settings.prequential_step_days)
+    folds = windows.prequential(settings.training.prequential_folds, settings.training.prequential_step_days)
     scores: dict[str, float] = {}
     for weight in IMBALANCE_CHOICES:
         candidate = replace(config, scale_pos_weight=weight)
@@ -117,7 +117,7 @@ def select_imbalance(frame: pd.DataFrame, features: list[str], windows: Windows,
         for fold in folds:
             fit, validation, held_out = split(frame, fold)
             booster = fit_booster(fit, validation, features, candidate, client)
-            aps.append(evaluate(held_out, np.asarray(booster.predict(matrix(held_out, features))), 0.5, settings.review_fee, settings.top_k)["average_precision"])
+            aps.append(evaluate(held_out, np.asarray(booster.predict(matrix(held_out, features))), 0.5, settings.costs.review_fee, settings.costs.top_k)["average_precision"])
         scores[f"prequential_ap_weight_{weight:g}"] = float(np.mean(aps))
     best = max(IMBALANCE_CHOICES, key=lambda w: scores[f"prequential_ap_weight_{w:g}"])
     return replace(config, scale_pos_weight=best), scores
@@ -132,8 +132,8 @@ def train(frame: pd.DataFrame, features: list[str], windows: Windows, config: Mo
     booster = fit_booster(fit, validation, features, config, client)
 
     def judged(validation_scores: np.ndarray, test_scores: np.ndarray) -> tuple[float, dict[str, float]]:
-        threshold, _ = cost_optimal_threshold(validation["is_fraud"].to_numpy(), validation["amount"].to_numpy(), validation_scores, settings.review_fee)
-        return threshold, evaluate(test, test_scores, threshold, settings.review_fee, settings.top_k, settings.max_false_positive_rate)
+        threshold, _ = cost_optimal_threshold(validation["is_fraud"].to_numpy(), validation["amount"].to_numpy(), validation_scores, settings.costs.review_fee)
+        return threshold, evaluate(test, test_scores, threshold, settings.costs.review_fee, settings.costs.top_k, settings.training.max_false_positive_rate)
 
     test_scores = np.asarray(booster.predict(matrix(test, features)))
     validation_scores = np.asarray(booster.predict(matrix(validation, features)))

@@ -22,8 +22,8 @@ def data_problems(frame: pd.DataFrame, features: list[str], windows: Windows, se
     """Data checks before any fit: a model trained on broken data must not reach the registry."""
     problems = []
     train_frauds = int(window(frame, windows.train_start, windows.train_end)["is_fraud"].sum())
-    if train_frauds < settings.min_train_frauds:
-        problems.append(f"{train_frauds} frauds in the train window, fewer than min_train_frauds={settings.min_train_frauds}")
+    if train_frauds < settings.training.min_train_frauds:
+        problems.append(f"{train_frauds} frauds in the train window, fewer than min_train_frauds={settings.training.min_train_frauds}")
     empty = [f for f in features if frame[f].isna().all()]
     if empty:
         problems.append(f"features entirely missing: {', '.join(empty)}")
@@ -51,13 +51,13 @@ def champion_on(result: TrainResult, settings: Settings) -> float | None:
     """The serving champion's AP on the candidate's test rows; None without a champion, or when it
     reads features this training set does not have."""
     client = registry.connect(settings)
-    if registry.aliased_version(client, settings.model_name, registry.CHAMPION) is None:
+    if registry.aliased_version(client, settings.stores.model_name, registry.CHAMPION) is None:
         return None
-    run = registry.logged_run(client, client.get_model_version_by_alias(settings.model_name, registry.CHAMPION))
+    run = registry.logged_run(client, client.get_model_version_by_alias(settings.stores.model_name, registry.CHAMPION))
     features = json.loads(run.data.tags["features"])
     if not set(features) <= set(result.test.columns):
         return None
-    booster = mlflow.lightgbm.load_model(f"models:/{settings.model_name}@{registry.CHAMPION}")
+    booster = mlflow.lightgbm.load_model(f"models:/{settings.stores.model_name}@{registry.CHAMPION}")
     scores = booster.predict(result.test[features].astype("float64").to_numpy())
     return float(average_precision_score(result.test["is_fraud"], scores))
 
@@ -68,6 +68,6 @@ def fingerprint_of(frame: pd.DataFrame, features: list[str], windows: Windows, c
     columns = ["transaction_id", *features, "is_fraud", *(["weight"] if "weight" in frame else [])]
     data = hashlib.sha256(pd.util.hash_pandas_object(frame[columns], index=False).values).hexdigest()
     return hashlib.sha256(
-        json.dumps([data, features, str(windows), asdict(config), asdict(Costs.from_settings(settings)), registry.git_commit()]).encode()
+        json.dumps([data, features, str(windows), asdict(config), asdict(Costs.from_settings(settings.costs)), registry.git_commit()]).encode()
     ).hexdigest()
 

@@ -59,9 +59,9 @@ def cost_by_threshold(result: TrainResult, settings: Settings, out: Path) -> Pat
     labels, amounts, scores = (result.test[c].to_numpy() for c in ("is_fraud", "amount", "score"))
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     thresholds = np.unique(np.quantile(scores, np.linspace(0.5, 1.0, 200)))
-    ax.plot(thresholds, [expected_cost(labels, amounts, scores >= t, settings.review_fee) for t in thresholds])
+    ax.plot(thresholds, [expected_cost(labels, amounts, scores >= t, settings.costs.review_fee) for t in thresholds])
     ax.axvline(result.threshold, color="red", ls="--", label=f"chosen on validation: {result.threshold:.3f}")
-    ax.set(xscale="log", xlabel="decision threshold", ylabel="expected cost on test", title=f"Cost by threshold (review fee {settings.review_fee:g})")
+    ax.set(xscale="log", xlabel="decision threshold", ylabel="expected cost on test", title=f"Cost by threshold (review fee {settings.costs.review_fee:g})")
     ax.legend()
     return _save(fig, out / "cost_by_threshold.png")
 
@@ -73,8 +73,8 @@ def cost_by_capacity(result: TrainResult, settings: Settings, out: Path) -> Path
         capacities = sorted(curve)
         ax.plot(capacities, [curve[c] for c in capacities], marker="o", label=f"{actions}, cut for each capacity")
     flagged = np.where(scores >= result.threshold, 2, 0)  # one threshold: every flag reviewed, however many a day
-    ax.axhline(cost(labels, amounts, flagged, Costs.from_settings(settings)), color="grey", ls="--", label="one threshold, reviews unbounded")
-    ax.axvline(settings.top_k, color="red", ls="--", label=f"this team: {settings.top_k} reviews a day")
+    ax.axhline(cost(labels, amounts, flagged, Costs.from_settings(settings.costs)), color="grey", ls="--", label="one threshold, reviews unbounded")
+    ax.axvline(settings.costs.top_k, color="red", ls="--", label=f"this team: {settings.costs.top_k} reviews a day")
     ax.set_xscale("symlog", linthresh=10)
     ax.set(xlim=(0, None), xlabel="review capacity (transactions a day)", ylabel="cost on test",
            title=f"Cost against review capacity (no model: {amounts[labels == 1].sum():,.0f})")

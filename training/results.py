@@ -31,8 +31,8 @@ class ModelScores:
     def as_json(self, settings: Settings) -> dict[str, object]:
         """Keyed as `model.evaluation.evaluate` names the metrics, for this installation's settings."""
         out = asdict(self)
-        out[card_precision_key(settings.top_k)] = out.pop("card_precision_at_k")
-        out[recall_key(settings.max_false_positive_rate)] = out.pop("recall_at_fpr")
+        out[card_precision_key(settings.costs.top_k)] = out.pop("card_precision_at_k")
+        out[recall_key(settings.training.max_false_positive_rate)] = out.pop("recall_at_fpr")
         del out["model"]
         return out
 
@@ -45,15 +45,15 @@ def model_scores(result: Mapping[str, object], settings: Settings, lightgbm: str
         return float(value) if isinstance(value, (int, float)) else None
 
     return [ModelScores(lightgbm if model == "lightgbm" else model, metric(prefix, "roc_auc"), metric(prefix, "average_precision"),
-                        metric(prefix, card_precision_key(settings.top_k)), metric(prefix, recall_key(settings.max_false_positive_rate)),
+                        metric(prefix, card_precision_key(settings.costs.top_k)), metric(prefix, recall_key(settings.training.max_false_positive_rate)),
                         metric(prefix, "expected_cost"))
             for model, prefix in MODELS.items()]
 
 
 def scores_table(rows: list[ModelScores], settings: Settings, title: str) -> Table:
     table = Table(title=title)
-    for column in ("model", "ROC AUC", "average precision", f"CP@{settings.top_k}",
-                   f"recall @ {settings.max_false_positive_rate:.0%} FPR", "expected cost"):
+    for column in ("model", "ROC AUC", "average precision", f"CP@{settings.costs.top_k}",
+                   f"recall @ {settings.training.max_false_positive_rate:.0%} FPR", "expected cost"):
         table.add_column(column)
     for row in rows:
         figures = (row.roc_auc, row.average_precision, row.card_precision_at_k, row.recall_at_fpr)

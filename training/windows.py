@@ -27,22 +27,22 @@ class Windows:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Windows:
-        if settings.train_start is not None:
-            start = pd.Timestamp(settings.train_start)
+        if settings.training.train_start is not None:
+            start = pd.Timestamp(settings.training.train_start)
         else:
-            start = pd.Timestamp(settings.start_date) + pd.Timedelta(days=settings.train_start_day)
-        train_end = start + pd.Timedelta(days=settings.train_days)
-        test_start = train_end + pd.Timedelta(days=settings.label_delay_days)
-        return cls(start, train_end, test_start, test_start + pd.Timedelta(days=settings.test_days))
+            start = pd.Timestamp(settings.simulation.start_date) + pd.Timedelta(days=settings.training.train_start_day)
+        train_end = start + pd.Timedelta(days=settings.training.train_days)
+        test_start = train_end + pd.Timedelta(days=settings.features.label_delay_days)
+        return cls(start, train_end, test_start, test_start + pd.Timedelta(days=settings.training.test_days))
 
     @classmethod
     def latest(cls, as_of: pd.Timestamp, settings: Settings) -> Windows:
         """The most recent protocol whose test labels have all arrived by `as_of`: what a retrain
         triggered now can honestly use. The label delay bounds how fast a retrain can learn a change."""
-        test_end = pd.Timestamp(as_of).floor("D") - pd.Timedelta(days=settings.label_delay_days)
-        test_start = test_end - pd.Timedelta(days=settings.test_days)
-        train_end = test_start - pd.Timedelta(days=settings.label_delay_days)
-        return cls(train_end - pd.Timedelta(days=settings.train_days), train_end, test_start, test_end)
+        test_end = pd.Timestamp(as_of).floor("D") - pd.Timedelta(days=settings.features.label_delay_days)
+        test_start = test_end - pd.Timedelta(days=settings.training.test_days)
+        train_end = test_start - pd.Timedelta(days=settings.features.label_delay_days)
+        return cls(train_end - pd.Timedelta(days=settings.training.train_days), train_end, test_start, test_end)
 
     def shifted(self, days: int) -> Windows:
         delta = pd.Timedelta(days=days)

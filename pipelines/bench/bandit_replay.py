@@ -21,8 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from core.settings import CanarySettings, FeatureSettings
 from model.buckets import BUCKETS, bucket
 from monitoring.canary import compare, thompson_share
+
+# The settings' defaults (`model_construct` reads no variables), so the replay's are not a second copy.
+_CANARY, _FEATURES = CanarySettings.model_construct(), FeatureSettings.model_construct()
 
 
 @dataclass(frozen=True)
@@ -48,8 +52,8 @@ def traffic(days: int, customers: int, challenger_gain: float, seed: int) -> pd.
     return frame
 
 
-def replay(frame: pd.DataFrame, policy: str, label_delay: int = 7, fixed_share: float = 0.1, min_share: float = 0.02,
-           max_share: float = 0.5, resamples: int = 100) -> Replay:
+def replay(frame: pd.DataFrame, policy: str, label_delay: int = _FEATURES.label_delay_days, fixed_share: float = _CANARY.challenger_share,
+           min_share: float = _CANARY.bandit_min_share, max_share: float = _CANARY.bandit_max_share, resamples: int = 100) -> Replay:
     """Run `policy` ("canary": `fixed_share` throughout; "bandit": `thompson_share` each day from the
     rows whose labels have arrived) over `frame` (`traffic`), day by day."""
     buckets = frame["customer_id"].map(bucket).to_numpy()

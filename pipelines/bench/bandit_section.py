@@ -20,8 +20,8 @@ def bandit_section(settings: Settings, scale: str, repeat: int) -> Section:
     runs: dict[str, dict[str, Replay]] = {}
     for case, gain in CASES.items():
         frame = traffic(DAYS, customers, gain, seed=0)
-        runs[case] = {policy: replay(frame, policy, label_delay=settings.label_delay_days, fixed_share=0.1,
-                                     min_share=settings.bandit_min_share, max_share=settings.bandit_max_share)
+        runs[case] = {policy: replay(frame, policy, label_delay=settings.features.label_delay_days, fixed_share=0.1,
+                                     min_share=settings.canary.bandit_min_share, max_share=settings.canary.bandit_max_share)
                       for policy in ("canary", "bandit")}
         canary, bandit = runs[case]["canary"], runs[case]["bandit"]
         section.add(f"{case}: bandit's regret", bandit.regret[-1], "cost", f"its share on the last day {bandit.shares[-1]:.2f}")

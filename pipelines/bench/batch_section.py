@@ -29,10 +29,10 @@ def batch_store(settings: Settings, scale: str, registry: Settings) -> Settings:
     from pipelines.flows.featurize import compute_feature_tables
 
     customers, terminals, days = (SCALES[scale].customers, SCALES[scale].terminals, SCALES[scale].days)
-    s = settings.model_copy(update={"state_dir": settings.state_dir / f"batch-{scale}", "mlflow_tracking_uri": registry.tracking_uri,
-                                    "customers": customers, "terminals": terminals, "days": days})
+    s = settings.replace(state_dir=settings.state_dir / f"batch-{scale}", mlflow_tracking_uri=registry.tracking_uri,
+                         customers=customers, terminals=terminals, days=days)
     if not (s.state_dir / "applied").exists():
-        write_simulation(SimulationConfig.from_settings(s), s.transactions_dir, replace=True)
+        write_simulation(SimulationConfig.from_settings(s.simulation), s.transactions_dir, replace=True)
         clear(s)
         deliver_chargebacks(s)
         compute_feature_tables.fn(s)
@@ -55,8 +55,8 @@ def batch_section(settings: Settings, scale: str, repeat: int) -> Section:
     model = fetch(s, "champion")
     if model is None:
         raise RuntimeError(f"no champion in the bench's registry at {s.tracking_uri}")
-    end = pd.Timestamp(s.start_date) + pd.Timedelta(days=s.days)
-    tx = transactions_between(s.transactions_dir, end - pd.Timedelta(days=min(SCORED_DAYS, s.days)), end).drop(columns=["is_fraud", "fraud_scenario"])
+    end = pd.Timestamp(s.simulation.start_date) + pd.Timedelta(days=s.simulation.days)
+    tx = transactions_between(s.transactions_dir, end - pd.Timedelta(days=min(SCORED_DAYS, s.simulation.days)), end).drop(columns=["is_fraud", "fraud_scenario"])
     section = Section(f"batch scoring ({len(tx):,} transactions, the last {SCORED_DAYS} days at {scale} scale; 2 threads; medians of {repeat})")
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "scores.parquet"
@@ -66,13 +66,13 @@ def batch_section(settings: Settings, scale: str, repeat: int) -> Section:
         seconds = float(np.median(timed(lambda: score(s, sample, out, explain=True), repeat)))
         section.add("fraudops score --explain (reason codes)", len(sample) / seconds * 60 / 1e6, "M rows/min",
                     f"{seconds:.1f} s for {len(sample):,} rows")
-    matrix = historical_features(open_store(s), s.feature_service, tx)[list(model.features)].to_numpy(np.float64)
+    matrix = historical_features(open_store(s), s.features.feature_service, tx)[list(model.features)].to_numpy(np.float64)
     seconds = float(np.median(timed(lambda: model.score(matrix, threads=2), repeat)))
     section.add("peer: the model alone on the joined rows", len(tx) / seconds * 60 / 1e6, "M rows/min", "the ceiling: no join, no write")
     online = OnlineFeatures(registry)  # the serving section's live state, its cards and terminals
     cards = transactions_between(registry.transactions_dir, Windows.from_settings(registry).test_end).head(PER_REQUEST_ROWS)
     # a month past the serving state's data: after every transaction the serving and budget sections add
-    clock = [int((pd.Timestamp(registry.start_date) + pd.Timedelta(days=registry.days + 30)).value // 1000)]
+    clock = [int((pd.Timestamp(registry.simulation.start_date) + pd.Timedelta(days=registry.simulation.days + 30)).value // 1000)]
 
     def per_request() -> None:
         for row in cards.itertuples(index=False):

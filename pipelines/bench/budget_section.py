@@ -35,8 +35,8 @@ def budget_section(settings: Settings, scale: str, repeat: int) -> Section:
 
     def lookup() -> object:
         clock[0] += 43_000_000  # a new transaction of one of the cards, event time moving as in the serving section
-        i = int(rng.integers(s.customers))
-        return online.lookup(Tx(f"budget-{clock[0]}", str(i), str(i * 2 % s.terminals), 25.5, clock[0]))
+        i = int(rng.integers(s.simulation.customers))
+        return online.lookup(Tx(f"budget-{clock[0]}", str(i), str(i * 2 % s.simulation.terminals), 25.5, clock[0]))
 
     p50, p99 = latency_ms(lookup, 2_000)
     section.add("state step and request-time features (SQLite), p50", p50, "ms", f"p99 {p99:.3f} ms", p99=p99)

@@ -34,9 +34,9 @@ def log_scored(settings: Settings, start: pd.Timestamp, end: pd.Timestamp) -> pd
     truth = transactions_between(settings.transactions_dir, start, end)
     model = fetch(settings, "champion")
     if model is None:
-        raise RuntimeError(f"no champion of {settings.model_name} to score with: the world's training did not register one")
+        raise RuntimeError(f"no champion of {settings.stores.model_name} to score with: the world's training did not register one")
     scored = score_rows(settings, model, truth.drop(columns=["is_fraud", "fraud_scenario"]), with_features=True)
-    taken = [explore(d, t, settings.exploration_share) for d, t in zip(scored["decision"], scored["transaction_id"])]
+    taken = [explore(d, t, settings.costs.exploration_share) for d, t in zip(scored["decision"], scored["transaction_id"])]
     log = scored.drop(columns=[ROW, "threshold"]).assign(
         decision=[d for d, _ in taken], propensity=[p for _, p in taken], variant="champion", shadow=False,
         features_missing=0, degraded=False, latency_ms=0.0)
@@ -53,10 +53,10 @@ def world(settings: Settings, drift: tuple[str, ...]) -> dict[str, float]:
     from training.windows import Windows
 
     windows = Windows.from_settings(settings)
-    change_day = (windows.test_end - pd.Timestamp(settings.start_date)).days  # the day after the test window
-    write_simulation(SimulationConfig.from_settings(settings, drift=drift, drift_start_day=change_day), settings.transactions_dir, replace=True)
+    change_day = (windows.test_end - pd.Timestamp(settings.simulation.start_date)).days  # the day after the test window
+    write_simulation(SimulationConfig.from_settings(settings.simulation, drift=drift, drift_start_day=change_day), settings.transactions_dir, replace=True)
     clear(settings)
-    delay = timedelta(days=settings.label_delay_days)
+    delay = timedelta(days=settings.features.label_delay_days)
     deliver_chargebacks(settings, windows.test_end + delay)
     features_flow(settings)
     train_flow(settings, ModelConfig())
@@ -88,8 +88,8 @@ def concept_section(settings: Settings, scale: str, repeat: int) -> Section:
     customers, terminals = SCALES[scale].customers, SCALES[scale].terminals
     section = Section(f"concept drift (mimicry from the day after the test window; {customers:,} cards; one run per world)")
     for name, drift in WORLDS.items():
-        s = settings.model_copy(update={"state_dir": settings.state_dir / f"concept-{name.replace(' ', '-')}", "customers": customers,
-                                        "terminals": terminals, "days": 100, "retrain_on_drift": False})
+        s = settings.replace(state_dir=settings.state_dir / f"concept-{name.replace(' ', '-')}", customers=customers,
+                             terminals=terminals, days=100, retrain_on_drift=False)
         for figure, value in world(s, drift).items():
             section.add(f"{name}: {figure}", value, "")
     return section

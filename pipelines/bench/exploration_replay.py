@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score
 
+from core.settings import FeatureSettings
 from model.decisions import explore
 from training.fit import ModelConfig, fit_booster
 
@@ -51,7 +52,8 @@ def observed(week: pd.DataFrame, scores: np.ndarray, cut: float, arm: str, share
 
 
 def replay(frame: pd.DataFrame, features: list[str], start: pd.Timestamp, weeks: int, arm: str, share: float,
-           decline_rate: float = 0.01, train_weeks: int = 3, delay_days: int = 7, config: ModelConfig | None = None) -> Run:
+           decline_rate: float = 0.01, train_weeks: int = 3,
+           delay_days: int = FeatureSettings.model_construct().label_delay_days, config: ModelConfig | None = None) -> Run:
     """`frame`: the feature table with the true `is_fraud`, `transaction_id` and `event_timestamp`.
     The first model is trained on the `train_weeks` before `start` with every label; each later one
     on what `arm` observed."""

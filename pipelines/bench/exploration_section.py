@@ -26,7 +26,7 @@ def exploration_frame(s: Settings) -> tuple[pd.DataFrame, list[str]]:
     from features.simulator import SimulationConfig, deliver_chargebacks, write_simulation
     from pipelines.flows.featurize import compute_feature_tables
 
-    write_simulation(SimulationConfig.from_settings(s), s.transactions_dir, replace=True)
+    write_simulation(SimulationConfig.from_settings(s.simulation), s.transactions_dir, replace=True)
     clear(s)
     deliver_chargebacks(s)
     compute_feature_tables.fn(s)
@@ -38,11 +38,11 @@ def exploration_frame(s: Settings) -> tuple[pd.DataFrame, list[str]]:
 def exploration_section(settings: Settings, scale: str, repeat: int) -> Section:
     customers, terminals = {"full": (5_000, 10_000), "small": (2_000, 4_000), "smoke": (SCALES["smoke"].customers, SCALES["smoke"].terminals)}[scale]
     days = 30 + 28 + WEEKS * 7  # warm-up of the windows, the first model's weeks, the replayed weeks
-    s = settings.model_copy(update={"state_dir": settings.state_dir / "exploration", "customers": customers, "terminals": terminals,
-                                    "days": days, "train_start_day": 30, "train_days": 14, "test_days": 7})
+    s = settings.replace(state_dir=settings.state_dir / "exploration", customers=customers, terminals=terminals,
+                         days=days, train_start_day=30, train_days=14, test_days=7)
     frame, features = exploration_frame(s)
-    start = pd.Timestamp(s.start_date) + pd.Timedelta(days=58)
-    runs = {arm: replay(frame, features, start, WEEKS, arm, SHARE, delay_days=s.label_delay_days) for arm in ARMS}
+    start = pd.Timestamp(s.simulation.start_date) + pd.Timedelta(days=58)
+    runs = {arm: replay(frame, features, start, WEEKS, arm, SHARE, delay_days=s.features.label_delay_days) for arm in ARMS}
     section = Section(f"the feedback loop's bias ({WEEKS} weeks, {customers:,} cards, top 1% declined, {SHARE:.0%} of declines explored)")
     for arm, run in runs.items():
         section.add(f"{arm}: AP of the last week's model", run.weekly_ap[-1], "AP",

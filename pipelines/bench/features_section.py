@@ -42,7 +42,7 @@ def offline_side(settings: Settings, scale: str, repeat: int, section: Section) 
     from features.store import apply, historical_features, open_store
 
     customers, terminals, days = (SCALES[scale].customers, SCALES[scale].terminals, SCALES[scale].days)
-    cfg = SimulationConfig.from_settings(settings, customers=customers, terminals=terminals, days=days)
+    cfg = SimulationConfig.from_settings(settings.simulation, customers=customers, terminals=terminals, days=days)
     rows = 0
 
     def simulate() -> None:
@@ -54,14 +54,14 @@ def offline_side(settings: Settings, scale: str, repeat: int, section: Section) 
     clear(settings)
     deliver_chargebacks(settings)
     frauds = write_frauds(settings, settings.features_dir / FRAUDS_FILE)
-    compute = timed(lambda: compute_features(settings.transactions_dir, settings.features_dir, frauds, settings.label_delay_days), repeat)
+    compute = timed(lambda: compute_features(settings.transactions_dir, settings.features_dir, frauds, settings.features.label_delay_days), repeat)
     section.add("event-time features (DuckDB window functions)", statistics.median(compute), "s",
                 f"{rows:,} rows, one per transaction; {rows / statistics.median(compute) / 1e6:.2f} M rows/s; median of {repeat}")
 
     apply(settings)
     store = open_store(settings)
     entity = read_transactions(settings.transactions_dir)
-    joined = timed(lambda: historical_features(store, settings.feature_service, entity), 1 if scale == "full" else repeat)
+    joined = timed(lambda: historical_features(store, settings.features.feature_service, entity), 1 if scale == "full" else repeat)
     section.add("Feast point-in-time join into the training set", min(joined), "s", f"{len(entity):,} entity rows, DuckDB offline store")
     section.add("training set from raw transactions (features + join)", statistics.median(compute) + min(joined), "s", "target < 60 s at full scale")
     return cfg, entity, datetime.combine(cfg.start_date, datetime.min.time()) + timedelta(days=cfg.days)
@@ -87,7 +87,7 @@ def state_step(settings: Settings, state: object, arrivals: Callable[[], Tx]) ->
     """One scored transaction's state step: update the card's and terminal's events, read, windows."""
     def call() -> object:
         tx = arrivals()
-        return features(tx, state.update([tx])[0], settings.label_delay_days)  # type: ignore[attr-defined]
+        return features(tx, state.update([tx])[0], settings.features.label_delay_days)  # type: ignore[attr-defined]
     return call
 
 
@@ -100,7 +100,7 @@ def live_side(settings: Settings, end: datetime, arrivals: Callable[[], Tx], sec
     section.add("backfill the live state (SQLite)", loaded / seconds, "rows/s", f"{loaded:,} transactions in {seconds:.1f}s")
     history = open_state(settings).update([arrivals()])[0]
     sample = arrivals()
-    p50, p99 = latency_ms(lambda: features(sample, history, settings.label_delay_days), 2_000)
+    p50, p99 = latency_ms(lambda: features(sample, history, settings.features.label_delay_days), 2_000)
     section.add("windows alone (features.live on a card's history), p50 / p99", p50, "ms", f"p99 {p99:.3f} ms; no store", p99=p99)
     p50, p99 = latency_ms(state_step(settings, open_state(settings), arrivals), 2_000)
     section.add("state step, SQLite (insert, prune, read, windows), p50 / p99", p50, "ms", f"p99 {p99:.3f} ms; one transaction at a time", p99=p99)
@@ -119,7 +119,7 @@ def redis_side(settings: Settings, cfg: SimulationConfig, end: datetime, arrival
 
     client.flushdb()
     before = info("memory")["used_memory"]
-    on_redis = settings.model_copy(update={"feast_redis_url": REDIS_URL, "state_dir": settings.state_dir / "redis"})
+    on_redis = settings.replace(feast_redis_url=REDIS_URL, state_dir=settings.state_dir / "redis")
     shutil.copytree(settings.transactions_dir, on_redis.transactions_dir, dirs_exist_ok=True)
     started = time.perf_counter()
     loaded = materialize(on_redis, end)

@@ -47,7 +47,7 @@ def _monitor_cost(rows: int, peer: bool, out_dir: str) -> tuple[float, float, fl
         verdict = "-"
     else:
         verdict = drift_report({"champion": Reference("1", reference, 0.1)}, current, MONITOR_FEATURES, Path(out_dir),
-                               DriftLimits.from_settings(Settings()))[0].verdict
+                               DriftLimits.from_settings(Settings().monitoring))[0].verdict
     return time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, baseline, verdict
 
 

@@ -52,14 +52,14 @@ def _features(settings_json: str, on_dask: bool) -> Figures:
     from features.labels import write_frauds
 
     s = Settings.model_validate_json(settings_json)
-    delay = s.label_delay_days
+    delay = s.features.label_delay_days
     started = time.perf_counter()
     frauds = write_frauds(s, s.features_dir / FRAUDS_FILE)
     if not on_dask:
         rows = compute_features(s.transactions_dir, s.features_dir, frauds, delay)["transaction"]
         return time.perf_counter() - started, _peak_mb(), rows
     with _local_cluster() as client:
-        rows = compute_features(s.transactions_dir, s.features_dir, frauds, delay, s.feature_buckets, dask_runner(client.scheduler_info()["address"]))["transaction"]
+        rows = compute_features(s.transactions_dir, s.features_dir, frauds, delay, s.features.feature_buckets, dask_runner(client.scheduler_info()["address"]))["transaction"]
         seconds = time.perf_counter() - started
         peak = _peak_with_workers(client)
     return seconds, peak, rows
@@ -135,10 +135,10 @@ def scaling_section(settings: Settings, scale: str, repeat: int) -> Section:
     base = (size.customers, size.terminals, size.days)
     curves: dict[str, list[Figures]] = {}
     for k in factors:
-        span = settings.train_days + settings.label_delay_days + settings.test_days  # the protocol ends on the last day
-        s = settings.model_copy(update={"state_dir": settings.state_dir / f"scaling-{k}x", "customers": base[0] * k,
-                                        "terminals": base[1] * k, "days": base[2], "train_start_day": base[2] - span})
-        rows = write_simulation(SimulationConfig.from_settings(s), s.transactions_dir, replace=True)
+        span = settings.training.train_days + settings.features.label_delay_days + settings.training.test_days  # the protocol ends on the last day
+        s = settings.replace(state_dir=settings.state_dir / f"scaling-{k}x", customers=base[0] * k,
+                             terminals=base[1] * k, days=base[2], train_start_day=base[2] - span)
+        rows = write_simulation(SimulationConfig.from_settings(s.simulation), s.transactions_dir, replace=True)
         clear(s)
         deliver_chargebacks(s)
         as_json = s.model_dump_json()

@@ -39,9 +39,9 @@ def prepared(settings: Settings) -> tuple[Settings, pd.DataFrame]:
     from training.windows import Windows
 
     # pinned: the bench's API has the machine's CPUs to itself (the setting's own description)
-    s = settings.model_copy(update={"state_dir": settings.state_dir / "serving", "api_pin_workers": True})
+    s = settings.replace(state_dir=settings.state_dir / "serving", api_pin_workers=True)
     if not (s.state_dir / "mlflow.db").exists():
-        write_simulation(SimulationConfig.from_settings(s), s.transactions_dir, replace=True)
+        write_simulation(SimulationConfig.from_settings(s.simulation), s.transactions_dir, replace=True)
         clear(s)  # training reads labels from the label store alone: the history's chargebacks go there first
         deliver_chargebacks(s)
         with quiet_stdout():
@@ -59,7 +59,7 @@ def bodies(s: Settings, tx: pd.DataFrame) -> dict[str, str]:
     model = load_from_registry(s, "champion")
     if model is None:
         raise RuntimeError(f"no champion in the bench's registry at {s.tracking_uri}")
-    joined = historical_features(open_store(s), s.feature_service, tx)
+    joined = historical_features(open_store(s), s.features.feature_service, tx)
     row = {name: float(joined[name].iloc[0]) for name in model.features}
     transaction = {"transaction_id": "t", "customer_id": str(tx["customer_id"].iloc[0]), "terminal_id": str(tx["terminal_id"].iloc[0]),
                    "amount": float(tx["amount"].iloc[0]), "timestamp": tx["timestamp"].iloc[0].isoformat() + "Z"}
@@ -70,7 +70,7 @@ def bodies(s: Settings, tx: pd.DataFrame) -> dict[str, str]:
     # runs, so that each card's live state holds its real amount of history, never a pile-up.
     base, started = int(tx["timestamp"].iloc[0].timestamp()), int(time.time())
     full = ("string.format('{\"transaction_id\":\"t%d-%d\",\"customer_id\":\"%d\",\"terminal_id\":\"%d\",\"amount\":%d.5,\"timestamp\":\"%s\"}', "
-            f"run, counter, counter % {s.customers}, counter % {s.terminals}, counter % 300, "
+            f"run, counter, counter % {s.simulation.customers}, counter % {s.simulation.terminals}, counter % 300, "
             f"os.date('!%Y-%m-%dT%H:%M:%SZ', {base} + (os.time() - {started}) * 130000 + counter * 43))")
     with_features = "'" + json.dumps({"transaction": transaction, "features": features}).replace("'", "\\'") + "'"
     return {"full": full, "features": with_features, "mlflow": "'" + mlflow_body + "'", "hey": json.dumps(transaction)}
@@ -91,10 +91,10 @@ def servers(s: Settings) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     commands = {
         "ours": (ours + [str(PORTS["ours"])], env),
         "no-lane": (ours + [str(PORTS["no-lane"])], env | {"FRAUDOPS_SCORING_LANE": "false"}),
-        "mlflow": ([str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{s.model_name}@champion", "-p", str(PORTS["mlflow"]),
+        "mlflow": ([str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{s.stores.model_name}@champion", "-p", str(PORTS["mlflow"]),
                     "--env-manager", "local", "--workers", str(WORKERS)], env),
         **{name: ([sys.executable, "-c", f"from serving.workers import serve; serve('pipelines.bench.peers:{factory}', '127.0.0.1', "
-                   f"{PORTS[name]}, {WORKERS}, {s.api_pin_workers})"], env)
+                   f"{PORTS[name]}, {WORKERS}, {s.serving.api_pin_workers})"], env)
            for name, factory in (("floor", "floor_app_factory"), ("lookup", "lookup_floor_app_factory"), ("snapshot", "snapshot_floor_app_factory"))},
     }
     processes = {}

@@ -35,8 +35,8 @@ def training_section(settings: Settings, scale: str, repeat: int) -> Section:
     section = Section("training (train flow end to end; fit beside a peer)")
     sizes = {"full": (1_000, 2_500, 5_000), "small": (500, 1_000, 2_000), "smoke": (SCALES["smoke"].customers,)}[scale]
     for customers in sizes:
-        s = settings.model_copy(update={"state_dir": settings.state_dir / f"training-{customers}", "customers": customers, "terminals": 2 * customers})
-        cfg = SimulationConfig.from_settings(s)
+        s = settings.replace(state_dir=settings.state_dir / f"training-{customers}", customers=customers, terminals=2 * customers)
+        cfg = SimulationConfig.from_settings(s.simulation)
         rows = write_simulation(cfg, s.transactions_dir, replace=True)
         clear(s)  # training reads labels from the label store alone: the history's chargebacks go there first
         deliver_chargebacks(s)
@@ -48,13 +48,13 @@ def training_section(settings: Settings, scale: str, repeat: int) -> Section:
         scores = ", ".join(f"{'LightGBM' if m.model == 'lightgbm' else m.model.replace('_', ' ')} {m.average_precision:.3f} / "
                            f"{m.card_precision_at_k:.3f}" for m in model_scores(result, s))
         section.add(f"train flow, {customers:,} customers", seconds, "s",
-                    f"{rows:,} transactions simulated; test AP / CP@{s.top_k}: {scores}", transactions=rows,
+                    f"{rows:,} transactions simulated; test AP / CP@{s.costs.top_k}: {scores}", transactions=rows,
                     **{f"{m.model} test AP": m.average_precision for m in model_scores(result, s) if m.average_precision is not None})
     windows = Windows.from_settings(s)
     store = open_store(s)
     tx = transactions_between(s.transactions_dir, windows.train_start, windows.test_end)
-    frame = historical_features(store, s.feature_service, tx)
-    features = model_features(store, s.feature_service)
+    frame = historical_features(store, s.features.feature_service, tx)
+    features = model_features(store, s.features.feature_service)
     fit, validation, _ = split(frame, windows)
     lgb_runs = timed(lambda: fit_booster(fit, validation, features, ModelConfig(num_boost_round=200, scale_pos_weight=1.0)), repeat)
     section.add("LightGBM fit (early stopping on validation)", statistics.median(lgb_runs), "s", f"{len(fit):,} rows, median of {repeat}")

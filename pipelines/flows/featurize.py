@@ -16,10 +16,10 @@ from features.store import apply, materialize
 def compute_feature_tables(settings: Settings) -> dict[str, int]:
     """Terminal risk's labels from the label store, through a file every worker can read."""
     frauds = write_frauds(settings, settings.features_dir / FRAUDS_FILE)
-    if settings.dask_address is None:
-        return compute_features(settings.transactions_dir, settings.features_dir, frauds, settings.label_delay_days)
-    return compute_features(settings.transactions_dir, settings.features_dir, frauds, settings.label_delay_days,
-                            settings.feature_buckets, on_dask(settings.dask_address))
+    if settings.training.dask_address is None:
+        return compute_features(settings.transactions_dir, settings.features_dir, frauds, settings.features.label_delay_days)
+    return compute_features(settings.transactions_dir, settings.features_dir, frauds, settings.features.label_delay_days,
+                            settings.features.feature_buckets, on_dask(settings.training.dask_address))
 
 
 @task

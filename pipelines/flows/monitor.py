@@ -40,9 +40,9 @@ def load_references(settings: Settings) -> References:
     features: list[str] = []
     shipped: dict[str, tuple[str, float]] = {}
     for alias in (registry.CHAMPION, registry.CHALLENGER):
-        if registry.aliased_version(client, settings.model_name, alias) is None:
+        if registry.aliased_version(client, settings.stores.model_name, alias) is None:
             continue
-        version = client.get_model_version_by_alias(settings.model_name, alias)
+        version = client.get_model_version_by_alias(settings.stores.model_name, alias)
         run = registry.logged_run(client, version)
         path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=f"reference/{REFERENCE_FILE}")
         frames[alias] = Reference(str(version.version), pd.read_parquet(path), float(run.data.params["threshold"]))
@@ -50,7 +50,7 @@ def load_references(settings: Settings) -> References:
         if alias == registry.CHAMPION:
             features = json.loads(run.data.tags["features"])
     if registry.CHAMPION not in frames:
-        raise ValueError(f"model {settings.model_name!r} has no champion to monitor")
+        raise ValueError(f"model {settings.stores.model_name!r} has no champion to monitor")
     return References(frames, features, shipped)
 
 
@@ -77,9 +77,9 @@ def steer_bandit(settings: Settings, labelled: pd.DataFrame) -> float | None:
     aliases, routing = registry.serving_state(settings)
     if routing.get(registry.ROUTING_MODE_TAG) != "bandit" or "challenger" not in aliases:
         return None
-    current = float(routing.get(registry.ROUTING_SHARE_TAG, settings.challenger_share))
-    comparison = compare(of_current_versions(settings, labelled), settings.review_fee, settings.promote_min_frauds, settings.promote_max_ap_loss)
-    share = thompson_share(comparison, current, settings.bandit_min_share, settings.bandit_max_share)
+    current = float(routing.get(registry.ROUTING_SHARE_TAG, settings.canary.challenger_share))
+    comparison = compare(of_current_versions(settings, labelled), settings.costs.review_fee, settings.canary.promote_min_frauds, settings.canary.promote_max_ap_loss)
+    share = thompson_share(comparison, current, settings.canary.bandit_min_share, settings.canary.bandit_max_share)
     if share != current:
         registry.set_routing(settings, share, "bandit")
         get_run_logger().warning("bandit: challenger share %.3f -> %.3f (P(challenger cheaper) %.2f)", current, share, comparison.challenger_cheaper)
@@ -100,22 +100,22 @@ def monitor_flow(settings: Settings | None = None, label: str = "latest", since:
     current = predictions.read(settings, since, until)  # live traffic
     if current.empty:
         current = references.frames["champion"].frame.iloc[0:0]
-    drift, snapshots = drift_report(references.frames, current, references.features, out_dir, DriftLimits.from_settings(settings))
+    drift, snapshots = drift_report(references.frames, current, references.features, out_dir, DriftLimits.from_settings(settings.monitoring))
     as_of = until or (current["timestamp"].max() if len(current) else datetime.now(timezone.utc).replace(tzinfo=None))
-    matured_until = as_of - timedelta(days=settings.label_delay_days)
-    logged = predictions.read(settings, matured_until - timedelta(days=settings.quality_days), matured_until)
+    matured_until = as_of - timedelta(days=settings.features.label_delay_days)
+    logged = predictions.read(settings, matured_until - timedelta(days=settings.monitoring.quality_days), matured_until)
     labelled = with_labels(logged, settings, as_of) if len(logged) else logged
     # each variant against its own reference traffic, cut at the decline share its live traffic had
     baselines = {alias: (version, ap, reference_ap(references.frames[alias].frame, logged[logged["variant"] == alias] if len(logged) else logged))
                  for alias, (version, ap) in references.shipped_ap.items()}
-    quality, quality_snapshots = judge(labelled, baselines, out_dir, settings.review_fee, settings.top_k,
-                                       settings.max_quality_drop, settings.min_labelled_frauds) if len(labelled) else ({}, [])
+    quality, quality_snapshots = judge(labelled, baselines, out_dir, settings.costs.review_fee, settings.costs.top_k,
+                                       settings.monitoring.max_quality_drop, settings.monitoring.min_labelled_frauds) if len(labelled) else ({}, [])
     # A fraud wave is mostly a change in the labels: the features and scores barely move until the
     # terminals' risk catches up, so the fraud rate of the labelled traffic is tested on its own.
     champion_frame = comparable_reference(references.frames["champion"].frame, logged)
-    labels = (rate_drift(labelled["is_fraud"], champion_frame["is_fraud"], "is_fraud", settings.rate_drift_p_value,
+    labels = (rate_drift(labelled["is_fraud"], champion_frame["is_fraud"], "is_fraud", settings.monitoring.rate_drift_p_value,
                          labelled.get("customer_id"), champion_frame.get("customer_id"))
-              if len(labelled) >= settings.min_rows else None)
+              if len(labelled) >= settings.monitoring.min_rows else None)
     reasons = [f"drift verdict on {drift.current_rows:,} predictions ({drift.drifted_share:.0%} of features drifted)"] if drift.verdict == "drift" else []
     if labels is not None and labels.drifted:
         reasons.append(f"fraud rate of labelled traffic {labelled['is_fraud'].mean():.2%} against "
@@ -123,7 +123,7 @@ def monitor_flow(settings: Settings | None = None, label: str = "latest", since:
     reasons += [f"{q.variant} v{q.version}: live AP {q.average_precision:.3f} vs {q.reference_average_precision:.3f} on its reference traffic"
                 for q in quality.values() if q.dropped]
     retrain = None
-    if reasons and settings.retrain_on_drift:
+    if reasons and settings.monitoring.retrain_on_drift:
         get_run_logger().warning("retraining: %s", "; ".join(reasons))
         features_flow(settings)  # the newest transactions into the offline features first
         retrain = training_flow(settings)(settings, ModelConfig(), as_of=as_of, trigger="monitor: " + "; ".join(reasons))

@@ -61,7 +61,7 @@ def _join_cache_key(context: object, parameters: dict[str, object]) -> str:
     settings: Settings = parameters["settings"]  # type: ignore[assignment]
     start, end = parameters["start"], parameters["end"]
     return "training-set-" + hashlib.sha256(
-        f"{start}|{end}|{settings.feature_service}|{settings.feast_registry_url or settings.feast_dir}|"
+        f"{start}|{end}|{settings.features.feature_service}|{settings.features.feast_registry_url or settings.feast_dir}|"
         f"{_files_fingerprint(settings.transactions_dir, settings.features_dir)}|{labels.version(settings)}".encode()
     ).hexdigest()
 
@@ -79,7 +79,7 @@ def build_training_set(settings: Settings, start: pd.Timestamp, end: pd.Timestam
     verdicts = labels.current(settings, reported_since=start)[["transaction_id", "is_fraud"]]
     labelled = transactions.assign(transaction_id=transactions["transaction_id"].astype(str)).merge(verdicts, on="transaction_id", how="left")
     labelled["is_fraud"] = labelled["is_fraud"].fillna(0).astype("int8")
-    return historical_features(store, settings.feature_service, labelled), model_features(store, settings.feature_service)
+    return historical_features(store, settings.features.feature_service, labelled), model_features(store, settings.features.feature_service)
 
 
 @task
@@ -100,7 +100,7 @@ def check_training_data(frame: pd.DataFrame, features: list[str], windows: Windo
 
 @task
 def train_model(frame: pd.DataFrame, features: list[str], windows: Windows, config: ModelConfig, settings: Settings) -> TrainResult:
-    if settings.dask_address is None:
+    if settings.training.dask_address is None:
         return train(frame, features, windows, config, settings)
     from prefect_dask import get_dask_client
 
@@ -110,8 +110,9 @@ def train_model(frame: pd.DataFrame, features: list[str], windows: Windows, conf
 
 def _redacted(settings: Settings) -> dict[str, object]:
     """Settings as logged with a run: no tokens, no passwords inside URLs."""
-    values = settings.model_dump(mode="json", exclude={"admin_token", "labels_token"})
-    return {k: re.sub(r"://([^:/@]+):[^@]+@", r"://\1:***@", v) if isinstance(v, str) else v for k, v in values.items()}
+    values = settings.model_dump(mode="json", exclude={"serving": {"admin_token", "labels_token"}})
+    return {group: {k: re.sub(r"://([^:/@]+):[^@]+@", r"://\1:***@", v) if isinstance(v, str) else v for k, v in value.items()}
+            if isinstance(value, dict) else value for group, value in values.items()}
 
 
 @task
@@ -125,7 +126,7 @@ def log_and_register(result: TrainResult, frame: pd.DataFrame, windows: Windows,
     features = result.features
     example = frame[features].head(5).astype("float64")  # counts may be missing online: doubles, not ints
     champion_ap = champion_on(result, settings) if against_champion else None
-    failures = gate_failures(result.metrics, champion_ap, settings.min_average_precision)
+    failures = gate_failures(result.metrics, champion_ap, settings.training.min_average_precision)
     passed = not failures
     gate = "passed" if passed else "failed: " + "; ".join(failures)
     with mlflow.start_run(run_name=f"lightgbm-{result.config.num_leaves}-leaves") as run:
@@ -134,7 +135,7 @@ def log_and_register(result: TrainResult, frame: pd.DataFrame, windows: Windows,
         mlflow.set_tags(
             {
                 "git_commit": registry.git_commit(),
-                "feature_service": settings.feature_service,
+                "feature_service": settings.features.feature_service,
                 "features": json.dumps(features),
                 "train_window": f"{windows.train_start.date()}..{windows.train_end.date()}",
                 "test_window": f"{windows.test_start.date()}..{windows.test_end.date()}",
@@ -152,7 +153,7 @@ def log_and_register(result: TrainResult, frame: pd.DataFrame, windows: Windows,
             input_example=example,
             pip_requirements=[f"{name}=={installed_version(name)}" for name in MODEL_REQUIREMENTS],
             metadata={"threshold": result.threshold, "bands": result.bands.cuts().tolist(), "features": features,
-                      "feature_service": settings.feature_service},
+                      "feature_service": settings.features.feature_service},
         )
         with tempfile.TemporaryDirectory() as tmp:
             for path in write_plots(result, settings, Path(tmp) / "plots"):
@@ -163,12 +164,12 @@ def log_and_register(result: TrainResult, frame: pd.DataFrame, windows: Windows,
     outcome: dict[str, object] = {"run_id": run.info.run_id, "version": None, "alias": None, "gate": gate, **result.metrics}
     if not passed:
         return outcome
-    version = mlflow.register_model(info.model_uri, settings.model_name, tags={"fingerprint": fingerprint}).version
+    version = mlflow.register_model(info.model_uri, settings.stores.model_name, tags={"fingerprint": fingerprint}).version
     try:
-        alias = registry.CHAMPION if registry.aliased_version(client, settings.model_name, registry.CHAMPION) is None else registry.CHALLENGER
-        client.set_registered_model_alias(settings.model_name, alias, version)
+        alias = registry.CHAMPION if registry.aliased_version(client, settings.stores.model_name, registry.CHAMPION) is None else registry.CHALLENGER
+        client.set_registered_model_alias(settings.stores.model_name, alias, version)
     except Exception:
-        client.delete_model_version(settings.model_name, version)  # no version without its alias
+        client.delete_model_version(settings.stores.model_name, version)  # no version without its alias
         raise
     return {**outcome, "version": str(version), "alias": alias}
 
@@ -186,7 +187,7 @@ def train_flow(settings: Settings | None = None, config: ModelConfig = ModelConf
     monitor triggered) are the latest whose labels have arrived by then; `trigger` says why it ran."""
     settings = settings or Settings()  # a scheduled run reads its settings from the environment
     windows = Windows.latest(pd.Timestamp(as_of), settings) if as_of is not None else Windows.from_settings(settings)
-    folds = windows.prequential(settings.prequential_folds, settings.prequential_step_days) if config.scale_pos_weight is None else []
+    folds = windows.prequential(settings.training.prequential_folds, settings.training.prequential_step_days) if config.scale_pos_weight is None else []
     first = min([windows.train_start, *(f.train_start for f in folds)])
     frame, features = build_training_set.submit(settings, first, windows.test_end).result()  # Feast point-in-time join, cached
     frame = censor_by_serving_policy(frame, settings)  # declined: no label will come; explored: weighted
@@ -203,8 +204,8 @@ def train_flow(settings: Settings | None = None, config: ModelConfig = ModelConf
 def training_flow(settings: Settings) -> Flow[..., dict[str, object]]:
     """The train flow with the task runner the settings ask for: Prefect's DaskTaskRunner on the
     cluster at `dask_address`, so the feature join and the fits run there, or the in-process default."""
-    if settings.dask_address is None:
+    if settings.training.dask_address is None:
         return train_flow
     from prefect_dask import DaskTaskRunner
 
-    return train_flow.with_options(task_runner=DaskTaskRunner(address=settings.dask_address))  # type: ignore[arg-type]  # typed for Prefect's own futures
+    return train_flow.with_options(task_runner=DaskTaskRunner(address=settings.training.dask_address))  # type: ignore[arg-type]  # typed for Prefect's own futures

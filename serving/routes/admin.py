@@ -16,7 +16,7 @@ log = logging.getLogger("fraudops.api")
 
 
 def admin(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
-    require_bearer(settings.admin_token, authorization, "admin API", "FRAUDOPS_ADMIN_TOKEN")
+    require_bearer(settings.serving.admin_token, authorization, "admin API", "FRAUDOPS_ADMIN_TOKEN")
 
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(admin)])

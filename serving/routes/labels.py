@@ -19,7 +19,7 @@ log = logging.getLogger("fraudops.api")
 
 
 def labeller(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> None:
-    require_bearer(settings.labels_token, authorization, "labels API", "FRAUDOPS_LABELS_TOKEN")
+    require_bearer(settings.serving.labels_token, authorization, "labels API", "FRAUDOPS_LABELS_TOKEN")
 
 
 router = APIRouter(tags=["labels"], dependencies=[Depends(labeller)])

@@ -19,8 +19,8 @@ single = APIRouter(tags=["scoring"])  # what the lane answers when it is on
 
 @router.post("/predict/batch", response_model=Scores)
 async def predict_batch(batch: Batch, request: Request, settings: SettingsDep, explain: Explain = False) -> Scores:
-    if len(batch.transactions) > settings.max_batch_size:
-        raise HTTPException(413, f"transactions: at most {settings.max_batch_size} per batch, got {len(batch.transactions)}")
+    if len(batch.transactions) > settings.serving.max_batch_size:
+        raise HTTPException(413, f"transactions: at most {settings.serving.max_batch_size} per batch, got {len(batch.transactions)}")
     return Scores(scores=await within_budget(request.app.state, settings, batch.transactions, explain))
 
 
