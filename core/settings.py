@@ -176,7 +176,7 @@ class MonitoringSettings(BaseSettings):
     rate_drift_p_value: float = Field(0.01, gt=0, lt=1, description="Test level of the monitor's z-tests (decision rate, labelled fraud rate) and of the KS test on a small sample of scores.")
     quality_days: int = Field(28, ge=1, description="Days of labelled predictions judged for quality, ending label_delay_days before now.")
     min_labelled_frauds: int = Field(20, ge=1, description="A variant with fewer labelled frauds than this is not judged.")
-    max_quality_drop: float = Field(0.5, gt=0, lt=1, description="A live AP below (1 - this) x the AP a model shipped with is a quality drop.")
+    max_quality_drop: float = Field(0.5, gt=0, lt=1, description="A live AP below (1 - this) x the reference AP is a quality drop: the model's own test-window traffic cut at the live decline share (monitoring/quality.py::reference_ap), since declined transactions never get a label.")
     retrain_on_drift: bool = Field(True, description="On drift or a quality drop, the monitor flow retrains on the latest labelled windows.")
 
 

@@ -1,0 +1,170 @@
+"""An open-loop load generator: requests leave on a schedule, whatever the answers do.
+
+A closed-loop client (wrk, or hey, whose clients each wait for their answer) sends its next request
+only when the last one has been answered, so a server that stalls for 20 ms is sent nothing during
+the stall, and the stall shows as one slow request per connection; the users who would have arrived
+meanwhile are never counted (coordinated omission). Card authorisations arrive whether or not the
+server is stalled. Here request i is due at its scheduled time (a constant rate, or Poisson
+arrivals); its latency is measured from that time, so a stall shows as the queue behind it.
+
+Each connection is a thread with a blocking keep-alive socket and its own share of the schedule
+(every `connections`-th request, as wrk2 does): while it waits for an answer, its next requests
+wait too and are late, and their lateness is counted. The time a request left after its scheduled
+time when nothing held it is the generator's own overhead (`Result.overhead_p99_ms`), measured in
+the same run. Bodies are built per request, so every request can be a distinct transaction.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Result:
+    offered: float  # requests a second the schedule asked for
+    achieved: float  # requests a second answered over the run
+    p50_ms: float
+    p99_ms: float
+    p999_ms: float
+    errors: int  # answers that were not 2xx, or connections that failed
+    overhead_p99_ms: float  # p99 of how late a request left when its connection was idle: the generator's own cost
+
+
+def schedule(rate: float, seconds: float, arrivals: str = "constant", seed: int = 0) -> np.ndarray:
+    """Send times in seconds from the start: evenly spaced, or Poisson (exponential gaps)."""
+    n = int(rate * seconds)
+    if arrivals == "constant":
+        return np.arange(n) / rate
+    if arrivals == "poisson":
+        return np.cumsum(np.random.default_rng(seed).exponential(1.0 / rate, n))
+    raise ValueError(f"arrivals must be constant or poisson, got {arrivals!r}")
+
+
+def _read_response(sock: socket.socket, buffer: bytearray) -> int:
+    """Read one HTTP/1.1 response with a Content-Length body; its status code."""
+    while b"\r\n\r\n" not in buffer:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        buffer += chunk
+    head, _, _ = bytes(buffer).partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    end = len(head) + 4 + length
+    while len(buffer) < end:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        buffer += chunk
+    del buffer[:end]
+    return status
+
+
+def _connection(host: str, port: int, request: Callable[[int], bytes], due: np.ndarray, indices: range, start: float,
+                latency: np.ndarray, lag: np.ndarray, status: np.ndarray) -> None:
+    buffer = bytearray()
+    sock = socket.socket()
+    try:
+        sock = socket.create_connection((host, port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in indices:
+            payload = request(i)  # built before its time: the body's cost is not the server's
+            wait = start + due[i] - time.perf_counter()
+            if wait > 0:
+                time.sleep(wait)
+            sent = time.perf_counter()
+            lag[i] = sent - (start + due[i])
+            sock.sendall(payload)
+            status[i] = _read_response(sock, buffer)
+            latency[i] = time.perf_counter() - (start + due[i])
+    except OSError:
+        pass  # the requests this connection did not get answered keep no latency: they count as errors
+    finally:
+        sock.close()
+
+
+def post_json(path: str, host: str, body: Callable[[int], str]) -> Callable[[int], bytes]:
+    """Request i as a POST of body(i), keep-alive."""
+    def request(i: int) -> bytes:
+        data = body(i).encode()
+        return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(data)}\r\n\r\n").encode() + data
+    return request
+
+
+def run(url: str, body: Callable[[int], str], rate: float, seconds: float, connections: int = 16,
+        arrivals: str = "constant", seed: int = 0) -> Result:
+    """Send body(0), body(1), ... to `url` at `rate` a second for `seconds`, open loop."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    request = post_json(parts.path or "/", f"{host}:{port}", body)
+    due = schedule(rate, seconds, arrivals, seed)
+    n = len(due)
+    latency, lag, status = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=np.int64)
+    start = time.perf_counter() + 0.2  # every connection open before the first request is due
+    threads = [threading.Thread(target=_connection, args=(host, port, request, due, range(k, n, connections), start, latency, lag, status),
+                                daemon=True) for k in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=seconds + 60)
+    answered = ~np.isnan(latency)
+    # a request's lateness is the generator's own only where its connection's previous answer came
+    # back before it was due: otherwise it waited in the queue behind that answer, which is the server's
+    previous_done = np.full(n, -np.inf)
+    previous_done[connections:] = (due + latency)[:-connections]
+    idle = answered & (previous_done <= due)
+    ms = latency[answered] * 1000
+    elapsed = float(np.nanmax(due + latency)) if answered.any() else seconds
+    return Result(
+        offered=rate,
+        achieved=float(answered.sum()) / elapsed,
+        p50_ms=float(np.quantile(ms, 0.5)) if ms.size else float("nan"),
+        p99_ms=float(np.quantile(ms, 0.99)) if ms.size else float("nan"),
+        p999_ms=float(np.quantile(ms, 0.999)) if ms.size else float("nan"),
+        errors=int((~answered).sum() + ((status[answered] < 200) | (status[answered] >= 300)).sum()),
+        overhead_p99_ms=float(np.quantile(lag[idle] * 1000, 0.99)) if idle.any() else float("nan"),
+    )
+
+
+def closed_loop(url: str, body: Callable[[int], str], requests: int, connections: int = 1) -> Result:
+    """The same requests closed loop: each connection sends its next when its last is answered, and
+    a latency is measured from the actual send. What wrk and hey report; the peer in the test."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    request = post_json(parts.path or "/", f"{host}:{port}", body)
+    latency, status = np.full(requests, np.nan), np.zeros(requests, dtype=np.int64)
+
+    def one(indices: range) -> None:
+        sock = socket.create_connection((host, port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buffer = bytearray()
+        for i in indices:
+            payload = request(i)
+            sent = time.perf_counter()
+            sock.sendall(payload)
+            status[i] = _read_response(sock, buffer)
+            latency[i] = time.perf_counter() - sent
+        sock.close()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=one, args=(range(k, requests, connections),), daemon=True) for k in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ms = latency * 1000
+    return Result(offered=float("nan"), achieved=requests / (time.perf_counter() - started), p50_ms=float(np.quantile(ms, 0.5)),
+                  p99_ms=float(np.quantile(ms, 0.99)), p999_ms=float(np.quantile(ms, 0.999)),
+                  errors=int(((status < 200) | (status >= 300)).sum()), overhead_p99_ms=float("nan"))
