@@ -22,17 +22,22 @@ class ReasonCode:
 
 
 def reason_codes(model: LoadedModel, row: list[float]) -> list[ReasonCode]:
-    """One row's reasons, highest contribution first."""
+    """One row's reasons, highest contribution first: only the features that raised the score. A
+    feature that lowered it is no reason for suspicion, so a row the model finds unremarkable may
+    have fewer reasons than asked for, or none."""
     order, contributions = model.reasons(np.asarray([row], dtype=np.float64))
-    return [ReasonCode(model.features[i], None if row[i] != row[i] else row[i], float(c)) for i, c in zip(order[0], contributions[0])]
+    return [ReasonCode(model.features[i], None if row[i] != row[i] else row[i], float(c))
+            for i, c in zip(order[0], contributions[0]) if c > 0]
 
 
 def reason_columns(model: LoadedModel, rows: np.ndarray, threads: int = 1) -> dict[str, np.ndarray]:
-    """Many rows' reasons as columns (`reason_1`, `reason_1_contribution`, ...), for a scored file."""
+    """Many rows' reasons as columns (`reason_1`, `reason_1_contribution`, ...), for a scored file;
+    where a row has fewer features that raised its score, the rest are empty (None, NaN)."""
     order, contributions = model.reasons(rows, threads=threads)
-    names = np.asarray(model.features)
+    names = np.asarray(model.features, dtype=object)
     columns: dict[str, np.ndarray] = {}
     for k in range(order.shape[1]):
-        columns[f"reason_{k + 1}"] = names[order[:, k]]
-        columns[f"reason_{k + 1}_contribution"] = contributions[:, k]
+        raised = contributions[:, k] > 0
+        columns[f"reason_{k + 1}"] = np.where(raised, names[order[:, k]], None)
+        columns[f"reason_{k + 1}_contribution"] = np.where(raised, contributions[:, k], np.nan)
     return columns

@@ -65,7 +65,7 @@ def declared_json(scope: Scope) -> bool:
     return False
 
 
-EXPLAIN = "Add the 3 features that pushed the score towards fraud most (reason codes); costs about one more prediction."
+EXPLAIN = "Add up to 3 features that pushed the score towards fraud most, only those that raised it (reason codes); costs about one more prediction."
 FLAG = TypeAdapter(bool)  # FastAPI's reading of a boolean query parameter: true/false, 1/0, yes/no, on/off
 
 

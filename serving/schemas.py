@@ -80,7 +80,7 @@ class Score(BaseModel):
     model_version: str
     features_missing: list[str] = Field(description="Features that fell back to their documented defaults.")
     degraded: bool = Field(description="True when the online store could not be read at all.")
-    reasons: list[Reason] | None = Field(None, description="With ?explain=true: the 3 features that pushed this score towards fraud most.")
+    reasons: list[Reason] | None = Field(None, description="With ?explain=true: up to 3 features that pushed this score towards fraud most; only those that raised it.")
 
 
 class Scores(BaseModel):

@@ -44,13 +44,15 @@ def test_a_csv_scored_in_batch_gives_the_scores_training_logged_in_input_order(r
     np.testing.assert_allclose(out["score"].to_numpy(), expected.loc[out["transaction_id"]].to_numpy(), rtol=1e-9)
     assert (out["is_fraud_predicted"] == (out["score"] >= out["threshold"])).all() and out["is_fraud_predicted"].any()
     assert set(out["model_version"]) == {result.version} and set(out["alias"]) == {"champion"}
-    # reason codes: three distinct features of the model, the largest contribution first
+    # reason codes: up to three distinct features of the model that raised the score, the largest first
     features = json.loads(registry.logged_run(registry.connect(registry_copy), registry.connect(registry_copy).get_model_version_by_alias(
         registry_copy.stores.model_name, "champion")).data.tags["features"])
     reasons = out[["reason_1", "reason_2", "reason_3"]]
-    assert reasons.isin(features).all().all() and (reasons.nunique(axis=1) == 3).all()
-    assert (out["reason_1_contribution"] >= out["reason_2_contribution"]).all()
-    assert (out["reason_2_contribution"] >= out["reason_3_contribution"]).all()
+    contributions = out[["reason_1_contribution", "reason_2_contribution", "reason_3_contribution"]].to_numpy()
+    assert (reasons.isin(features) | reasons.isna()).all().all() and (reasons.nunique(axis=1) == reasons.notna().sum(axis=1)).all()
+    assert (np.nan_to_num(contributions, nan=1.0) > 0).all() and (reasons.isna().to_numpy() == np.isnan(contributions)).all()
+    assert (reasons.notna().sum(axis=1) == 3).any()  # the flagged rows have three
+    assert (np.diff(np.nan_to_num(contributions, nan=0.0), axis=1) <= 0).all()
 
 
 def test_reason_contributions_add_up_to_the_score(registry_copy) -> None:

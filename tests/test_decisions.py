@@ -93,3 +93,10 @@ def test_inverse_propensity_weights_recover_the_ap_the_censoring_hides() -> None
     naive = average_precision_score(labels[kept], scores[kept])
     ips = ips_average_precision(labels, scores, weights)
     assert abs(ips - truth) < abs(naive - truth) / 3, (truth, naive, ips)
+
+
+def test_an_explored_review_never_stands_for_more_than_the_clip() -> None:
+    from model.evaluation import MAX_IPS_WEIGHT
+
+    weights = ips_weights(pd.Series(["review", "review", "decline", "approve"]), pd.Series([0.005, 0.2, 0.995, None]))
+    assert weights.tolist() == [MAX_IPS_WEIGHT, 5.0, 0.0, 1.0]
