@@ -38,6 +38,8 @@ def reason_columns(model: LoadedModel, rows: np.ndarray, threads: int = 1) -> di
     columns: dict[str, np.ndarray] = {}
     for k in range(order.shape[1]):
         raised = contributions[:, k] > 0
-        columns[f"reason_{k + 1}"] = np.where(raised, names[order[:, k]], None)
+        named = names[order[:, k]]
+        named[~raised] = None
+        columns[f"reason_{k + 1}"] = named
         columns[f"reason_{k + 1}_contribution"] = np.where(raised, contributions[:, k], np.nan)
     return columns
