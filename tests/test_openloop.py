@@ -14,9 +14,11 @@ import pytest
 from pipelines.bench import openloop
 
 BODY = 'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}'.encode()
+# as uvicorn answers an ASGI app that sets no length: chunked, here in two chunks
+CHUNKED = 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{"a":\r\n2\r\n1}\r\n0\r\n\r\n'.encode()
 
 
-def serve(stall_every: float | None) -> Iterator[str]:
+def serve(stall_every: float | None, answer: bytes = BODY) -> Iterator[str]:
     epoch = time.monotonic()
 
     class Handler(socketserver.StreamRequestHandler):
@@ -34,7 +36,7 @@ def serve(stall_every: float | None) -> Iterator[str]:
                     phase = (time.monotonic() - epoch) % stall_every
                     if phase < 0.020:  # the first 20 ms of every period: everyone waits until it ends
                         time.sleep(0.020 - phase)
-                self.wfile.write(BODY)
+                self.wfile.write(answer)
 
     class Server(socketserver.ThreadingTCPServer):
         daemon_threads = True
@@ -53,6 +55,11 @@ def serve(stall_every: float | None) -> Iterator[str]:
 @pytest.fixture
 def prompt() -> Iterator[str]:
     yield from serve(None)
+
+
+@pytest.fixture
+def chunked() -> Iterator[str]:
+    yield from serve(None, CHUNKED)
 
 
 @pytest.fixture
@@ -87,3 +94,8 @@ def test_schedules_are_the_rate_asked_for() -> None:
     assert len(poisson) == 10_000 and 9.5 < poisson[-1] < 10.5
     with pytest.raises(ValueError, match="constant or poisson"):
         openloop.schedule(1, 1, "bursty")
+
+
+def test_a_chunked_answer_is_read_whole_so_the_next_one_on_the_connection_is_too(chunked: str) -> None:
+    result = openloop.run(chunked, distinct, rate=500, seconds=1.0, connections=2)
+    assert result.errors == 0 and result.achieved >= 0.95 * result.offered, result

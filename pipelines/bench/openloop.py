@@ -47,27 +47,33 @@ def schedule(rate: float, seconds: float, arrivals: str = "constant", seed: int 
     raise ValueError(f"arrivals must be constant or poisson, got {arrivals!r}")
 
 
+def _fill(sock: socket.socket, buffer: bytearray, until: Callable[[], bool]) -> None:
+    while not until():
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("the server closed the connection")
+        buffer += chunk
+
+
 def _read_response(sock: socket.socket, buffer: bytearray) -> int:
-    """Read one HTTP/1.1 response with a Content-Length body; its status code."""
-    while b"\r\n\r\n" not in buffer:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("the server closed the connection")
-        buffer += chunk
+    """Read one HTTP/1.1 response (a Content-Length body, or a chunked one); its status code."""
+    _fill(sock, buffer, lambda: b"\r\n\r\n" in buffer)
     head, _, _ = bytes(buffer).partition(b"\r\n\r\n")
+    del buffer[:len(head) + 4]
     status = int(head.split(b" ", 2)[1])
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    end = len(head) + 4 + length
-    while len(buffer) < end:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("the server closed the connection")
-        buffer += chunk
-    del buffer[:end]
+    fields = {name.strip().lower(): value.strip() for name, _, value in (line.partition(b":") for line in head.split(b"\r\n")[1:])}
+    if fields.get(b"transfer-encoding", b"").lower() == b"chunked":
+        while True:  # each chunk: its size in hex, CRLF, the data, CRLF; a size of 0 ends the body
+            _fill(sock, buffer, lambda: b"\r\n" in buffer)
+            size = int(bytes(buffer).split(b"\r\n", 1)[0].split(b";")[0], 16)
+            start = bytes(buffer).index(b"\r\n") + 2
+            _fill(sock, buffer, lambda: len(buffer) >= start + size + 2)
+            del buffer[:start + size + 2]
+            if size == 0:
+                return status
+    length = int(fields.get(b"content-length", b"0"))
+    _fill(sock, buffer, lambda: len(buffer) >= length)
+    del buffer[:length]
     return status
 
 
@@ -88,8 +94,8 @@ def _connection(host: str, port: int, request: Callable[[int], bytes], due: np.n
             sock.sendall(payload)
             status[i] = _read_response(sock, buffer)
             latency[i] = time.perf_counter() - (start + due[i])
-    except OSError:
-        pass  # the requests this connection did not get answered keep no latency: they count as errors
+    except (OSError, ValueError, IndexError):
+        pass  # a refused connection or an answer that is not HTTP: the requests it left keep no latency, and count as errors
     finally:
         sock.close()
 

@@ -27,6 +27,8 @@ WORKERS = 2
 PORTS = {"ours": 18081, "mlflow": 18082, "floor": 18083, "lookup": 18084, "snapshot": 18085, "no-lane": 18086, "ours-redis": 18087}
 SERVING_REDIS = "127.0.0.1:6379,db=8"  # the Redis live state of the serving section's third API (db 9 is the features section's)
 OPEN_LOOP_RATES = ((500, 3.0), (1_000, 5.0))  # req/s and the p99 target in ms (docs/results/targets.json)
+# Seconds a measured run lasts: the smoke scale only proves that every step runs (tests/test_bench.py).
+RUN_SECONDS = {"full": 8, "small": 8, "smoke": 1}
 HEALTH = {"ours": "/readyz", "no-lane": "/readyz", "ours-redis": "/readyz", "mlflow": "/ping"}  # the peers answer on "/"
 Run = tuple[float, float, float, int]  # req/s, p50 ms, p99 ms, non-2xx
 
@@ -125,7 +127,7 @@ def servers(s: Settings) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
             process.wait(timeout=30)
 
 
-def closed_loop_rounds(section: Section, body: dict[str, str], repeat: int) -> None:
+def closed_loop_rounds(section: Section, body: dict[str, str], repeat: int, seconds: int) -> None:
     """Every target in rounds of one run each: this kind of machine drifted by up to 2x within
     minutes, which moved a ratio by a fifth when each target's runs came one after the other."""
     post = lambda name, text, path="/": (PORTS[name], WRK_SCRIPT.format(method="POST", body=text, path=path))  # noqa: E731
@@ -142,11 +144,11 @@ def closed_loop_rounds(section: Section, body: dict[str, str], repeat: int) -> N
     for port, script in targets.values():
         # discarded: a worker still loading its model, cold caches and the first log files
         # made the first of three runs a third as fast as the other two
-        closed_loop(f"http://127.0.0.1:{port}", script, 3, 16)
+        closed_loop(f"http://127.0.0.1:{port}", script, min(3, seconds), 16)
     runs: dict[str, list[Run]] = {label: [] for label in targets}
     for _ in range(repeat):
         for label, (port, script) in targets.items():
-            runs[label].append(closed_loop(f"http://127.0.0.1:{port}", script, 8, 16))
+            runs[label].append(closed_loop(f"http://127.0.0.1:{port}", script, seconds, 16))
     rates = {label.split(".")[0]: statistics.median(r[0] for r in done) for label, done in runs.items()}
     for label, done in runs.items():
         section.add(f"{label}: throughput", rates[label.split(".")[0]], "req/s", f"non-2xx: {sum(r[3] for r in done)}")
@@ -163,15 +165,15 @@ def closed_loop_rounds(section: Section, body: dict[str, str], repeat: int) -> N
         section.add(f"ratio ({a}) / ({b}): {what}", rates[a] / rates[b], "x", f"{note}by round: {per_round}")
 
 
-def constant_rates(section: Section, body: str, repeat: int) -> None:
+def constant_rates(section: Section, body: str, repeat: int, seconds: int) -> None:
     """/predict at constant rates beside the constant app at the same rates. hey sends one body, so
     every request after the first is a retry of one transaction: the state step still runs (and
     counts it once), one card's history is read each time."""
     for rate, target in OPEN_LOOP_RATES:
         constant, floor = [], []
         for _ in range(repeat):  # in rounds too
-            constant.append(constant_rate(f"http://127.0.0.1:{PORTS['ours']}/predict", body, 10, rate))
-            floor.append(constant_rate(f"http://127.0.0.1:{PORTS['floor']}/", body, 10, rate))
+            constant.append(constant_rate(f"http://127.0.0.1:{PORTS['ours']}/predict", body, seconds, rate))
+            floor.append(constant_rate(f"http://127.0.0.1:{PORTS['floor']}/", body, seconds, rate))
         section.add(f"/predict at a constant {rate:,} req/s (hey -q): p50", statistics.median(c[1] for c in constant), "ms",
                     f"achieved {statistics.median(c[0] for c in constant):.0f} req/s")
         section.add(f"/predict at a constant {rate:,} req/s (hey -q): p99", statistics.median(c[2] for c in constant), "ms",
@@ -197,7 +199,7 @@ def distinct_transactions(s: Settings, tx: pd.DataFrame, run: int) -> Callable[[
     return body
 
 
-def open_loop_rates(section: Section, s: Settings, tx: pd.DataFrame, targets: list[str], repeat: int) -> None:
+def open_loop_rates(section: Section, s: Settings, tx: pd.DataFrame, targets: list[str], repeat: int, seconds: float) -> None:
     """/predict at constant rates of distinct transactions, open loop (pipelines/bench/openloop.py),
     on the SQLite and the Redis live state, beside the bare ASGI app at the same rates in the same
     rounds; and the generator itself at 2,000 req/s against the bare app, its own overhead."""
@@ -210,7 +212,7 @@ def open_loop_rates(section: Section, s: Settings, tx: pd.DataFrame, targets: li
             for name in targets:
                 run += 1
                 path = "/" if name == "floor" else "/predict"
-                results[name].append(openloop.run(f"http://127.0.0.1:{PORTS[name]}{path}", distinct_transactions(s, tx, run), rate, 10.0))
+                results[name].append(openloop.run(f"http://127.0.0.1:{PORTS[name]}{path}", distinct_transactions(s, tx, run), rate, seconds))
         for name, done in results.items():
             what = {"ours": "/predict, SQLite state", "ours-redis": "/predict, Redis state", "floor": "the bare ASGI app"}[name]
             section.add(f"open loop {rate:,} req/s, distinct transactions: {what}: p99", statistics.median(r.p99_ms for r in done), "ms",
@@ -219,7 +221,7 @@ def open_loop_rates(section: Section, s: Settings, tx: pd.DataFrame, targets: li
                         + (f"; target <= {target:g} ms" if name != "floor" else ""),
                         p50=statistics.median(r.p50_ms for r in done), p999=statistics.median(r.p999_ms for r in done),
                         achieved=statistics.median(r.achieved for r in done), errors=float(sum(r.errors for r in done)))
-    own = [openloop.run(f"http://127.0.0.1:{PORTS['floor']}/", distinct_transactions(s, tx, 0), 2_000, 10.0) for _ in range(repeat)]
+    own = [openloop.run(f"http://127.0.0.1:{PORTS['floor']}/", distinct_transactions(s, tx, 0), 2_000, seconds) for _ in range(repeat)]
     section.add("open-loop generator at 2,000 req/s against the bare app: its own lateness, p99", statistics.median(r.overhead_p99_ms for r in own),
                 "ms", f"achieved {statistics.median(r.achieved for r in own):.0f} req/s; target < 0.1 ms",
                 achieved=statistics.median(r.achieved for r in own))
@@ -229,15 +231,15 @@ def serving_section(settings: Settings, scale: str, repeat: int) -> Section:
     s, tx = prepared(settings)
     body = bodies(s, tx)
     write_snapshot(s)
-    section = Section(f"serving ({WORKERS} workers each, pinned, wrk -t1 -c16 closed loop, a 3 s warm-up then {repeat} rounds "
-                      "of one 8 s run per target, medians)")
+    section = Section(f"serving ({WORKERS} workers each, pinned, wrk -t1 -c16 closed loop, a warm-up then {repeat} rounds of one "
+                      f"{RUN_SECONDS[scale]} s run per target; hey and open loop {RUN_SECONDS[scale] + 2} s a run; medians)")
     with servers(s) as processes:
-        closed_loop_rounds(section, body, repeat)
+        closed_loop_rounds(section, body, repeat, RUN_SECONDS[scale])
         # the tail at a constant rate is the machine's: idle workers of the other targets wake every
         # second (model polls, log flushes), so only the two measured stay up
         for name in processes.keys() - {"ours", "floor", "ours-redis"}:
             processes[name].terminate()
             processes[name].wait(timeout=30)
-        constant_rates(section, body["hey"], repeat)
-        open_loop_rates(section, s, tx, [name for name in ("ours", "ours-redis", "floor") if name in processes], repeat)
+        constant_rates(section, body["hey"], repeat, RUN_SECONDS[scale] + 2)
+        open_loop_rates(section, s, tx, [name for name in ("ours", "ours-redis", "floor") if name in processes], repeat, RUN_SECONDS[scale] + 2)
     return section
