@@ -5,6 +5,8 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The state folder the UIs read: FRAUDOPS_STATE_DIR when set, as every fraudops command reads it.
+STATE_DIR := $(or $(FRAUDOPS_STATE_DIR),.fraudops)
 
 ## help: list the targets
 help:
@@ -47,13 +49,13 @@ bench-tools:
 docs: install
 	$(BIN)/fraudops docs
 
-## mlflow-ui: browse runs and the model registry of the demo at http://127.0.0.1:5000
+## mlflow-ui: browse runs and the model registry at http://127.0.0.1:5000 (the state folder: FRAUDOPS_STATE_DIR, default .fraudops)
 mlflow-ui: install
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///.fraudops/mlflow.db --port 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(abspath $(STATE_DIR))/mlflow.db --port 5000
 
-## monitor-ui: the Evidently UI over every monitor run of the demo at http://127.0.0.1:8001
+## monitor-ui: the Evidently UI over every monitor run at http://127.0.0.1:8001 (FRAUDOPS_STATE_DIR, default .fraudops)
 monitor-ui: install
-	$(BIN)/evidently ui --workspace .fraudops/evidently --port 8001
+	$(BIN)/evidently ui --workspace $(STATE_DIR)/evidently --port 8001
 
 ## serve: run the API on embedded defaults at http://127.0.0.1:8000/docs
 serve: install
@@ -65,6 +67,6 @@ lock:
 
 ## clean: remove the state folder (data, models, reports); keeps .venv
 clean:
-	rm -rf .fraudops
+	rm -rf $(STATE_DIR)
 
 .PHONY: help install demo test bench bench-tools docs mlflow-ui monitor-ui serve lock clean
