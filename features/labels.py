@@ -5,7 +5,9 @@ from `POST /labels`, `fraudops labels FILE` or the replay's chargeback feed; del
 monitoring and retraining read labels only from here (`current`). Every verdict is kept as an event;
 a transaction's label is its latest-reported verdict, so an analyst who overturns a chargeback wins
 and the chargeback stays on record. Recording is idempotent: a verdict that is already the current
-one changes nothing, so a feed can be sent again whole.
+one changes nothing, so a feed can be sent again whole; and a verdict event is stored once even when
+feeders send it at the same moment (a unique index; on PostgreSQL the feeders also queue on an
+advisory lock, so each receipt counts what its own batch did).
 
 A fraud verdict also reaches the live feature state at once (`add_frauds`, idempotent, so a feed
 sent again also repairs a state that lost it): the terminal-risk windows count a fraud from the time
@@ -17,14 +19,17 @@ Embedded: SQLite in the state folder. With `labels_url`, any SQLAlchemy URL: Pos
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
-from sqlalchemy import (Column, DateTime, Engine, Index, Integer, MetaData, Select, SmallInteger, Table, Text, create_engine,
-                        func, select)
+from sqlalchemy import (Column, Connection, DateTime, Engine, Index, Integer, MetaData, Select, SmallInteger, Table, Text,
+                        create_engine, func, select)
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from core import predictions
 from core.runtime import atomic_path
@@ -42,7 +47,10 @@ EVENTS = Table(
     Column("reported_at", DateTime, nullable=False),  # when the verdict was made: the later one wins
     Column("recorded_at", DateTime, nullable=False),  # when fraudops stored it
     Index("label_events_by_transaction", "transaction_id", "reported_at"),
+    # A verdict event is stored once: two feeders sending the same batch at once leave one copy.
+    Index("label_events_once", "transaction_id", "is_fraud", "source", "reported_at", unique=True),
 )
+LABELS_LOCK = 0x6672_6f70  # the PostgreSQL advisory lock that queues the label store's writers
 SHOWN_UNKNOWN = 100
 LOOKUP_CHUNK = 5_000  # ids per IN (...) of one lookup: SQLite takes at most 32,766 parameters a statement
 
@@ -65,15 +73,45 @@ class Receipt:
         return {**self.counts(), "unknown": self.unknown[:SHOWN_UNKNOWN]}
 
 
-@lru_cache(maxsize=8)
+_ENGINES = threading.Lock()
+
+
 def engine(url: str) -> Engine:
+    """One engine per store, made once even when threads ask for it at the same moment."""
+    with _ENGINES:
+        return _engine(url)
+
+
+@lru_cache(maxsize=8)
+def _engine(url: str) -> Engine:
     """One engine (and its connection pool) per store, with the table created on first use."""
     connect_args = {"timeout": 5.0} if url.startswith("sqlite") else {}
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     created = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
-    METADATA.create_all(created)
+    with created.begin() as con:
+        _lock(con)  # workers starting at once would race to create the table
+        METADATA.create_all(con)
+        for index in EVENTS.indexes:  # a store made before an index existed gets it
+            index.create(con, checkfirst=True)
     return created
+
+
+def _lock(con: Connection) -> None:
+    """On PostgreSQL, queue behind any other writer of the label store until this transaction ends
+    (SQLite's writers queue on its file lock already)."""
+    if con.dialect.name == "postgresql":
+        con.execute(select(func.pg_advisory_xact_lock(LABELS_LOCK)))
+
+
+def _insert_once(con: Connection, events: list[dict[str, object]]) -> None:
+    """Insert verdict events, skipping one already stored (`label_events_once`) instead of failing."""
+    if con.dialect.name == "postgresql":
+        con.execute(postgresql_insert(EVENTS).on_conflict_do_nothing(), events)
+    elif con.dialect.name == "sqlite":
+        con.execute(sqlite_insert(EVENTS).on_conflict_do_nothing(), events)
+    else:  # the unique index still refuses a copy: the batch fails whole and can be sent again
+        con.execute(EVENTS.insert(), events)
 
 
 def known_transactions(settings: Settings, ids: list[str]) -> pd.DataFrame:
@@ -106,6 +144,7 @@ def record(settings: Settings, labels: pd.DataFrame, default_source: str, where:
                           f"{', '.join(map(str, early[:5]))}")
     frauds: list[str] = []  # current fraud verdicts of the batch, new or not: the live state takes each once
     with engine(settings.label_store_url).begin() as con:
+        _lock(con)  # so each receipt counts what its own batch did
         ids = batch["transaction_id"].tolist()
         stored = sorted((row for start in range(0, len(ids), LOOKUP_CHUNK) for row in con.execute(
             EVENTS.select().where(EVENTS.c.transaction_id.in_(ids[start:start + LOOKUP_CHUNK])))), key=lambda r: (r.reported_at, r.id))
@@ -132,7 +171,7 @@ def record(settings: Settings, labels: pd.DataFrame, default_source: str, where:
             if verdict.is_fraud == 1 and (was is None or reported >= was.reported_at):
                 frauds.append(verdict.transaction_id)
         if events:
-            con.execute(EVENTS.insert(), events)
+            _insert_once(con, events)
     if frauds:
         _to_live_state(settings, seen.loc[frauds].reset_index())
     return receipt

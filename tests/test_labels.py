@@ -3,6 +3,8 @@ kept; unknown ids reported; a bad batch records nothing; the API behind its own 
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -13,12 +15,14 @@ from typer.testing import CliRunner
 
 from core.settings import Settings
 from features.labels import current, history, record
+from features.labels import version as labels_version
 from features.offline import read_transactions
 from features.schema import SchemaError
 from features.simulator import SimulationConfig, write_simulation
 from tests.conftest import tiny_settings
 
 DAY = pd.Timedelta(days=1)
+N_RACED = 3_000
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +68,27 @@ def test_verdicts_are_idempotent_the_later_wins_and_history_keeps_both(store: Se
     assert history(store, first)["source"].tolist() == ["chargeback", "analyst"]
     before = current(store, as_of=chargebacks["reported_at"].iloc[0] + DAY / 2).set_index("transaction_id")
     assert before.loc[first, "is_fraud"] == 1, "as of a time, the verdict that stood then"
+
+
+def _feed(settings: Settings, batch: pd.DataFrame, start: threading.Barrier) -> dict[str, int]:
+    start.wait()
+    return record(settings, batch, "chargeback").counts()
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"], indirect=True)
+def test_four_feeders_sending_one_batch_at_once_leave_one_copy(store: Settings) -> None:
+    """At the same moment, from four threads with connections of their own: one copy of each
+    verdict event, and the receipts together say each was recorded once."""
+    tx = read_transactions(store.transactions_dir).head(N_RACED)  # long enough a batch for the feeders to overlap
+    batch = pd.DataFrame({"transaction_id": tx["transaction_id"], "is_fraud": tx["is_fraud"], "reported_at": tx["timestamp"] + 7 * DAY,
+                          "source": "chargeback"})
+    start = threading.Barrier(4)
+    with ThreadPoolExecutor(4) as pool:
+        receipts = list(pool.map(lambda _: _feed(store, batch, start), range(4)))
+    assert len(current(store)) == N_RACED
+    assert labels_version(store).split(":")[0] == str(N_RACED), "one stored event per verdict"
+    if store.stores.labels_url:  # PostgreSQL queues the feeders, so the receipts are exact too
+        assert sum(r["recorded"] for r in receipts) == N_RACED and sum(r["unchanged"] for r in receipts) == 3 * N_RACED, receipts
 
 
 def test_a_bad_batch_records_nothing_and_says_why(store: Settings) -> None:
