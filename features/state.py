@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
+import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -31,6 +33,11 @@ from features.live import CUSTOMER_HORIZON_US, DAY_US, CustomerEvent, TerminalEv
 
 # Kept past the longest window, so a transaction that arrives a little late still sees its history.
 LATE_MARGIN_US = DAY_US
+# Serving's WAL checkpoints, off the request path: a passive one this often, and a restart (which
+# briefly holds writers back) once the log has grown past this many pages.
+CHECKPOINT_SECONDS = 0.2
+CHECKPOINT_RESTART_PAGES = 10_000
+LOCK_POLL_SECONDS = 0.0001  # between tries for the write lock while another worker holds it
 
 
 @dataclass(frozen=True)
@@ -67,31 +74,56 @@ class SqliteState:
         PRIMARY KEY (terminal_id, transaction_id)) WITHOUT ROWID;
     """
 
-    def __init__(self, path: Path, delay_days: int, timeout_seconds: float = 5.0) -> None:
+    def __init__(self, path: Path, delay_days: int, timeout_seconds: float = 5.0, checkpoint_in_background: bool = False) -> None:
+        """`checkpoint_in_background` is serving's: SQLite's own checkpoint runs inside the commit that
+        crosses a thousand pages of log, and that request pays the copy and the fsync: milliseconds,
+        the tail of /predict on this state (docs/serving-measurements.md). A thread copies the log
+        back instead, so no request does."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.delay_days = delay_days
         self.terminal_horizon = terminal_horizon_us(delay_days)
         self._local = threading.local()  # a connection per thread: sqlite3 connections are not shared
         self.timeout_seconds = timeout_seconds
-        with self._connection() as con:
-            con.executescript(self.SCHEMA)
+        self.checkpoint_in_background = checkpoint_in_background
+        setup = sqlite3.connect(path, timeout=timeout_seconds, isolation_level=None)  # SQLite's own wait for a peer's lock
+        try:
+            setup.execute("PRAGMA journal_mode = WAL")  # kept in the file: every later connection uses it
+            setup.executescript(self.SCHEMA)
+        finally:
+            setup.close()
+        if checkpoint_in_background:
+            threading.Thread(target=_checkpoint, args=(path, weakref.ref(self)), name="sqlite-checkpoint", daemon=True).start()
 
     def _connection(self) -> sqlite3.Connection:
         con = getattr(self._local, "connection", None)
         if con is None:
             con = sqlite3.connect(self.path, timeout=self.timeout_seconds, isolation_level=None, check_same_thread=False)
-            con.execute("PRAGMA journal_mode = WAL")
             con.execute("PRAGMA synchronous = NORMAL")
+            con.execute("PRAGMA busy_timeout = 0")  # `_immediate` waits for the write lock, finely
+            if self.checkpoint_in_background:
+                con.execute("PRAGMA wal_autocheckpoint = 0")
             self._local.connection = con
         return con
 
     @contextmanager
     def _immediate(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken at its start (`BEGIN IMMEDIATE`), so concurrent workers queue
-        for the lock instead of failing when a read would turn into a write; undone on any failure."""
+        for the lock instead of failing when a read would turn into a write; undone on any failure.
+
+        The lock is polled every `LOCK_POLL_SECONDS`, not left to SQLite's busy handler, which sleeps
+        1, 2, 5, 10 ms and more between tries: two workers share the file and each holds the lock for
+        a fraction of a millisecond, so a worker that waited slept milliseconds past its turn."""
         con = self._connection()
-        con.execute("BEGIN IMMEDIATE")
+        deadline = time.monotonic() + self.timeout_seconds
+        while True:
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(LOCK_POLL_SECONDS)
         try:
             yield con
             con.execute("COMMIT")
@@ -141,6 +173,24 @@ class SqliteState:
         """Confirmed frauds as their labels arrive: (terminal_id, transaction_id, transaction time)."""
         with self._immediate() as con:
             con.executemany("INSERT OR IGNORE INTO terminal_frauds VALUES (?, ?, ?)", list(frauds))
+
+
+def _checkpoint(path: Path, state: weakref.ref[SqliteState]) -> None:
+    """Copy the write-ahead log back into the database while `state` lives. A passive checkpoint
+    never waits for a writer, but under steady writes the log never empties, so past
+    `CHECKPOINT_RESTART_PAGES` a restart rewinds it (it waits for the few transactions in flight)."""
+    con = sqlite3.connect(path, timeout=0.05, isolation_level=None, check_same_thread=False)
+    try:
+        while state() is not None:
+            time.sleep(CHECKPOINT_SECONDS)
+            try:
+                (_, pages, _), = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                if pages > CHECKPOINT_RESTART_PAGES:
+                    con.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+            except sqlite3.OperationalError:  # busy or locked: the next round tries again
+                continue
+    finally:
+        con.close()
 
 
 # KEYS: for each transaction its card's, terminal's and terminal-frauds' sorted sets.
@@ -235,7 +285,8 @@ class RedisState:
 State = SqliteState | RedisState
 
 
-def open_state(settings: Settings, timeout_seconds: float = 5.0) -> State:
+def open_state(settings: Settings, timeout_seconds: float = 5.0, serving: bool = False) -> State:
+    """`serving` keeps SQLite's checkpoints off the request path (`SqliteState`)."""
     if settings.features.feast_redis_url:
         return RedisState(settings.features.feast_redis_url, settings.features.label_delay_days, f"{settings.features.feast_project}:live", timeout_seconds)
-    return SqliteState(settings.feast_dir / "live_state.db", settings.features.label_delay_days, timeout_seconds)
+    return SqliteState(settings.feast_dir / "live_state.db", settings.features.label_delay_days, timeout_seconds, checkpoint_in_background=serving)

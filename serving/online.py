@@ -73,7 +73,7 @@ class Breaker:
 
 class OnlineFeatures:
     def __init__(self, settings: Settings, on_breaker: Callable[[bool], None] = lambda opened: None) -> None:
-        self.state = open_state(settings, timeout_seconds=settings.serving.online_timeout_ms / 1000)
+        self.state = open_state(settings, timeout_seconds=settings.serving.online_timeout_ms / 1000, serving=True)
         self.delay_days = settings.features.label_delay_days
         self.names = ["amount", *LIVE_FEATURES, "is_weekend", "is_night"]
         self.breaker = Breaker(settings.serving.online_retry_seconds, on_breaker)

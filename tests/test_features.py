@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import sqlite3
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,7 @@ import pytest
 from features.compute import FEATURES_FILE
 from features.live import DAY_US, LIVE_FEATURES, customer_features, terminal_features
 from features.offline import write_part
+import features.state as state_module
 from features.state import SqliteState, Tx, features
 from features.store import apply, historical_features, materialize, open_store
 from features.simulator import deliver_chargebacks
@@ -180,17 +183,18 @@ def test_a_late_transaction_sees_only_what_came_before_it(tmp_path) -> None:
     assert features(after, state.update([after])[0], DELAY)["customer_tx_count_1h"] == 5
 
 
-def _hammer(path: str, worker: int, n: int) -> None:
-    state = SqliteState(Path(path), DELAY)
+def _hammer(path: str, worker: int, n: int, serving: bool) -> None:
+    state = SqliteState(Path(path), DELAY, checkpoint_in_background=serving)
     for i in range(n):
         state.update([Tx(f"w{worker}-{i}", "card", f"k{i % 3}", 1.0, 100 * DAY_US + worker * 1000 + i)])
 
 
-def test_concurrent_updates_from_several_processes_lose_nothing(tmp_path) -> None:
+@pytest.mark.parametrize("serving", [False, True], ids=["sqlite-checkpoints", "background-checkpoints"])
+def test_concurrent_updates_from_several_processes_lose_nothing(tmp_path, serving: bool) -> None:
     path = tmp_path / "s.db"
     SqliteState(path, DELAY)  # the schema, before the workers race to it
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_hammer, args=(str(path), w, 50)) for w in range(4)]
+    workers = [context.Process(target=_hammer, args=(str(path), w, 50, serving)) for w in range(4)]
     for process in workers:
         process.start()
     for process in workers:
@@ -198,6 +202,31 @@ def test_concurrent_updates_from_several_processes_lose_nothing(tmp_path) -> Non
         assert process.exitcode == 0
     probe = Tx("probe", "card", "k0", 1.0, 100 * DAY_US + DAY_US // 2)
     assert features(probe, SqliteState(path, DELAY).update([probe])[0], DELAY)["customer_tx_count_1d"] == 4 * 50 + 1
+
+
+def _log_pages(path: Path) -> int:
+    """The pages in the write-ahead log since it was last rewound."""
+    con = sqlite3.connect(path, isolation_level=None)
+    try:
+        (_, pages, _), = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        return pages
+    finally:
+        con.close()
+
+
+def test_serving_checkpoints_the_log_in_the_background_and_keeps_it_bounded(tmp_path, monkeypatch) -> None:
+    """Serving's commits never checkpoint (each would pay the copy); a thread does, and rewinds the
+    log past its page bound. Without it, these writes would leave well over a thousand pages."""
+    monkeypatch.setattr(state_module, "CHECKPOINT_SECONDS", 0.02)
+    monkeypatch.setattr(state_module, "CHECKPOINT_RESTART_PAGES", 50)
+    path = tmp_path / "s.db"
+    state = SqliteState(path, DELAY, checkpoint_in_background=True)
+    for i in range(300):
+        state.update([Tx(f"t{i}", f"c{i % 97}", f"k{i % 89}", 1.0, 100 * DAY_US + i)])
+    time.sleep(0.3)
+    probe = Tx("probe", "c0", "k0", 1.0, 100 * DAY_US + 400)
+    assert features(probe, state.update([probe])[0], DELAY)["customer_tx_count_1d"] == 4 + 1  # 0, 97, 194, 291 and itself
+    assert _log_pages(path) <= 50
 
 
 def test_buckets_of_cards_and_terminals_give_the_table_of_one_pass(store_settings, tmp_path) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import shutil
+import sqlite3
 import statistics
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -15,7 +18,7 @@ import pandas as pd
 from core.runtime import service_available
 from core.settings import Settings
 from features.simulator import SimulationConfig
-from features.state import Tx, features, open_state
+from features.state import SqliteState, Tx, features, open_state
 from pipelines.bench.common import REDIS_URL, SCALES, Section, latency_ms, timed
 
 
@@ -26,6 +29,7 @@ def features_section(settings: Settings, scale: str, repeat: int) -> Section:
     cfg, entity, end = offline_side(settings, scale, repeat, section)
     arrivals = new_transactions(entity, end)
     live_side(settings, end, arrivals, section)
+    two_writers_side(settings, entity, end, scale, repeat, section)
     if service_available("127.0.0.1", 6379):
         redis_side(settings, cfg, end, arrivals, section)
     else:
@@ -104,6 +108,61 @@ def live_side(settings: Settings, end: datetime, arrivals: Callable[[], Tx], sec
     section.add("windows alone (features.live on a card's history), p50 / p99", p50, "ms", f"p99 {p99:.3f} ms; no store", p99=p99)
     p50, p99 = latency_ms(state_step(settings, open_state(settings), arrivals), 2_000)
     section.add("state step, SQLite (insert, prune, read, windows), p50 / p99", p50, "ms", f"p99 {p99:.3f} ms; one transaction at a time", p99=p99)
+
+
+WRITER_RATE = 250  # transactions a second per process: the serving section's 500 req/s on its 2 workers
+WRITER_SECONDS = {"full": 20.0, "small": 10.0, "smoke": 2.0}
+
+
+def two_writers_side(settings: Settings, entity: pd.DataFrame, end: datetime, scale: str, repeat: int, section: Section) -> None:
+    """The SQLite state as two API workers use it: two processes stepping one file at a constant
+    rate, open loop, with SQLite's own checkpoints (each run inside the commit that crosses a
+    thousand pages of log) beside serving's background ones, in alternating rounds."""
+    sample = entity.sample(min(len(entity), 20_000), random_state=0)  # cards at terminals they use
+    pairs = list(zip(sample["customer_id"].astype(str), sample["terminal_id"].astype(str)))
+    start_us = int(pd.Timestamp(end).value // 1000) + 3_600_000_000  # after the single-step rows' transactions
+    source = settings.feast_dir / "live_state.db"
+    runs: dict[bool, list[list[float]]] = {False: [], True: []}
+    for round_ in range(repeat):
+        for background in (False, True):
+            copy = settings.feast_dir / f"two-writers-{int(background)}.db"
+            with sqlite3.connect(source) as src, sqlite3.connect(copy) as dst:
+                src.backup(dst)  # both variants start from the same history
+            context = multiprocessing.get_context("spawn")
+            out = context.Queue()
+            writers = [context.Process(target=_writer, args=(str(copy), settings.features.label_delay_days, background, pairs,
+                                                             start_us + round_ * 86_400_000_000, worker, WRITER_SECONDS[scale], out))
+                       for worker in (0, 1)]
+            for process in writers:
+                process.start()
+            waits = out.get() + out.get()
+            for process in writers:
+                process.join()
+            runs[background].append(waits)
+            for leftover in copy.parent.glob(f"{copy.name}*"):
+                leftover.unlink()
+    for background, label in ((False, "SQLite's own checkpoints"), (True, "background checkpoints (serving's)")):
+        p50, p99, p999 = (statistics.median(float(np.percentile(waits, q)) * 1000 for waits in runs[background]) for q in (50, 99, 99.9))
+        section.add(f"state step, SQLite, two writers at {WRITER_RATE * 2} a second, open loop: {label}, p99", p99, "ms",
+                    f"p50 {p50:.2f}, p99.9 {p999:.1f} ms; each latency from its scheduled time; median of {repeat}", p50=p50, p999=p999)
+
+
+def _writer(path: str, delay_days: int, background: bool, pairs: list[tuple[str, str]], start_us: int, worker: int,
+            seconds: float, out: Any) -> None:
+    """One worker's state steps at `WRITER_RATE`, each timed from when it was due (a spawned process)."""
+    state = SqliteState(Path(path), delay_days, checkpoint_in_background=background)
+    rng = np.random.default_rng(worker)
+    waits = []
+    began = time.perf_counter()
+    for n in range(int(WRITER_RATE * seconds)):
+        due = began + n / WRITER_RATE
+        if (ahead := due - time.perf_counter()) > 0:
+            time.sleep(ahead)
+        customer, terminal = pairs[int(rng.integers(len(pairs)))]
+        tx = Tx(f"writer{worker}-{start_us}-{n}", customer, terminal, 10.0, start_us + (2 * n + worker) * 2_000_000)
+        features(tx, state.update([tx])[0], delay_days)
+        waits.append(time.perf_counter() - due)
+    out.put(waits)
 
 
 def redis_side(settings: Settings, cfg: SimulationConfig, end: datetime, arrivals: Callable[[], Tx], section: Section) -> None:
