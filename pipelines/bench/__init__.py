@@ -40,8 +40,8 @@ SECTIONS: dict[str, Callable[[Settings, str, int], Section]] = {
 }
 
 
-def run(settings: Settings, sections: list[str], scale: str, repeat: int, json_path: Path | None, console: Console) -> dict[str, dict[str, float]]:
-    results: dict[str, dict[str, float]] = {}
+def run(settings: Settings, sections: list[str], scale: str, repeat: int, json_path: Path | None, console: Console) -> dict[str, dict[str, float | str]]:
+    results: dict[str, dict[str, float | str]] = {}
     for name in sections:
         with console.status(f"benchmarking {name}"):
             section = SECTIONS[name](settings, scale, repeat)

@@ -33,13 +33,15 @@ class Section:
 
     name: str
     rows: list[tuple[str, float, str, str]] = field(default_factory=list)  # figure, value, unit, note
-    extra: dict[str, float] = field(default_factory=dict)  # "figure [name]" -> value, beside its row
+    extra: dict[str, float | str] = field(default_factory=dict)  # "figure [name]" -> value, beside its row
 
-    def add(self, figure: str, value: float, unit: str, note: str = "", **also: float) -> None:
+    def add(self, figure: str, value: float, unit: str, note: str = "", **also: float | str) -> None:
+        """A row, and beside it in the results file what else the pages quote of it: more figures,
+        or a verdict against its target (`met` / `missed`), so no page types one."""
         self.rows.append((figure, value, unit, note))
-        self.extra.update({f"{figure} [{name}]": float(v) for name, v in also.items()})
+        self.extra.update({f"{figure} [{name}]": v if isinstance(v, str) else float(v) for name, v in also.items()})
 
-    def figures(self) -> dict[str, float]:
+    def figures(self) -> dict[str, float | str]:
         """What the results file keeps of this section: every row's value and every `also`."""
         return {**{figure: value for figure, value, _, _ in self.rows}, **self.extra}
 
