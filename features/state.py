@@ -8,7 +8,8 @@ history of every card and terminal in it, and prune what no window can reach any
 - bounded: a card keeps 30 days, a terminal 30 days plus the label delay (pruned on every write);
 - atomic: on SQLite one `BEGIN IMMEDIATE` transaction, on Redis one Lua script, so N concurrent
   requests for a card from several workers leave exactly N events;
-- idempotent: events are keyed by transaction id, so a retried transaction counts once.
+- idempotent: events are keyed by transaction id, so a retried transaction counts once, on both
+  stores, whatever amount the retry carries (the first stays; another amount is logged as a conflict).
 
 Labels reach terminal risk through `add_frauds` when they arrive (the label feed, `fraudops replay`),
 never earlier. SQLite is the embedded default; Redis when `feast_redis_url` is set, as in
@@ -18,6 +19,7 @@ docker-compose. At scale the same step moves to a stream processor keyed by card
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -31,6 +33,7 @@ from pathlib import Path
 from core.settings import Settings
 from features.live import CUSTOMER_HORIZON_US, DAY_US, CustomerEvent, TerminalEvent, customer_features, terminal_features, terminal_horizon_us
 
+LOG = logging.getLogger(__name__)
 # Kept past the longest window, so a transaction that arrives a little late still sees its history.
 LATE_MARGIN_US = DAY_US
 # Serving's WAL checkpoints, off the request path: a passive one this often, and a restart (which
@@ -60,6 +63,21 @@ def features(tx: Tx, history: History, delay_days: int) -> dict[str, float]:
     """The one function a scoring path (or a stream processor) runs on a transaction and its state."""
     return {**customer_features(history.customer, tx.us, tx.transaction_id, tx.amount),
             **terminal_features(history.terminal, history.frauds, tx.us, tx.transaction_id, delay_days)}
+
+
+def conflicts(batch: Sequence[Tx], histories: Sequence[History]) -> list[str]:
+    """Transactions of `batch` already recorded with another amount: a retry that is not the same
+    transaction. The first amount stays (both stores keep one event per transaction id); the
+    conflict is logged, so a client that reuses ids is seen."""
+    clashing = []
+    for tx, history in zip(batch, histories):
+        stored = [amount for _, tx_id, amount in history.customer if tx_id == tx.transaction_id]
+        if stored and stored[0] != tx.amount:
+            clashing.append(tx.transaction_id)
+    if clashing:
+        LOG.warning("live state: %d transaction ids already recorded with another amount, first kept: %s",
+                    len(clashing), ", ".join(clashing[:10]))
+    return clashing
 
 
 class SqliteState:
@@ -162,7 +180,9 @@ class SqliteState:
                         f"SELECT terminal_id, transaction_id, us FROM {table} WHERE terminal_id IN ({t_marks}) AND us > ?",
                         [*terminals, earliest - self.terminal_horizon]):
                     target[terminal].append((us, tx_id))
-        return [History(by_customer[tx.customer_id], by_terminal[tx.terminal_id], frauds[tx.terminal_id]) for tx in batch]
+        histories = [History(by_customer[tx.customer_id], by_terminal[tx.terminal_id], frauds[tx.terminal_id]) for tx in batch]
+        conflicts(batch, histories)
+        return histories
 
     def load(self, batch: Sequence[Tx]) -> None:
         """Record transactions without scoring them: the backfill (`features.store.materialize`)."""
@@ -202,8 +222,11 @@ for i = 0, #KEYS / 3 - 1 do
   local c, t, f = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
   local a = 7 * i
   local us, member, tx = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  redis.call('ZADD', c, 'NX', us, member)
-  redis.call('ZADD', t, 'NX', us, tx)
+  -- a transaction id is one event: a retry, whatever its amount, adds nothing (as SQLite's key)
+  if not redis.call('ZSCORE', t, tx) then
+    redis.call('ZADD', c, 'NX', us, member)
+    redis.call('ZADD', t, 'NX', us, tx)
+  end
   redis.call('ZREMRANGEBYSCORE', c, '-inf', '(' .. ARGV[a + 6])
   redis.call('ZREMRANGEBYSCORE', t, '-inf', '(' .. ARGV[a + 7])
   redis.call('ZREMRANGEBYSCORE', f, '-inf', '(' .. ARGV[a + 7])
@@ -264,6 +287,7 @@ class RedisState:
                 customer.append((int(float(score)), tx_id, float(amount)))
             out.append(History(customer, [(int(float(s)), m.decode()) for m, s in zip(terminal[::2], terminal[1::2])],
                                [(int(float(s)), m.decode()) for m, s in zip(frauds[::2], frauds[1::2])]))
+        conflicts(batch, out)
         return out
 
     def load(self, batch: Sequence[Tx], chunk: int = 10_000) -> None:

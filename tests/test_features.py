@@ -3,6 +3,7 @@ parity of the live state, on a hand-built history."""
 
 from __future__ import annotations
 
+import logging
 import math
 import multiprocessing
 import sqlite3
@@ -17,7 +18,7 @@ from features.compute import FEATURES_FILE
 from features.live import DAY_US, LIVE_FEATURES, customer_features, terminal_features
 from features.offline import write_part
 import features.state as state_module
-from features.state import SqliteState, Tx, features
+from features.state import RedisState, SqliteState, Tx, features
 from features.store import apply, historical_features, materialize, open_store
 from features.simulator import deliver_chargebacks
 from tests.conftest import features_from_truth, mismatches, replay_live, tiny_settings
@@ -166,6 +167,23 @@ def test_a_retried_transaction_counts_once_and_gets_the_same_answer(tmp_path) ->
     assert once == pytest.approx(again, nan_ok=True)
     nxt = Tx("b", "c", "k", 1.0, 100 * DAY_US + 1)
     assert features(nxt, state.update([nxt])[0], DELAY)["customer_tx_count_1h"] == 2
+
+
+@pytest.mark.parametrize("store", ["sqlite", "redis"])
+def test_a_retry_with_another_amount_counts_once_on_both_stores_and_is_logged(store: str, tmp_path, request, caplog) -> None:
+    """One event per transaction id, the same on SQLite and Redis: the retry's amount does not add a
+    second event (Redis once keyed a card's event by id and amount), the first amount stays, and the
+    conflict is logged."""
+    state = SqliteState(tmp_path / "s.db", DELAY) if store == "sqlite" else RedisState(request.getfixturevalue("redis_db"), DELAY, "t")
+    first = Tx("a", "c", "k", 10.0, 100 * DAY_US)
+    state.update([first])
+    with caplog.at_level(logging.WARNING, logger="features.state"):
+        retried = state.update([Tx("a", "c", "k", 10.000000001, 100 * DAY_US)])[0]
+    assert [(tx_id, amount) for _, tx_id, amount in retried.customer] == [("a", 10.0)] and len(retried.terminal) == 1
+    assert "another amount" in caplog.text and ": a" in caplog.text
+    nxt = Tx("b", "c", "k", 1.0, 100 * DAY_US + 1)
+    got = features(nxt, state.update([nxt])[0], DELAY)
+    assert got["customer_tx_count_1h"] == 2 and got["customer_amount_sum_1h"] == 11.0
 
 
 def test_a_late_transaction_sees_only_what_came_before_it(tmp_path) -> None:
