@@ -218,7 +218,9 @@ def _checkpoint(path: Path, state: weakref.ref[SqliteState]) -> None:
 # Scores are times in microseconds: exact in a double up to 2^53 us, the year 2255.
 REDIS_UPDATE = """
 local out = {}
-for i = 0, #KEYS / 3 - 1 do
+local n = #KEYS / 3
+local card_ttl, terminal_ttl = ARGV[7 * n + 1], ARGV[7 * n + 2]
+for i = 0, n - 1 do
   local c, t, f = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
   local a = 7 * i
   local us, member, tx = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
@@ -230,6 +232,10 @@ for i = 0, #KEYS / 3 - 1 do
   redis.call('ZREMRANGEBYSCORE', c, '-inf', '(' .. ARGV[a + 6])
   redis.call('ZREMRANGEBYSCORE', t, '-inf', '(' .. ARGV[a + 7])
   redis.call('ZREMRANGEBYSCORE', f, '-inf', '(' .. ARGV[a + 7])
+  -- a card or terminal no transaction reaches any more expires with its history
+  redis.call('PEXPIRE', c, card_ttl)
+  redis.call('PEXPIRE', t, terminal_ttl)
+  redis.call('PEXPIRE', f, terminal_ttl)
   out[3 * i + 1] = redis.call('ZRANGEBYSCORE', c, '(' .. ARGV[a + 4], '+inf', 'WITHSCORES')
   out[3 * i + 2] = redis.call('ZRANGEBYSCORE', t, '(' .. ARGV[a + 5], '+inf', 'WITHSCORES')
   out[3 * i + 3] = redis.call('ZRANGEBYSCORE', f, '(' .. ARGV[a + 5], '+inf', 'WITHSCORES')
@@ -262,6 +268,10 @@ class RedisState:
         self.terminal_horizon = terminal_horizon_us(delay_days)
         self.prefix = prefix
         self.script = self.client.register_script(REDIS_UPDATE)
+        # Pruning reaches only the keys a batch touches, so a card that stops paying would keep its
+        # last days forever: each key expires its horizon after the last write to it (wall-clock
+        # time, whatever the events' own), and the state stays bounded by the cards still active.
+        self.ttl_ms = ((CUSTOMER_HORIZON_US + LATE_MARGIN_US) // 1000, (self.terminal_horizon + LATE_MARGIN_US) // 1000)
 
     def _keys(self, tx: Tx) -> list[str]:
         # One Redis: a batch's keys go to one script. On a Redis Cluster they span slots, and the
@@ -277,7 +287,7 @@ class RedisState:
             argv += [tx.us, _card_member(tx), tx.transaction_id,
                      tx.us - CUSTOMER_HORIZON_US, tx.us - self.terminal_horizon,
                      latest - CUSTOMER_HORIZON_US - LATE_MARGIN_US, latest - self.terminal_horizon - LATE_MARGIN_US]
-        raw = self.script(keys=keys, args=argv)
+        raw = self.script(keys=keys, args=[*argv, *self.ttl_ms])
         out = []
         for i in range(len(batch)):
             card, terminal, frauds = raw[3 * i], raw[3 * i + 1], raw[3 * i + 2]
@@ -297,12 +307,15 @@ class RedisState:
                 card, terminal, _ = self._keys(tx)
                 pipe.zadd(card, {_card_member(tx): tx.us}, nx=True)
                 pipe.zadd(terminal, {tx.transaction_id: tx.us}, nx=True)
+                pipe.pexpire(card, self.ttl_ms[0])
+                pipe.pexpire(terminal, self.ttl_ms[1])
             pipe.execute()
 
     def add_frauds(self, frauds: Iterable[tuple[str, str, int]]) -> None:
         pipe = self.client.pipeline(transaction=True)
         for terminal, tx_id, us in frauds:
             pipe.zadd(f"{self.prefix}:f:{terminal}", {tx_id: us}, nx=True)
+            pipe.pexpire(f"{self.prefix}:f:{terminal}", self.ttl_ms[1])
         pipe.execute()
 
 

@@ -69,6 +69,27 @@ def test_concurrent_scores_of_one_card_on_redis_leave_exactly_n(redis_db) -> Non
     assert features(probe, states[0].update([probe])[0], 7)["customer_tx_count_1d"] == 4 * 50 + 1
 
 
+def test_every_live_state_key_on_redis_expires_after_its_horizon(redis_db) -> None:
+    """Pruning reaches only the keys a batch touches; expiry bounds the rest: each key the step, the
+    backfill and the label feed write carries a time to live of its horizon plus the late margin."""
+    import redis
+
+    from features.live import CUSTOMER_HORIZON_US, DAY_US, terminal_horizon_us
+    from features.state import LATE_MARGIN_US, RedisState
+
+    state = RedisState(redis_db, 7, "ttl")
+    state.update([Tx("scored", "card-a", "term-a", 1.0, 100 * DAY_US)])
+    state.load([Tx("loaded", "card-b", "term-b", 1.0, 99 * DAY_US)])
+    state.add_frauds([("term-a", "scored", 100 * DAY_US)])
+    client = redis.Redis(host="127.0.0.1", port=6379, db=int(redis_db.rsplit("=", 1)[1]))
+    card_ttl, terminal_ttl = (CUSTOMER_HORIZON_US + LATE_MARGIN_US) // 1000, (terminal_horizon_us(7) + LATE_MARGIN_US) // 1000
+    ttls = {key.decode(): client.pttl(key) for key in client.scan_iter("ttl:*")}
+    assert set(ttls) == {"ttl:c:card-a", "ttl:t:term-a", "ttl:f:term-a", "ttl:c:card-b", "ttl:t:term-b"}
+    for key, ttl in ttls.items():
+        horizon = card_ttl if ":c:" in key else terminal_ttl
+        assert horizon - 60_000 < ttl <= horizon, (key, ttl, horizon)
+
+
 def test_redis_outage_degrades_instead_of_failing(tmp_path, redis_db) -> None:
     from serving.online import OnlineFeatures
 

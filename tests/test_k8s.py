@@ -132,6 +132,24 @@ def test_the_api_is_probed_autoscaled_and_closed_to_the_public_but_for_scoring(o
     assert all("valueFrom" in e for e in api["env"])
 
 
+def _memory_mb(quantity: str) -> float:
+    """A Kubernetes memory quantity in Mi or Gi, in MiB."""
+    return float(quantity[:-2]) * {"Mi": 1, "Gi": 1024}[quantity[-2:]]
+
+
+def test_the_live_state_persists_and_fails_loudly_at_its_memory_cap() -> None:
+    """Redis keeps its history through a restart (append-only), and at its cap refuses writes instead
+    of evicting cards, the cap under the container's limit with room for the rewrite's fork; compose too."""
+    redis = next(d for d in rendered("local") if d["kind"] == "Deployment" and d["metadata"]["name"] == "redis")
+    container = redis["spec"]["template"]["spec"]["containers"][0]
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["redis"]["command"]
+    for args in (container["args"], compose):
+        options = dict(zip(args[1::2], args[2::2]))
+        assert options["--appendonly"] == "yes" and options["--maxmemory-policy"] == "noeviction", args
+    cap = dict(zip(container["args"][1::2], container["args"][2::2]))["--maxmemory"]
+    assert cap.endswith("mb") and float(cap[:-2]) <= 0.8 * _memory_mb(container["resources"]["limits"]["memory"])
+
+
 @pytest.mark.parametrize("broken, words", [
     (lambda d: d["spec"]["template"]["spec"]["containers"][0].update(image="redis:latest"), "not pinned"),
     (lambda d: d["spec"]["template"]["spec"]["containers"][0].update(image="redis"), "not pinned"),
