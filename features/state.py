@@ -6,6 +6,8 @@ history of every card and terminal in it, and prune what no window can reach any
 
 - exact: the history is the events themselves, so window edges are exact to the microsecond;
 - bounded: a card keeps 30 days, a terminal 30 days plus the label delay (pruned on every write);
+  one no longer seen is dropped whole (Redis: its keys expire; SQLite: `prune_dormant`, run by the
+  monitor flow);
 - atomic: on SQLite one `BEGIN IMMEDIATE` transaction, on Redis one Lua script, so N concurrent
   requests for a card from several workers leave exactly N events;
 - idempotent: events are keyed by transaction id, so a retried transaction counts once, on both
@@ -184,6 +186,28 @@ class SqliteState:
         conflicts(batch, histories)
         return histories
 
+    def prune_dormant(self, chunk: int = 500) -> int:
+        """Drop the history of every card and terminal no transaction has reached within its horizon
+        of the newest event held: the step prunes only the entities it touches, so without this a
+        card that stopped paying would keep its last days forever. The dormant ones are found by a
+        read, then deleted `chunk` at a time, each a short write so serving's steps are not held up.
+        Returns how many entities were pruned (the monitor flow runs it)."""
+        con = self._connection()
+        (latest,), = con.execute("SELECT max(us) FROM customer_events").fetchall()
+        if latest is None:
+            return 0
+        pruned = 0
+        for table, key, bound in (("customer_events", "customer_id", latest - CUSTOMER_HORIZON_US - LATE_MARGIN_US),
+                                  ("terminal_events", "terminal_id", latest - self.terminal_horizon - LATE_MARGIN_US),
+                                  ("terminal_frauds", "terminal_id", latest - self.terminal_horizon - LATE_MARGIN_US)):
+            dormant = [row[0] for row in con.execute(f"SELECT {key} FROM {table} GROUP BY {key} HAVING max(us) < ?", [bound])]
+            for first in range(0, len(dormant), chunk):
+                ids = dormant[first:first + chunk]
+                with self._immediate() as write:
+                    write.execute(f"DELETE FROM {table} WHERE {key} IN ({','.join('?' * len(ids))}) AND us < ?", [*ids, bound])
+            pruned += len(dormant)
+        return pruned
+
     def load(self, batch: Sequence[Tx]) -> None:
         """Record transactions without scoring them: the backfill (`features.store.materialize`)."""
         with self._immediate() as con:
@@ -310,6 +334,10 @@ class RedisState:
                 pipe.pexpire(card, self.ttl_ms[0])
                 pipe.pexpire(terminal, self.ttl_ms[1])
             pipe.execute()
+
+    def prune_dormant(self) -> int:
+        """Nothing to do: a dormant card's or terminal's keys expire on their own (`ttl_ms`)."""
+        return 0
 
     def add_frauds(self, frauds: Iterable[tuple[str, str, int]]) -> None:
         pipe = self.client.pipeline(transaction=True)

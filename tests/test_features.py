@@ -186,6 +186,20 @@ def test_a_retry_with_another_amount_counts_once_on_both_stores_and_is_logged(st
     assert got["customer_tx_count_1h"] == 2 and got["customer_amount_sum_1h"] == 11.0
 
 
+def test_dormant_cards_and_terminals_are_pruned_and_active_ones_kept(tmp_path) -> None:
+    """The step prunes only what it touches; the periodic prune drops entities past their horizon of
+    the newest event, whole, and leaves the active ones' history as it was."""
+    state = SqliteState(tmp_path / "s.db", DELAY)
+    state.update([Tx("old", "dormant-card", "dormant-terminal", 5.0, 100 * DAY_US)])
+    state.add_frauds([("dormant-terminal", "old", 100 * DAY_US)])
+    state.update([Tx(f"a{i}", "active-card", "active-terminal", 1.0, (140 + i) * DAY_US) for i in range(3)])
+    assert state.prune_dormant(chunk=1) == 3  # the card, the terminal, its frauds
+    con = sqlite3.connect(tmp_path / "s.db")
+    held = {table: con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ("customer_events", "terminal_events", "terminal_frauds")}
+    assert held == {"customer_events": 3, "terminal_events": 3, "terminal_frauds": 0}
+    assert state.prune_dormant() == 0
+
+
 def test_a_late_transaction_sees_only_what_came_before_it(tmp_path) -> None:
     """Out of order: a transaction stamped before others already scored counts the earlier ones
     only, and later transactions count it once it has arrived. The state is never corrupted."""

@@ -15,6 +15,7 @@ from core import predictions, registry
 from core.monitor_metrics import LATEST
 from core.runtime import write_atomically
 from core.settings import Settings
+from features.state import open_state
 from monitoring import workspace
 from monitoring.canary import compare, of_current_versions, thompson_share
 from monitoring.drift import ColumnDrift, DriftLimits, DriftSummary, Reference, drift_report, rate_drift
@@ -97,6 +98,9 @@ def monitor_flow(settings: Settings | None = None, label: str = "latest", since:
     merged = predictions.compact(settings)  # one file a finished day to read, not one a second per worker
     if merged:
         get_run_logger().info("prediction log: %d parts of finished days merged", merged)
+    dormant = open_state(settings).prune_dormant()  # on SQLite; Redis keys expire on their own
+    if dormant:
+        get_run_logger().info("live state: %d dormant cards and terminals pruned", dormant)
     current = predictions.read(settings, since, until)  # live traffic
     if current.empty:
         current = references.frames["champion"].frame.iloc[0:0]
