@@ -90,7 +90,7 @@ def test_against_a_prompt_server_it_holds_the_rate_with_little_overhead_of_its_o
 
 def test_schedules_are_the_rate_asked_for() -> None:
     assert openloop.schedule(500, 2.0).tolist()[:3] == [0.0, 0.002, 0.004]
-    poisson = openloop.schedule(1_000, 10.0, "poisson", seed=1)
+    poisson = openloop.schedule(1_000, 10.0, "poisson", rng_seed=1)
     assert len(poisson) == 10_000 and 9.5 < poisson[-1] < 10.5
     with pytest.raises(ValueError, match="constant or poisson"):
         openloop.schedule(1, 1, "bursty")

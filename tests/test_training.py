@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from model.evaluation import card_precision_at_k, cost_optimal_threshold, expected_cost, recall_at_fpr
+from model.evaluation import MAX_IPS_WEIGHT, card_precision_at_k, cost_optimal_threshold, expected_cost, recall_at_fpr
 from tests.conftest import fail_first_call, log_parts, log_records
 from training.fit import ModelConfig
 from training.windows import Windows
@@ -98,7 +98,7 @@ def test_the_policys_declines_are_no_labels_and_its_explored_reviews_weigh_for_t
     assert len(predictions.logged(registry_copy, frame["transaction_id"].tolist(), ("transaction_id", "decision", "propensity"))) == 3
 
     weighted = censor_by_serving_policy.fn(frame, registry_copy).set_index("transaction_id")["weight"]
-    assert weighted[declined] == 0.0 and weighted[explored] == pytest.approx(200.0) and weighted[approved] == 1.0
+    assert weighted[declined] == 0.0 and weighted[explored] == pytest.approx(MAX_IPS_WEIGHT) and weighted[approved] == 1.0
     assert (weighted.drop([declined, explored]) == 1.0).all(), "a transaction the API never answered weighs 1"
     parts = split(frame.assign(weight=weighted.to_numpy()), windows)
     assert not any(declined in set(part["transaction_id"]) for part in parts), "the censored row is in no fit and no test"

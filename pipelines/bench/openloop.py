@@ -37,13 +37,13 @@ class Result:
     overhead_p99_ms: float  # p99 of how late a request left when its connection was idle: the generator's own cost
 
 
-def schedule(rate: float, seconds: float, arrivals: str = "constant", seed: int = 0) -> np.ndarray:
+def schedule(rate: float, seconds: float, arrivals: str = "constant", rng_seed: int = 0) -> np.ndarray:
     """Send times in seconds from the start: evenly spaced, or Poisson (exponential gaps)."""
     n = int(rate * seconds)
     if arrivals == "constant":
         return np.arange(n) / rate
     if arrivals == "poisson":
-        return np.cumsum(np.random.default_rng(seed).exponential(1.0 / rate, n))
+        return np.cumsum(np.random.default_rng(rng_seed).exponential(1.0 / rate, n))
     raise ValueError(f"arrivals must be constant or poisson, got {arrivals!r}")
 
 
@@ -110,12 +110,12 @@ def post_json(path: str, host: str, body: Callable[[int], str]) -> Callable[[int
 
 
 def run(url: str, body: Callable[[int], str], rate: float, seconds: float, connections: int = 16,
-        arrivals: str = "constant", seed: int = 0) -> Result:
+        arrivals: str = "constant", rng_seed: int = 0) -> Result:
     """Send body(0), body(1), ... to `url` at `rate` a second for `seconds`, open loop."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     request = post_json(parts.path or "/", f"{host}:{port}", body)
-    due = schedule(rate, seconds, arrivals, seed)
+    due = schedule(rate, seconds, arrivals, rng_seed)
     n = len(due)
     latency, lag, status = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=np.int64)
     start = time.perf_counter() + 0.2  # every connection open before the first request is due
