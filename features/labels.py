@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 from sqlalchemy import (Column, Connection, DateTime, Engine, Index, Integer, MetaData, Select, SmallInteger, Table, Text,
-                        create_engine, func, select)
+                        create_engine, func, inspect, select)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -92,9 +92,18 @@ def _engine(url: str) -> Engine:
     with created.begin() as con:
         _lock(con)  # workers starting at once would race to create the table
         METADATA.create_all(con)
+        if "label_events_once" not in {i["name"] for i in inspect(con).get_indexes("label_events")}:
+            _drop_copies(con)  # a store from before the index may hold copies, which would refuse it
         for index in EVENTS.indexes:  # a store made before an index existed gets it
             index.create(con, checkfirst=True)
     return created
+
+
+def _drop_copies(con: Connection) -> None:
+    """Delete every copy of a verdict event but its first (the lowest id), so `label_events_once`
+    can be created on a store written before it existed; history keeps one of each."""
+    first = select(func.min(EVENTS.c.id)).group_by(EVENTS.c.transaction_id, EVENTS.c.is_fraud, EVENTS.c.source, EVENTS.c.reported_at)
+    con.execute(EVENTS.delete().where(EVENTS.c.id.not_in(first.scalar_subquery())))
 
 
 def _lock(con: Connection) -> None:

@@ -91,6 +91,30 @@ def test_four_feeders_sending_one_batch_at_once_leave_one_copy(store: Settings) 
         assert sum(r["recorded"] for r in receipts) == N_RACED and sum(r["unchanged"] for r in receipts) == 3 * N_RACED, receipts
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"], indirect=True)
+def test_a_store_from_before_the_unique_index_keeps_one_copy_and_gets_it(store: Settings) -> None:
+    """A store written before `label_events_once` existed may hold copies, on which creating the
+    unique index fails: the first use drops every copy but the first, then creates it."""
+    from sqlalchemy import create_engine
+
+    from features.labels import EVENTS, METADATA, _engine
+
+    url = store.label_store_url
+    old = create_engine(url)
+    with old.begin() as con:
+        METADATA.create_all(con)
+        next(i for i in EVENTS.indexes if i.name == "label_events_once").drop(con)
+        rows = [{"transaction_id": tid, "is_fraud": 1, "source": "chargeback", "reported_at": pd.Timestamp("2018-09-01").to_pydatetime(),
+                 "recorded_at": pd.Timestamp("2018-09-02").to_pydatetime()} for tid in ("a", "a", "a", "b")]
+        con.execute(EVENTS.insert(), rows)
+    old.dispose()
+    _engine.cache_clear()
+    assert labels_version(store).split(":")[0] == "2", "one copy of each event stays"
+    with pytest.raises(Exception, match="(?i)unique"):
+        with _engine(url).begin() as con:
+            con.execute(EVENTS.insert(), rows[:1])
+
+
 def test_a_bad_batch_records_nothing_and_says_why(store: Settings) -> None:
     good = frauds(store, 3)
     bad = pd.concat([good, good.head(1).assign(is_fraud=2)], ignore_index=True)
