@@ -191,12 +191,16 @@ class SqliteState:
         of the newest event held: the step prunes only the entities it touches, so without this a
         card that stopped paying would keep its last days forever. The dormant ones are found by a
         read, then deleted `chunk` at a time, each a short write so serving's steps are not held up.
-        Returns how many entities were pruned (the monitor flow runs it)."""
+
+        The newest event counts at most `LATE_MARGIN_US` past the wall clock: one transaction
+        stamped in the future must not make every card look dormant. Returns how many cards and
+        terminals were pruned (the monitor flow runs it)."""
         con = self._connection()
-        (latest,), = con.execute("SELECT max(us) FROM customer_events").fetchall()
-        if latest is None:
+        (newest,), = con.execute("SELECT max(us) FROM customer_events").fetchall()
+        if newest is None:
             return 0
-        pruned = 0
+        latest = min(newest, int(time.time() * 1_000_000) + LATE_MARGIN_US)
+        pruned: set[tuple[str, str]] = set()
         for table, key, bound in (("customer_events", "customer_id", latest - CUSTOMER_HORIZON_US - LATE_MARGIN_US),
                                   ("terminal_events", "terminal_id", latest - self.terminal_horizon - LATE_MARGIN_US),
                                   ("terminal_frauds", "terminal_id", latest - self.terminal_horizon - LATE_MARGIN_US)):
@@ -205,8 +209,8 @@ class SqliteState:
                 ids = dormant[first:first + chunk]
                 with self._immediate() as write:
                     write.execute(f"DELETE FROM {table} WHERE {key} IN ({','.join('?' * len(ids))}) AND us < ?", [*ids, bound])
-            pruned += len(dormant)
-        return pruned
+            pruned.update((key, entity) for entity in dormant)
+        return len(pruned)
 
     def load(self, batch: Sequence[Tx]) -> None:
         """Record transactions without scoring them: the backfill (`features.store.materialize`)."""
@@ -222,14 +226,19 @@ class SqliteState:
 def _checkpoint(path: Path, state: weakref.ref[SqliteState]) -> None:
     """Copy the write-ahead log back into the database while `state` lives. A passive checkpoint
     never waits for a writer, but under steady writes the log never empties, so past
-    `CHECKPOINT_RESTART_PAGES` a restart rewinds it (it waits for the few transactions in flight)."""
-    con = sqlite3.connect(path, timeout=0.05, isolation_level=None, check_same_thread=False)
+    `CHECKPOINT_RESTART_PAGES` a restart rewinds it.
+
+    A pending restart holds new writers back for as long as it waits, so it is tried only when the
+    passive round just copied the whole log (no reader is pinned to an older snapshot, so nothing
+    is left to wait for) and with a 1 ms busy timeout: if a writer is mid-commit, it gives up and
+    the next round tries again, instead of stalling every request behind it."""
+    con = sqlite3.connect(path, timeout=0.001, isolation_level=None, check_same_thread=False)
     try:
         while state() is not None:
             time.sleep(CHECKPOINT_SECONDS)
             try:
-                (_, pages, _), = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                if pages > CHECKPOINT_RESTART_PAGES:
+                (busy, pages, copied), = con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                if not busy and pages > CHECKPOINT_RESTART_PAGES and copied == pages:
                     con.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
             except sqlite3.OperationalError:  # busy or locked: the next round tries again
                 continue

@@ -193,10 +193,20 @@ def test_dormant_cards_and_terminals_are_pruned_and_active_ones_kept(tmp_path) -
     state.update([Tx("old", "dormant-card", "dormant-terminal", 5.0, 100 * DAY_US)])
     state.add_frauds([("dormant-terminal", "old", 100 * DAY_US)])
     state.update([Tx(f"a{i}", "active-card", "active-terminal", 1.0, (140 + i) * DAY_US) for i in range(3)])
-    assert state.prune_dormant(chunk=1) == 3  # the card, the terminal, its frauds
+    assert state.prune_dormant(chunk=1) == 2  # the card, the terminal (with its frauds)
     con = sqlite3.connect(tmp_path / "s.db")
     held = {table: con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ("customer_events", "terminal_events", "terminal_frauds")}
     assert held == {"customer_events": 3, "terminal_events": 3, "terminal_frauds": 0}
+    assert state.prune_dormant() == 0
+
+
+def test_one_transaction_stamped_in_the_future_does_not_prune_everyone(tmp_path) -> None:
+    """The newest event counts at most a day past the wall clock, so a clock far ahead on one
+    terminal leaves today's cards alone."""
+    now_us = int(time.time() * 1_000_000)
+    state = SqliteState(tmp_path / "s.db", DELAY)
+    state.update([Tx("today", "card", "terminal", 5.0, now_us)])
+    state.update([Tx("ahead", "other-card", "other-terminal", 5.0, now_us + 3650 * DAY_US)])
     assert state.prune_dormant() == 0
 
 

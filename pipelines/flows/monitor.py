@@ -4,6 +4,7 @@ arrived, and a retrain through the train flow when either calls for one."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -98,9 +99,13 @@ def monitor_flow(settings: Settings | None = None, label: str = "latest", since:
     merged = predictions.compact(settings)  # one file a finished day to read, not one a second per worker
     if merged:
         get_run_logger().info("prediction log: %d parts of finished days merged", merged)
-    dormant = open_state(settings).prune_dormant()  # on SQLite; Redis keys expire on their own
-    if dormant:
-        get_run_logger().info("live state: %d dormant cards and terminals pruned", dormant)
+    try:
+        dormant = open_state(settings).prune_dormant()  # on SQLite; Redis keys expire on their own
+    except sqlite3.OperationalError as exc:  # housekeeping: the next run tries again, the report goes on
+        get_run_logger().warning("live state: dormant cards not pruned this run: %s", exc)
+    else:
+        if dormant:
+            get_run_logger().info("live state: %d dormant cards and terminals pruned", dormant)
     current = predictions.read(settings, since, until)  # live traffic
     if current.empty:
         current = references.frames["champion"].frame.iloc[0:0]
