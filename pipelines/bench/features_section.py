@@ -20,6 +20,7 @@ from core.settings import Settings
 from features.simulator import SimulationConfig
 from features.state import SqliteState, Tx, features, open_state
 from pipelines.bench.common import REDIS_URL, SCALES, Section, latency_ms, timed
+from pipelines.bench.openloop import schedule
 
 
 def features_section(settings: Settings, scale: str, repeat: int) -> Section:
@@ -135,9 +136,13 @@ def two_writers_side(settings: Settings, entity: pd.DataFrame, end: datetime, sc
                        for worker in (0, 1)]
             for process in writers:
                 process.start()
-            waits = out.get() + out.get()
-            for process in writers:
-                process.join()
+            try:  # a writer that died would leave its answer missing: fail the row, never hang the bench
+                waits = out.get(timeout=WRITER_SECONDS[scale] * 10 + 60) + out.get(timeout=60)
+            finally:
+                for process in writers:
+                    process.join(timeout=60)
+                    if process.is_alive():
+                        process.kill()
             runs[background].append(waits)
             for leftover in copy.parent.glob(f"{copy.name}*"):
                 leftover.unlink()
@@ -154,8 +159,8 @@ def _writer(path: str, delay_days: int, background: bool, pairs: list[tuple[str,
     rng = np.random.default_rng(worker)
     waits = []
     began = time.perf_counter()
-    for n in range(int(WRITER_RATE * seconds)):
-        due = began + n / WRITER_RATE
+    for n, offset in enumerate(schedule(WRITER_RATE, seconds)):
+        due = began + offset
         if (ahead := due - time.perf_counter()) > 0:
             time.sleep(ahead)
         customer, terminal = pairs[int(rng.integers(len(pairs)))]
