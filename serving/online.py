@@ -7,6 +7,11 @@ A store that fails or stops answering must not take the API with it: every step 
 breaker), so an outage costs one slow answer per retry period, not one per request. Meanwhile the
 windows hold only the transaction itself (as for a card never seen), and answers say `degraded`
 and list every stateful feature in `features_missing`.
+
+The transactions scored while the store was skipped are kept (up to `online_repair_max` a worker)
+and written into it by a background thread once it answers again, so an outage leaves no hole in
+any card's windows; past the cap the oldest are dropped, counted and logged, and only a backfill
+(`fraudops features materialize`) brings them back.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -24,6 +30,7 @@ from features.state import History, Tx, features, open_state
 
 log = logging.getLogger("fraudops.online")
 NO_HISTORY = History([], [], [])
+REPAIR_CHUNK = 1_000  # transactions a repair write takes at once: short writes beside serving's steps
 
 
 @dataclass
@@ -77,6 +84,11 @@ class OnlineFeatures:
         self.delay_days = settings.features.label_delay_days
         self.names = ["amount", *LIVE_FEATURES, "is_weekend", "is_night"]
         self.breaker = Breaker(settings.serving.online_retry_seconds, on_breaker)
+        self.missed: deque[Tx] = deque(maxlen=settings.serving.online_repair_max)  # scored degraded, not yet in the state
+        self.dropped = 0  # missed transactions pushed out of `missed` by the cap since the last repair
+        self.repaired = 0  # written back into the state, all repairs together
+        self._missed_lock = threading.Lock()
+        self._repairing = threading.Lock()  # one repair at a time
 
     def lookup(self, tx: Tx) -> Lookup:
         return self.lookup_many([tx])[0]
@@ -92,6 +104,10 @@ class OnlineFeatures:
             except Exception as exc:  # an online-store outage degrades the answer, it never fails it
                 self.breaker.failed(exc)
         degraded = histories is None
+        if degraded:
+            self._miss(batch)
+        elif self.missed and not self._repairing.locked():
+            threading.Thread(target=self.repair, name="online-repair", daemon=True).start()
         clock = request_features([tx.us // 1_000_000 for tx in batch])
         lookups = []
         for i, (tx, history) in enumerate(zip(batch, histories or [NO_HISTORY] * len(batch))):
@@ -101,3 +117,41 @@ class OnlineFeatures:
             values["is_night"] = float(clock["is_night"][i])
             lookups.append(Lookup(values, list(LIVE_FEATURES) if degraded else [], degraded))
         return lookups
+
+    def _miss(self, batch: Sequence[Tx]) -> None:
+        with self._missed_lock:
+            if self.missed.maxlen is not None:
+                self.dropped += max(0, len(self.missed) + len(batch) - self.missed.maxlen)
+            self.missed.extend(batch)
+
+    def repair(self) -> int:
+        """Write the transactions scored while the store was skipped into it, `REPAIR_CHUNK` at a
+        time, oldest first (each state keeps one event per transaction id, so a repeat is harmless).
+        A failed write puts the rest back for the next repair. Returns how many were written."""
+        if not self._repairing.acquire(blocking=False):
+            return 0
+        written = 0
+        try:
+            with self._missed_lock:
+                pending, dropped = list(self.missed), self.dropped
+                self.missed.clear()
+                self.dropped = 0
+            if dropped:
+                log.warning("online store repair: %d transactions scored during the outage were dropped past "
+                            "online_repair_max; run `fraudops features materialize` to bring them back", dropped)
+            for start in range(0, len(pending), REPAIR_CHUNK):
+                try:
+                    self.state.load(pending[start:start + REPAIR_CHUNK])
+                except Exception as exc:
+                    with self._missed_lock:
+                        self.missed.extendleft(reversed(pending[start:]))
+                    log.warning("online store repair stopped after %d of %d transactions (%s): it resumes with the "
+                                "next answer the store gives", written, len(pending), exc)
+                    break
+                written += len(pending[start:start + REPAIR_CHUNK])
+            else:
+                log.info("online store repaired: %d transactions scored during the outage written into it", written)
+            self.repaired += written
+            return written
+        finally:
+            self._repairing.release()

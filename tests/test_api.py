@@ -545,6 +545,29 @@ def test_a_locked_store_degrades_within_its_read_timeout_and_is_skipped_until_th
         assert "fraudops_online_store_skipped 0.0" in c.get("/metrics").text and c.get("/readyz").json()["online_store"] == "ok"
 
 
+def test_the_transactions_scored_during_an_outage_are_written_into_the_store_when_it_answers_again(registry_copy) -> None:
+    """An outage must leave no hole in a card's windows: the answers scored degraded while the store
+    was locked are kept and written into it once it answers, so a later charge of the card counts them."""
+    import sqlite3
+    import time
+
+    settings = registry_copy.replace(online_timeout_ms=50.0, online_retry_seconds=0.3)
+    with TestClient(create_app(settings)) as c:
+        with locked_online_store(settings):
+            for n in range(3):
+                assert c.post("/predict", json={**TX, "transaction_id": f"outage-{n}", "timestamp": f"2025-05-09T10:0{n}:00Z"}).json()["degraded"]
+        time.sleep(0.4)
+        assert not c.post("/predict", json={**TX, "transaction_id": "back", "timestamp": "2025-05-09T10:05:00Z"}).json()["degraded"]
+        deadline = time.monotonic() + 10
+        with sqlite3.connect(settings.feast_dir / "live_state.db") as con:
+            while True:
+                held = {row[0] for row in con.execute("SELECT transaction_id FROM customer_events WHERE customer_id = ?", [TX["customer_id"]])}
+                if {"outage-0", "outage-1", "outage-2"} <= held or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+        assert {"outage-0", "outage-1", "outage-2", "back"} <= held, held
+
+
 @contextmanager
 def captured_logs() -> Iterator[list[dict]]:
     """The JSON lines the fraudops loggers write while the block runs, parsed when it ends."""
