@@ -7,11 +7,14 @@ canary share. Only `promote` moves `champion`, and it records who and why on the
 from __future__ import annotations
 
 import getpass
+import json
 import logging
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from typing import Literal
 
 import mlflow
 from mlflow import MlflowClient
@@ -58,23 +61,61 @@ def aliased_version(client: MlflowClient, name: str, alias: str) -> str | None:
         return None
 
 
-ROUTING_SHARE_TAG = "routing.challenger_share"
-ROUTING_MODE_TAG = "routing.mode"
+ROUTING_TAG = "routing"
 
 
-def serving_state(settings: Settings) -> tuple[dict[str, str], dict[str, str]]:
-    """What every serving worker follows, in one call: alias -> version, and the routing tags that the
-    admin API or a guardrail set (share and mode), so all workers and replicas converge."""
+@dataclass(frozen=True)
+class Routing:
+    """How traffic is split, as every worker follows it: one tag on the registered model, written in
+    one call, so no reader sees a new share with an old mode. `challenger` is the version the share
+    was set for: a newly registered challenger starts from the configured share, not its
+    predecessor's (which a bandit may have raised to its maximum)."""
+
+    share: float
+    mode: str
+    challenger: str | None
+
+    def to_tag(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_tag(cls, value: str | None) -> Routing | None:
+        try:
+            record = json.loads(value) if value else None
+            return cls(float(record["share"]), str(record["mode"]), record.get("challenger")) if record else None
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("routing tag unreadable (%s): %r; the configured routing applies", exc, value)
+            return None
+
+    def share_for(self, challenger: str | None, default: float) -> float:
+        """The share for the challenger being served: this record's if it was set for that version
+        (or set with none served, or none is served now), else the configured `default`."""
+        return self.share if None in (challenger, self.challenger) or challenger == self.challenger else default
+
+
+class RoutingChanged(RuntimeError):
+    """Someone else changed the routing since it was read: the write was not made."""
+
+
+def serving_state(settings: Settings) -> tuple[dict[str, str], Routing | None]:
+    """What every serving worker follows, in one call: alias -> version, and the routing that the
+    admin API, a guardrail or the bandit set, so all workers and replicas converge."""
     client = connect(settings)
     model = client.get_registered_model(settings.stores.model_name)
-    routing = {k: v for k, v in model.tags.items() if k in (ROUTING_SHARE_TAG, ROUTING_MODE_TAG)}
-    return {alias: str(version) for alias, version in model.aliases.items()}, routing
+    return {alias: str(version) for alias, version in model.aliases.items()}, Routing.from_tag(model.tags.get(ROUTING_TAG))
 
 
-def set_routing(settings: Settings, share: float, mode: str) -> None:
+def set_routing(settings: Settings, routing: Routing, expected: Routing | None | Literal["any"] = "any") -> None:
+    """Write the routing record. With `expected`, only if the stored record is still that one (None:
+    still none): the bandit reads, bootstraps for seconds, then writes, and must not overwrite a
+    guardrail's rollback made in between. The registry has no compare-and-set, so the check is a read
+    just before the write: the window shrinks from the bootstrap's seconds to one round trip."""
     client = connect(settings)
-    client.set_registered_model_tag(settings.stores.model_name, ROUTING_SHARE_TAG, repr(share))
-    client.set_registered_model_tag(settings.stores.model_name, ROUTING_MODE_TAG, mode)
+    if expected != "any":
+        stored = Routing.from_tag(client.get_registered_model(settings.stores.model_name).tags.get(ROUTING_TAG))
+        if stored != expected:
+            raise RoutingChanged(f"routing changed since it was read: {expected} -> {stored}")
+    client.set_registered_model_tag(settings.stores.model_name, ROUTING_TAG, routing.to_tag())
 
 
 @contextmanager

@@ -109,7 +109,8 @@ class ScoringService:
         for alias in ALIASES:
             self._load(alias)
         try:
-            self._adopt(registry.serving_state(self.settings)[1])
+            aliases, routing = registry.serving_state(self.settings)
+            self._adopt(routing, aliases.get("challenger"))
         except Exception as exc:
             log.warning("reading the shared routing failed (%s); keeping share %s", exc, self.router.challenger_share)
         return self.versions()
@@ -124,7 +125,7 @@ class ScoringService:
             if current is None or current.version != aliases.get(alias) or current.source == "cache":
                 if alias in aliases or current is not None:
                     self._load(alias)
-        self._adopt(routing)
+        self._adopt(routing, aliases.get("challenger"))
         return self.versions()
 
     def routing(self) -> dict[str, object]:
@@ -136,18 +137,24 @@ class ScoringService:
         previous = self.routing()
         share = self.router.challenger_share if share is None else share
         mode = self.router.mode if mode is None else mode
-        registry.set_routing(self.settings, share, mode)
+        registry.set_routing(self.settings, registry.Routing(share, mode, self._challenger()))
         self.router.set_share(share)
         self.router.mode = mode
         log.warning("routing changed: %s -> %s", previous, self.routing())
         return previous, self.routing()
 
-    def _adopt(self, routing: dict[str, str]) -> None:
+    def _challenger(self) -> str | None:
+        loaded = self.models.get("challenger")
+        return loaded.version if loaded is not None else None
+
+    def _adopt(self, routing: registry.Routing | None, challenger: str | None) -> None:
+        """Follow the shared routing; a share set for another challenger version gives way to the
+        configured one, so a new challenger never inherits its predecessor's share."""
         previous = self.routing()
-        if registry.ROUTING_SHARE_TAG in routing:
-            self.router.set_share(float(routing[registry.ROUTING_SHARE_TAG]))
-        if routing.get(registry.ROUTING_MODE_TAG) in MODES:
-            self.router.mode = routing[registry.ROUTING_MODE_TAG]  # type: ignore[assignment]
+        if routing is not None:
+            self.router.set_share(routing.share_for(challenger, self.settings.canary.challenger_share))
+            if routing.mode in MODES:
+                self.router.mode = routing.mode
         if self.routing() != previous:
             log.warning("routing adopted from the registry: %s -> %s", previous, self.routing())
 
@@ -229,7 +236,7 @@ class ScoringService:
 
     def _publish_trip(self) -> None:
         try:
-            registry.set_routing(self.settings, 0.0, self.router.mode)
+            registry.set_routing(self.settings, registry.Routing(0.0, self.router.mode, self._challenger()))
         except Exception as exc:
             log.error("publishing the guardrail trip to the registry failed (%s); only this worker stopped", exc)
 

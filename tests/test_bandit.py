@@ -38,8 +38,22 @@ def test_the_monitor_sets_the_share_in_bandit_mode_only(registry_copy, tmp_path)
     _, until = log_canary_traffic(registry_copy, tmp_path)
     settings = registry_copy.replace(retrain_on_drift=False)
     assert monitor_flow(settings, "canary-mode", until=until.to_pydatetime()).bandit_share is None
-    registry.set_routing(settings, 0.1, "bandit")
+    registry.set_routing(settings, registry.Routing(0.1, "bandit", None))
     share = monitor_flow(settings, "bandit-mode", until=until.to_pydatetime()).bandit_share
     assert share is not None and settings.canary.bandit_min_share <= share <= settings.canary.bandit_max_share
-    _, routing = registry.serving_state(settings)
-    assert float(routing[registry.ROUTING_SHARE_TAG]) == share and routing[registry.ROUTING_MODE_TAG] == "bandit"
+    aliases, routing = registry.serving_state(settings)
+    assert routing == registry.Routing(share, "bandit", aliases["challenger"])
+
+
+def test_a_routing_write_over_a_stale_read_is_refused_and_a_new_challenger_starts_afresh(registry_copy) -> None:
+    """The bandit writes only over the record it read: a guardrail's rollback to 0 made while it
+    bootstrapped stands. A share set for one challenger version does not carry to the next."""
+    from core import registry
+
+    read = registry.Routing(0.4, "bandit", "2")
+    registry.set_routing(registry_copy, read)
+    registry.set_routing(registry_copy, registry.Routing(0.0, "bandit", "2"))  # the guardrail, meanwhile
+    with pytest.raises(registry.RoutingChanged):
+        registry.set_routing(registry_copy, registry.Routing(0.5, "bandit", "2"), expected=read)
+    assert registry.serving_state(registry_copy)[1] == registry.Routing(0.0, "bandit", "2")
+    assert read.share_for("2", 0.1) == 0.4 and read.share_for("3", 0.1) == 0.1

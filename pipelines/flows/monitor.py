@@ -77,13 +77,17 @@ def steer_bandit(settings: Settings, labelled: pd.DataFrame) -> float | None:
     """In routing mode `bandit`, set the challenger's share for every worker from its labelled
     results this run judged (`thompson_share`); nothing in the other modes, or without a challenger."""
     aliases, routing = registry.serving_state(settings)
-    if routing.get(registry.ROUTING_MODE_TAG) != "bandit" or "challenger" not in aliases:
+    if routing is None or routing.mode != "bandit" or "challenger" not in aliases:
         return None
-    current = float(routing.get(registry.ROUTING_SHARE_TAG, settings.canary.challenger_share))
+    current = routing.share_for(aliases["challenger"], settings.canary.challenger_share)
     comparison = compare(of_current_versions(settings, labelled), settings.costs.review_fee, settings.canary.promote_min_frauds, settings.canary.promote_max_ap_loss)
     share = thompson_share(comparison, current, settings.canary.bandit_min_share, settings.canary.bandit_max_share)
     if share != current:
-        registry.set_routing(settings, share, "bandit")
+        try:  # only over the record read above: a guardrail's rollback made meanwhile stands
+            registry.set_routing(settings, registry.Routing(share, "bandit", aliases["challenger"]), expected=routing)
+        except registry.RoutingChanged as changed:
+            get_run_logger().warning("bandit: share left as it is: %s", changed)
+            return None
         get_run_logger().warning("bandit: challenger share %.3f -> %.3f (P(challenger cheaper) %.2f)", current, share, comparison.challenger_cheaper)
     return share
 
