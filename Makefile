@@ -17,12 +17,28 @@ help:
 # process would otherwise compile its imports from source again (8 of the 19 s that importing the
 # flows took here), and the tests start dozens of processes.
 $(STAMP): pyproject.toml requirements.lock Makefile
-	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is needed (looked for $(PYTHON))"; exit 1; }
-	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	@test -d $(VENV) || $(MAKE) --no-print-directory venv
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==0.13.9
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --compile-bytecode -r requirements.lock
 	$(BIN)/uv pip install --quiet --python $(BIN)/python --no-deps -e .
 	touch $(STAMP)
+
+# .venv from $(PYTHON); where it is missing but another Python 3 is there (Ubuntu 24.04's 3.12, macOS's
+# 3.13), uv (installed into a throwaway venv of that Python) makes .venv on a Python 3.11 it finds or
+# downloads: a managed interpreter, fetched once into uv's cache.
+.PHONY: venv
+venv:
+	@if command -v $(PYTHON) >/dev/null; then \
+	  $(PYTHON) -m venv $(VENV); \
+	elif command -v python3 >/dev/null; then \
+	  echo "$(PYTHON) not found: getting Python 3.11 through uv (downloaded if no 3.11 is installed)"; \
+	  rm -rf $(VENV).uv && python3 -m venv $(VENV).uv && \
+	  $(VENV).uv/bin/python -m pip install --quiet --disable-pip-version-check uv==0.13.9 && \
+	  $(VENV).uv/bin/uv venv --quiet --seed --python 3.11 $(VENV); \
+	  status=$$?; rm -rf $(VENV).uv; exit $$status; \
+	else \
+	  echo "Python 3 is needed: install Python 3.11 (or any Python 3, and make gets 3.11 through uv)"; exit 1; \
+	fi
 
 ## install: create .venv and install the pinned project
 install: $(STAMP)
