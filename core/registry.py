@@ -100,8 +100,7 @@ class RoutingChanged(RuntimeError):
 def serving_state(settings: Settings) -> tuple[dict[str, str], Routing | None]:
     """What every serving worker follows, in one call: alias -> version, and the routing that the
     admin API, a guardrail or the bandit set, so all workers and replicas converge."""
-    client = connect(settings)
-    model = client.get_registered_model(settings.stores.model_name)
+    model = connect(settings).get_registered_model(settings.stores.model_name)
     return {alias: str(version) for alias, version in model.aliases.items()}, Routing.from_tag(model.tags.get(ROUTING_TAG))
 
 
@@ -110,12 +109,11 @@ def set_routing(settings: Settings, routing: Routing, expected: Routing | None |
     still none): the bandit reads, bootstraps for seconds, then writes, and must not overwrite a
     guardrail's rollback made in between. The registry has no compare-and-set, so the check is a read
     just before the write: the window shrinks from the bootstrap's seconds to one round trip."""
-    client = connect(settings)
     if expected != "any":
-        stored = Routing.from_tag(client.get_registered_model(settings.stores.model_name).tags.get(ROUTING_TAG))
+        stored = serving_state(settings)[1]
         if stored != expected:
             raise RoutingChanged(f"routing changed since it was read: {expected} -> {stored}")
-    client.set_registered_model_tag(settings.stores.model_name, ROUTING_TAG, routing.to_tag())
+    connect(settings).set_registered_model_tag(settings.stores.model_name, ROUTING_TAG, routing.to_tag())
 
 
 @contextmanager

@@ -86,7 +86,6 @@ class OnlineFeatures:
         self.breaker = Breaker(settings.serving.online_retry_seconds, on_breaker)
         self.missed: deque[Tx] = deque(maxlen=settings.serving.online_repair_max)  # scored degraded, not yet in the state
         self.dropped = 0  # missed transactions pushed out of `missed` by the cap since the last repair
-        self.repaired = 0  # written back into the state, all repairs together
         self._missed_lock = threading.Lock()
         self._repairing = threading.Lock()  # one repair at a time
 
@@ -151,7 +150,6 @@ class OnlineFeatures:
                 written += len(pending[start:start + REPAIR_CHUNK])
             else:
                 log.info("online store repaired: %d transactions scored during the outage written into it", written)
-            self.repaired += written
             return written
         finally:
             self._repairing.release()
