@@ -51,6 +51,11 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q --durations=12
 
+## compose-test: docker-compose.yml on podman: build its images, start it in order, drive it end to end and through faults, remove it
+compose-test: install
+	$(BIN)/uv pip install --quiet --python $(BIN)/python podman-compose==1.6.0
+	$(BIN)/python -m pytest -q tests/compose/check_compose.py
+
 ## bench: measure every part beside a peer in the same run (tables; JSON with BENCH_JSON=path)
 bench: install bench-tools
 	$(BIN)/fraudops bench $(if $(BENCH_JSON),--json $(BENCH_JSON))
@@ -85,4 +90,4 @@ lock:
 clean:
 	rm -rf $(STATE_DIR)
 
-.PHONY: help install demo test bench bench-tools docs mlflow-ui monitor-ui serve lock clean
+.PHONY: help install demo test compose-test bench bench-tools docs mlflow-ui monitor-ui serve lock clean

@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from core.settings import REPO_ROOT
 from core.runtime import exited, poll_until, wait_until_up
 from tests.conftest import TINY, free_port, require_service
+from tests.prefect_checks import run_deployment, wait_for_deployments
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
@@ -107,15 +108,6 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
                 conn.execute(f'DROP DATABASE IF EXISTS "{database}_{stack.suffix}" WITH (FORCE)')
 
 
-def wait_for(check: Callable[[], T | None], process: subprocess.Popen[bytes], log: Path, failure: str, timeout: float = 180.0) -> T:
-    """`check()` once a second until it gives something; fail with the service's log if it exits or
-    the time runs out."""
-    try:
-        return poll_until(check, timeout, 1.0, exited(process))
-    except (RuntimeError, TimeoutError) as exc:
-        raise AssertionError(f"{failure} ({exc}); see {log}:\n{log.read_text(errors='replace')[-3000:]}") from None
-
-
 def test_compose_services_run_natively_end_to_end(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     servers = {"mlflow": "/health", "prefect-server": "/api/health"}
     started = {service: stack.start(service, "--port") for service in servers}  # both boot at once
@@ -193,24 +185,13 @@ def drive_the_api(stack: Stack, tiny: dict[str, str]) -> int:
 def drive_the_worker(stack: Stack, tiny: dict[str, str], prefect: str) -> None:
     """The worker registers the scheduled deployments with the Prefect server and runs what it is given."""
     worker = stack.start("worker", None, {**tiny, "FRAUDOPS_RETRAIN_ON_DRIFT": "false"})
-    expected = {"daily-retrain", "hourly-monitor", "nightly-score"}
-
-    def registered() -> dict[str, dict] | None:
-        found = {d["name"]: d for d in httpx.post(f"{prefect}/deployments/filter", json={}).json()}
-        return found if expected <= set(found) else None  # the worker registers them one at a time
-
-    deployments = wait_for(registered, worker, stack.log("worker"), "the worker did not register the three deployments")
-    assert set(deployments) == expected and not any(d["paused"] for d in deployments.values())
-    crons = {name: [s["schedule"]["cron"] for s in d["schedules"]] for name, d in deployments.items()}
-    assert crons == {"daily-retrain": ["0 3 * * *"], "hourly-monitor": ["0 * * * *"], "nightly-score": ["30 1 * * *"]}
-    flow_run = httpx.post(f"{prefect}/deployments/{deployments['hourly-monitor']['id']}/create_flow_run", json={}).json()
-
-    def finished() -> str | None:
-        state = httpx.get(f"{prefect}/flow_runs/{flow_run['id']}").json()["state_type"]
-        return state if state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") else None
-
-    final = wait_for(finished, worker, stack.log("worker"), "the worker did not finish the monitor run it was given")
-    assert final == "COMPLETED", stack.log("worker").read_text(errors="replace")[-3000:]
+    log = stack.log("worker")
+    try:
+        deployments = wait_for_deployments(prefect, exited(worker))
+        final = run_deployment(prefect, deployments["hourly-monitor"], exited(worker))
+    except (RuntimeError, TimeoutError) as exc:
+        raise AssertionError(f"the worker ({exc}); see {log}:\n{log.read_text(errors='replace')[-3000:]}") from None
+    assert final == "COMPLETED", log.read_text(errors="replace")[-3000:]
 
 
 def check_every_store(stack: Stack, env: dict[str, str], prefect: str, scored: int) -> None:

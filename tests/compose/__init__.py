@@ -1,0 +1,1 @@
+"""The compose check (`make compose-test`): docker-compose.yml built, started and driven on podman."""
