@@ -19,6 +19,7 @@ import httpx
 import pytest
 import yaml
 
+from core.runtime import service_available
 from core.settings import REPO_ROOT
 from tests.compose.engine import PROJECT, EngineMissing, Stack, build_stand_ins, ensure_engine, environment, podman
 from tests.conftest import TINY
@@ -51,6 +52,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     (tmp / "override.yml").write_text(yaml.safe_dump(override))
     stack = Stack(tmp / "override.yml", SERVICES, tmp / "logs")
     stack.compose("down", "--volumes", "--timeout", "5")  # what an interrupted run left behind
+    taken = [url for url in (API, MLFLOW, PREFECT, PROMETHEUS, EVIDENTLY) if service_available("127.0.0.1", int(url.rsplit(":", 1)[1]))]
+    assert not taken, f"the stack publishes on ports another program holds here: {taken}"
     build_stand_ins()
     stack.build()
     stack.create()
