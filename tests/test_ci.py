@@ -12,12 +12,12 @@ from pathlib import Path
 from core.settings import REPO_ROOT
 
 
-def test_the_ci_script_parses_and_ends_in_make_test() -> None:
+def test_the_ci_script_parses_and_ends_in_make_test_then_the_compose_check() -> None:
     script = REPO_ROOT / ".ci" / "run"
     parsed = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert parsed.returncode == 0, parsed.stderr
     lines = [line for line in script.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    assert lines[-1].strip() == "make test", lines[-1]
+    assert [line.strip() for line in lines[-2:]] == ["make test", "make compose-test"], lines[-2:]
 
 
 def test_without_python_3_11_make_takes_the_uv_route(tmp_path: Path) -> None:
