@@ -53,6 +53,18 @@ class MonitoringCollector(Collector):
         yield quality
         yield shipped
         yield reference
+        segment_ap = GaugeMetricFamily("fraudops_segment_average_precision", "The champion's live AP in one band of one segment",
+                                        labels=["segment", "band"])
+        segment_frauds = GaugeMetricFamily("fraudops_segment_labelled_frauds", "Labelled frauds in one band of one segment", labels=["segment", "band"])
+        segment_alarm = GaugeMetricFamily("fraudops_segment_quality_alarm",
+                                          "1 where a band's live AP fell below (1 - max_quality_drop) of the same band's reference AP, its interval wholly below that AP", labels=["segment", "band"])
+        for g in run.get("segments", []):  # a run written before segments were judged has none
+            segment_ap.add_metric([g["segment"], g["band"]], g["average_precision"])
+            segment_frauds.add_metric([g["segment"], g["band"]], g["frauds"])
+            segment_alarm.add_metric([g["segment"], g["band"]], 1.0 if g["alarm"] else 0.0)
+        yield segment_ap
+        yield segment_frauds
+        yield segment_alarm
         if run["label_drift"] is not None:
             yield GaugeMetricFamily("fraudops_label_drifted", "Fraud rate of labelled traffic drifted", value=1.0 if run["label_drift"]["drifted"] else 0.0)
         yield GaugeMetricFamily("fraudops_retrain_triggered", "The newest run triggered a retrain", value=0.0 if run["retrain"] is None else 1.0)

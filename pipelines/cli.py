@@ -334,6 +334,10 @@ def monitor(
     for q in outcome.quality.values():
         console.print(f"quality of {q.variant} v{q.version} on {q.labelled_rows:,} labelled predictions: precision {q.precision:.3f}, "
                       f"recall {q.recall:.3f}, AP {q.average_precision:.3f} (reference {q.reference_average_precision:.3f}), cost {q.expected_cost:,.0f}")
+    judged = [g for g in outcome.segments if g.judged]
+    if outcome.segments:
+        console.print(f"champion by segment: {len(judged)} of {len(outcome.segments)} bands judged (enough labelled frauds); "
+                      f"alarms: {', '.join(f'{g.segment} {g.band} (AP {g.average_precision:.3f} vs {g.reference_average_precision:.3f})' for g in outcome.segments if g.alarm) or 'none'}")
     if outcome.retrain is not None:
         console.print(f"retrained because {'; '.join(outcome.reasons)}: version {outcome.retrain['version']} as {outcome.retrain['alias']}")
 

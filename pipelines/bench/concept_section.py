@@ -68,6 +68,10 @@ def world(settings: Settings, drift: tuple[str, ...]) -> dict[str, float]:
     quality = later.quality.get("champion")  # absent below min_labelled_frauds
     nan = float("nan")
     leaked = scored[scored["fraud_scenario"] == 3]
+    # quality by segment: each band of the champion's labelled week against the same band of its reference
+    segments = {f"{g.segment} {g.band}: {figure}": value for g in later.segments for figure, value in (
+        ("labelled frauds", float(g.frauds)), ("live AP", g.average_precision), ("live AP upper bound", g.average_precision_high),
+        ("reference AP", g.reference_average_precision), ("segment alarm (1 = yes)", float(g.alarm)))}
     return {
         "feature drift share, first 2 days": at_once.drift.drifted_share,
         "score drift, first 2 days (1 = yes)": float(at_once.drift.prediction["champion"].drifted),
@@ -81,6 +85,8 @@ def world(settings: Settings, drift: tuple[str, ...]) -> dict[str, float]:
         "quality drop flagged, a label delay later (1 = yes)": float(quality.dropped) if quality else nan,
         "leaked-card frauds in the week": float(leaked["is_fraud"].sum()),
         "leaked-card frauds flagged (truth; no monitor sees it)": float(leaked[leaked["is_fraud"] == 1]["is_fraud_predicted"].mean()),
+        "segment alarms, a label delay later": float(sum(g.alarm for g in later.segments)),
+        **segments,
     }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import mlflow
@@ -21,6 +21,7 @@ from monitoring import workspace
 from monitoring.canary import compare, of_current_versions, thompson_share
 from monitoring.drift import ColumnDrift, DriftLimits, DriftSummary, Reference, drift_report, rate_drift
 from monitoring.quality import Quality, comparable_reference, judge, reference_ap, with_labels
+from monitoring.segments import SegmentQuality, segment_quality
 from pipelines.flows.featurize import features_flow
 from pipelines.flows.train import REFERENCE_FILE, training_flow
 from training.fit import ModelConfig
@@ -66,6 +67,7 @@ class Monitoring:
     reasons: list[str]  # why a retrain is called for; empty when none is
     retrain: dict[str, object] | None  # the triggered train flow's outcome
     bandit_share: float | None = None  # in routing mode bandit: the challenger's share this run set
+    segments: list[SegmentQuality] = field(default_factory=list)  # the champion's quality by segment (monitoring/segments.py)
 
     @property
     def verdict(self) -> str:
@@ -135,12 +137,17 @@ def monitor_flow(settings: Settings | None = None, label: str = "latest", since:
                        f"{champion_frame['is_fraud'].mean():.2%} in the reference (z-test p={labels.value:.1g})")
     reasons += [f"{q.variant} v{q.version}: live AP {q.average_precision:.3f} vs {q.reference_average_precision:.3f} on its reference traffic"
                 for q in quality.values() if q.dropped]
+    champion = quality.get("champion")
+    segments = segment_quality(labelled[(labelled["variant"] == "champion") & (labelled["model_version"] == champion.version)], champion_frame,
+                               settings.monitoring.min_labelled_frauds, settings.monitoring.max_quality_drop) if champion else []
+    reasons += [f"champion, {g.segment} {g.band}: live AP {g.average_precision:.3f} (at most {g.average_precision_high:.3f}) "
+                f"vs {g.reference_average_precision:.3f} in the same band of its reference traffic" for g in segments if g.alarm]
     retrain = None
     if reasons and settings.monitoring.retrain_on_drift:
         get_run_logger().warning("retraining: %s", "; ".join(reasons))
         features_flow(settings)  # the newest transactions into the offline features first
         retrain = training_flow(settings)(settings, ModelConfig(), as_of=as_of, trigger="monitor: " + "; ".join(reasons))
-    outcome = Monitoring(drift, quality, labels, reasons, retrain, steer_bandit(settings, labelled))
+    outcome = Monitoring(drift, quality, labels, reasons, retrain, steer_bandit(settings, labelled), segments)
     workspace.record(settings.evidently_dir, label, snapshots + quality_snapshots)  # history for the Evidently UI
     text = json.dumps(asdict(outcome), indent=2, default=str)
     (out_dir / "monitor.json").write_text(text)
