@@ -53,6 +53,10 @@ class MonitoringCollector(Collector):
         yield quality
         yield shipped
         yield reference
+        estimate = run.get("estimate")  # a run written before estimates were made has none
+        if estimate is not None and estimate["live"]["rows"]:
+            yield GaugeMetricFamily("fraudops_estimated_average_precision",
+                                    "The champion's AP estimated from its calibrated scores on the newest window, before its labels", value=estimate["live"]["average_precision"])
         segment_ap = GaugeMetricFamily("fraudops_segment_average_precision", "The champion's live AP in one band of one segment",
                                         labels=["segment", "band"])
         segment_frauds = GaugeMetricFamily("fraudops_segment_labelled_frauds", "Labelled frauds in one band of one segment", labels=["segment", "band"])

@@ -334,6 +334,10 @@ def monitor(
     for q in outcome.quality.values():
         console.print(f"quality of {q.variant} v{q.version} on {q.labelled_rows:,} labelled predictions: precision {q.precision:.3f}, "
                       f"recall {q.recall:.3f}, AP {q.average_precision:.3f} (reference {q.reference_average_precision:.3f}), cost {q.expected_cost:,.0f}")
+    if outcome.estimate is not None and outcome.estimate.live.rows:
+        live = outcome.estimate.live
+        console.print(f"champion's AP estimated from its scores on {live.rows:,} predictions not labelled yet: {live.average_precision:.3f} "
+                      f"({live.low:.3f}-{live.high:.3f}); report {outcome.estimate.plot}")
     judged = [g for g in outcome.segments if g.judged]
     if outcome.segments:
         console.print(f"champion by segment: {len(judged)} of {len(outcome.segments)} bands judged (enough labelled frauds); "

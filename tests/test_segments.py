@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from sklearn.metrics import average_precision_score
 
@@ -80,9 +81,10 @@ def test_metrics_export_each_band_and_its_alarm(tmp_path: Path) -> None:
     assert "fraudops_segment_quality_alarm{" not in generate_latest(registry).decode()
 
 
-def test_a_monitor_run_judges_the_champion_by_segment_on_its_logged_traffic(registry_copy) -> None:
+def test_a_monitor_run_judges_the_champion_by_segment_and_estimates_its_ap_on_its_logged_traffic(registry_copy) -> None:
     """The week after the test window scored into the prediction log as the API logs it, its
-    chargebacks delivered, then the monitor as deployed: every segment has its bands in the run."""
+    chargebacks delivered, then the monitor as deployed: every segment has its bands in the run, and
+    the AP its scores promised stands beside the AP its labels gave."""
     from datetime import timedelta
 
     from features.simulator import deliver_chargebacks
@@ -104,3 +106,8 @@ def test_a_monitor_run_judges_the_champion_by_segment_on_its_logged_traffic(regi
                for g in outcome.segments if g.average_precision_high == g.average_precision_high)
     saved = json.loads((settings.reports_dir / "segments" / "monitor.json").read_text())
     assert len(saved["segments"]) == len(outcome.segments)
+    # and the estimate from the scores, beside what the labels then said, on one plot (monitoring/estimate.py)
+    assert outcome.estimate is not None and outcome.estimate.matured.rows == outcome.quality["champion"].labelled_rows
+    assert outcome.estimate.realized_average_precision == pytest.approx(outcome.quality["champion"].average_precision)
+    assert outcome.estimate.plot and Path(outcome.estimate.plot).stat().st_size > 10_000
+    assert saved["estimate"]["matured"]["rows"] == outcome.estimate.matured.rows

@@ -85,6 +85,9 @@ def world(settings: Settings, drift: tuple[str, ...]) -> dict[str, float]:
         "quality drop flagged, a label delay later (1 = yes)": float(quality.dropped) if quality else nan,
         "leaked-card frauds in the week": float(leaked["is_fraud"].sum()),
         "leaked-card frauds flagged (truth; no monitor sees it)": float(leaked[leaked["is_fraud"] == 1]["is_fraud_predicted"].mean()),
+        "estimated AP, first 2 days (from scores, before any label)": at_once.estimate.live.average_precision if at_once.estimate else nan,
+        "estimated AP of the labelled week (from its scores)": later.estimate.matured.average_precision if later.estimate else nan,
+        "realized AP of the labelled week (its labels)": later.estimate.realized_average_precision if later.estimate else nan,
         "segment alarms, a label delay later": float(sum(g.alarm for g in later.segments)),
         **segments,
     }

@@ -7,6 +7,7 @@ import json
 import sqlite3
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -20,6 +21,7 @@ from features.state import open_state
 from monitoring import workspace
 from monitoring.canary import compare, of_current_versions, thompson_share
 from monitoring.drift import ColumnDrift, DriftLimits, DriftSummary, Reference, drift_report, rate_drift
+from monitoring.estimate import Estimates, judge_estimate
 from monitoring.quality import Quality, comparable_reference, judge, reference_ap, with_labels
 from monitoring.segments import SegmentQuality, segment_quality
 from pipelines.flows.featurize import features_flow
@@ -68,6 +70,7 @@ class Monitoring:
     retrain: dict[str, object] | None  # the triggered train flow's outcome
     bandit_share: float | None = None  # in routing mode bandit: the challenger's share this run set
     segments: list[SegmentQuality] = field(default_factory=list)  # the champion's quality by segment (monitoring/segments.py)
+    estimate: Estimates | None = None  # the champion's AP estimated from its scores, before the labels (monitoring/estimate.py)
 
     @property
     def verdict(self) -> str:
@@ -92,6 +95,18 @@ def steer_bandit(settings: Settings, labelled: pd.DataFrame) -> float | None:
             return None
         get_run_logger().warning("bandit: challenger share %.3f -> %.3f (P(challenger cheaper) %.2f)", current, share, comparison.challenger_cheaper)
     return share
+
+
+def judge_champion(settings: Settings, references: References, judged: bool, labelled: pd.DataFrame, current: pd.DataFrame,
+                   comparable: pd.DataFrame, out_dir: Path) -> tuple[list[SegmentQuality], Estimates]:
+    """The champion's quality by segment (when it was judged at all) on its matured predictions, and
+    its AP estimated from the scores of those and of the live window, which has no labels yet."""
+    version = references.shipped_ap["champion"][0]
+    matured = labelled[(labelled["variant"] == "champion") & (labelled["model_version"] == version)] if len(labelled) else labelled
+    segments = segment_quality(matured, comparable, settings.monitoring.min_labelled_frauds, settings.monitoring.max_quality_drop) if judged else []
+    declined = current["decision"].eq("decline") if "decision" in current else False  # as `with_labels` leaves them out
+    live = current[current["variant"].eq("champion") & ~current["shadow"].astype(bool) & ~declined] if "variant" in current else current
+    return segments, judge_estimate(matured, live, references.frames["champion"].frame, str(out_dir / "estimate.png"))
 
 
 @flow(name="monitor")
@@ -137,9 +152,7 @@ def monitor_flow(settings: Settings | None = None, label: str = "latest", since:
                        f"{champion_frame['is_fraud'].mean():.2%} in the reference (z-test p={labels.value:.1g})")
     reasons += [f"{q.variant} v{q.version}: live AP {q.average_precision:.3f} vs {q.reference_average_precision:.3f} on its reference traffic"
                 for q in quality.values() if q.dropped]
-    champion = quality.get("champion")
-    segments = segment_quality(labelled[(labelled["variant"] == "champion") & (labelled["model_version"] == champion.version)], champion_frame,
-                               settings.monitoring.min_labelled_frauds, settings.monitoring.max_quality_drop) if champion else []
+    segments, estimates = judge_champion(settings, references, "champion" in quality, labelled, current, champion_frame, out_dir)
     reasons += [f"champion, {g.segment} {g.band}: live AP {g.average_precision:.3f} (at most {g.average_precision_high:.3f}) "
                 f"vs {g.reference_average_precision:.3f} in the same band of its reference traffic" for g in segments if g.alarm]
     retrain = None
@@ -147,7 +160,7 @@ def monitor_flow(settings: Settings | None = None, label: str = "latest", since:
         get_run_logger().warning("retraining: %s", "; ".join(reasons))
         features_flow(settings)  # the newest transactions into the offline features first
         retrain = training_flow(settings)(settings, ModelConfig(), as_of=as_of, trigger="monitor: " + "; ".join(reasons))
-    outcome = Monitoring(drift, quality, labels, reasons, retrain, steer_bandit(settings, labelled), segments)
+    outcome = Monitoring(drift, quality, labels, reasons, retrain, steer_bandit(settings, labelled), segments, estimates)
     workspace.record(settings.evidently_dir, label, snapshots + quality_snapshots)  # history for the Evidently UI
     text = json.dumps(asdict(outcome), indent=2, default=str)
     (out_dir / "monitor.json").write_text(text)

@@ -1,0 +1,136 @@
+"""Quality before the labels: the average precision the model's own scores promise.
+
+Chargebacks take a label delay to arrive, and until then only drift speaks. But if the scores are
+calibrated, a score of 0.3 is a 30% chance of fraud, and the AP a set of scored transactions will
+turn out to have can be estimated at once: draw each transaction's label from its probability, score
+the draw, repeat (the idea of NannyML's confidence-based performance estimation, CBPE, written here
+in a few lines because NannyML cannot join this project's pins). The served scores are ranked, not
+calibrated (training weights the frauds up), so the probabilities come from an isotonic map of score
+to fraud rate fitted on the model's reference traffic: its test window, scored when it shipped.
+
+What this can and cannot see is the lesson: it follows a change in the traffic's mix (more
+transactions in a score range), since the map still holds there; it is blind to concept drift, a
+change of P(fraud | score) itself, because it assumes the map still holds. Under mimicry the
+estimate stays where it was while realized AP, a label delay later, falls (docs/07-monitoring.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.isotonic import IsotonicRegression
+from sklearn.metrics import average_precision_score
+
+DRAWS = 200
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Estimate:
+    rows: int
+    average_precision: float  # the mean over the draws
+    low: float  # the draws' central CONFIDENCE interval
+    high: float
+
+
+def calibration(reference_scores: np.ndarray, reference_labels: np.ndarray) -> IsotonicRegression:
+    """Score to fraud rate on the reference: monotone, clipped to the reference's score range."""
+    return IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(reference_scores, reference_labels)
+
+
+def average_precisions(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """AP of each row of `labels` (draws x transactions) against one `scores`, as scikit-learn
+    computes it (ties share a threshold), all draws at once: one sort, cumulative sums."""
+    order = np.argsort(-scores, kind="stable")
+    ranked, hits = scores[order], labels[:, order].astype(np.int32)
+    last = np.r_[np.flatnonzero(np.diff(ranked)), len(ranked) - 1]  # each distinct threshold's last row
+    true_positives = np.cumsum(hits, axis=1)[:, last]
+    precision = true_positives / (last + 1)
+    frauds = true_positives[:, -1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall_steps = np.diff(np.c_[np.zeros(len(labels)), true_positives], axis=1) / frauds
+        return np.where(frauds[:, 0] > 0, (recall_steps * precision).sum(axis=1), np.nan)
+
+
+def estimated_average_precision(scores: np.ndarray, probabilities: np.ndarray, seed: int = 0) -> Estimate:
+    """AP of `scores` over DRAWS label draws, each transaction fraud with its probability."""
+    if len(scores) == 0:
+        return Estimate(0, float("nan"), float("nan"), float("nan"))
+    draws = np.random.default_rng(seed).random((DRAWS, len(scores))) < probabilities
+    values = average_precisions(draws, scores)
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return Estimate(len(scores), float("nan"), float("nan"), float("nan"))
+    tail = (1 - CONFIDENCE) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return Estimate(len(scores), float(np.mean(values)), float(low), float(high))
+
+
+def estimate(scored: pd.DataFrame, reference: pd.DataFrame, seed: int = 0) -> Estimate:
+    """The AP `scored` (score) should turn out to have, by `reference`'s (score, is_fraud) map."""
+    if scored.empty:
+        return Estimate(0, float("nan"), float("nan"), float("nan"))
+    mapping = calibration(reference["score"].to_numpy(dtype="float64"), reference["is_fraud"].to_numpy(dtype="float64"))
+    scores = scored["score"].to_numpy(dtype="float64")
+    return estimated_average_precision(scores, mapping.predict(scores), seed)
+
+
+def by_day(matured: pd.DataFrame, live: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+    """Per day: the estimated AP with its interval, and the realized AP where labels have arrived
+    (`matured` has is_fraud; `live` has not yet): day, rows, estimated, low, high, realized."""
+    mapping = calibration(reference["score"].to_numpy(dtype="float64"), reference["is_fraud"].to_numpy(dtype="float64"))
+    out = []
+    for frame, labelled in ((matured, True), (live, False)):
+        if frame.empty:
+            continue
+        for day, rows in frame.groupby(pd.to_datetime(frame["timestamp"]).dt.floor("D")):
+            scores = rows["score"].to_numpy(dtype="float64")
+            guess = estimated_average_precision(scores, mapping.predict(scores))
+            labels = rows["is_fraud"].to_numpy(dtype="int64") if labelled else np.zeros(0)
+            realized = float(average_precision_score(labels, scores)) if labelled and 0 < labels.sum() < len(labels) else float("nan")
+            out.append({"day": day, "rows": len(rows), "estimated": guess.average_precision, "low": guess.low, "high": guess.high, "realized": realized})
+    return pd.DataFrame(out, columns=["day", "rows", "estimated", "low", "high", "realized"])
+
+
+def plot(days: pd.DataFrame, path: str) -> None:
+    """The estimate and the realized AP on one plot: where they part, P(fraud | score) has moved."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.fill_between(days["day"], days["low"], days["high"], alpha=0.25, label=f"estimate, {CONFIDENCE:.0%} of draws")
+    ax.plot(days["day"], days["estimated"], marker=".", label="estimated AP (calibrated scores, at once)")
+    ax.plot(days["day"], days["realized"], marker="o", linestyle="none", label="realized AP (once the labels arrived)")
+    ax.set_ylabel("average precision")
+    ax.set_ylim(0, 1)
+    ax.legend(loc="best")
+    ax.set_title("champion: estimated before the labels, realized after")
+    fig.autofmt_xdate()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+@dataclass(frozen=True)
+class Estimates:
+    """One monitor run's estimate: of the live window (no labels yet), and of the matured window
+    beside what its labels then said."""
+
+    live: Estimate
+    matured: Estimate
+    realized_average_precision: float  # the matured window's AP by its labels
+    plot: str | None  # estimate.png in the run's report folder, when there was a day to plot
+
+
+def judge_estimate(matured: pd.DataFrame, live: pd.DataFrame, reference: pd.DataFrame, out_path: str) -> Estimates:
+    """The estimates of one run, and their plot by day."""
+    labels = matured["is_fraud"].to_numpy(dtype="int64") if len(matured) else np.zeros(0)
+    scores = matured["score"].to_numpy(dtype="float64") if len(matured) else np.zeros(0)
+    realized = float(average_precision_score(labels, scores)) if 0 < labels.sum() < len(labels) else float("nan")
+    days = by_day(matured, live, reference)
+    if len(days):
+        plot(days, out_path)
+    return Estimates(estimate(live, reference), estimate(matured, reference), realized, out_path if len(days) else None)
