@@ -88,6 +88,7 @@ class OnlineFeatures:
         self.dropped = 0  # missed transactions pushed out of `missed` by the cap since the last repair
         self._missed_lock = threading.Lock()
         self._repairing = threading.Lock()  # one repair at a time
+        self._repair_after = 0.0  # monotonic time before which no repair starts: a failed one waits a retry period
 
     def lookup(self, tx: Tx) -> Lookup:
         return self.lookup_many([tx])[0]
@@ -105,7 +106,7 @@ class OnlineFeatures:
         degraded = histories is None
         if degraded:
             self._miss(batch)
-        elif self.missed and not self._repairing.locked():
+        elif self.missed and time.monotonic() >= self._repair_after and not self._repairing.locked():
             threading.Thread(target=self.repair, name="online-repair", daemon=True).start()
         clock = request_features([tx.us // 1_000_000 for tx in batch])
         lookups = []
@@ -126,7 +127,9 @@ class OnlineFeatures:
     def repair(self) -> int:
         """Write the transactions scored while the store was skipped into it, `REPAIR_CHUNK` at a
         time, oldest first (each state keeps one event per transaction id, so a repeat is harmless).
-        A failed write puts the rest back for the next repair. Returns how many were written."""
+        A failed write puts the rest back for the next repair, which waits a retry period: a store that
+        answers reads but refuses these writes would otherwise be sent a repair with every batch.
+        Returns how many were written."""
         if not self._repairing.acquire(blocking=False):
             return 0
         written = 0
@@ -144,8 +147,9 @@ class OnlineFeatures:
                 except Exception as exc:
                     with self._missed_lock:
                         self.missed.extendleft(reversed(pending[start:]))
+                    self._repair_after = time.monotonic() + self.breaker.retry_seconds  # not again on every batch meanwhile
                     log.warning("online store repair stopped after %d of %d transactions (%s): it resumes with the "
-                                "next answer the store gives", written, len(pending), exc)
+                                "first answer the store gives after %g s", written, len(pending), exc, self.breaker.retry_seconds)
                     break
                 written += len(pending[start:start + REPAIR_CHUNK])
             else:

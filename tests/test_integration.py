@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import cast
 
@@ -97,6 +97,41 @@ def test_redis_outage_degrades_instead_of_failing(tmp_path, redis_db) -> None:
     broken = tiny_settings(tmp_path, feast_redis_url="127.0.0.1:1")  # nothing listens there
     got = OnlineFeatures(broken).lookup(Tx("t", "1", "1", 10.0, 1_746_000_000_000_000))
     assert got.degraded and got.values["customer_tx_count_7d"] == 1.0 and "customer_tx_count_7d" in got.missing
+
+
+def test_a_repair_the_store_refuses_waits_a_retry_period_instead_of_restarting_with_every_batch(tmp_path) -> None:
+    """A store that answers the state step but refuses the repair's writes (a full disk, a read-only
+    replica) must not be sent a repair after every batch; once it takes writes, the repair completes."""
+    import time
+
+    from serving.online import OnlineFeatures
+
+    online = OnlineFeatures(tiny_settings(tmp_path, online_retry_seconds=0.3))
+    real_load, tries = online.state.load, []
+
+    def refused(batch: Sequence[Tx]) -> None:
+        tries.append(len(batch))
+        raise OSError("disk full")
+
+    online.state.load = refused  # type: ignore[method-assign]
+    online.breaker.failed(OSError("store down"))  # an outage: the next answers are scored degraded
+    assert online.lookup(Tx("during", "1", "1", 10.0, 1_746_000_000_000_000)).degraded
+    time.sleep(0.35)
+
+    def answer(n: int) -> None:
+        for i in range(n):
+            assert not online.lookup(Tx(f"after-{len(tries)}-{i}", "2", "2", 10.0, 1_746_000_100_000_000 + i)).degraded
+            time.sleep(0.01)
+        deadline = time.monotonic() + 5
+        while online._repairing.locked() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    answer(10)  # ten batches within the retry period: one repair, refused
+    assert tries == [1] and list(online.missed) and online.missed[0].transaction_id == "during"
+    time.sleep(0.35)
+    online.state.load = real_load  # type: ignore[method-assign]
+    answer(1)  # a retry period later the repair goes again, and the store takes it
+    assert tries == [1] and not online.missed
 
 
 @pytest.fixture
