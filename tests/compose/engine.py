@@ -189,6 +189,7 @@ class Stack:
         """Everything removed, the named volumes included; the logs kept for a failed run."""
         self.logs.mkdir(parents=True, exist_ok=True)
         for service in self.services:
-            if podman("ps", "-a", "-q", "--filter", f"label=com.docker.compose.service={service}", check=False).stdout.strip():
+            if podman("ps", "-a", "-q", "--filter", f"label=io.podman.compose.project={PROJECT}",
+                      "--filter", f"label=com.docker.compose.service={service}", check=False).stdout.strip():
                 (self.logs / f"{service}.log").write_text(self.log(service, tail=1_000_000))
         self.compose("down", "--volumes", "--timeout", "10")
