@@ -37,8 +37,10 @@ FLAGGING = ("review", "decline")  # the decisions that send a transaction to som
 
 
 def _bands(values: pd.Series, edges: tuple[float, ...], names: tuple[str, ...]) -> pd.Series:
-    """`names[i]` for values up to `edges[i]` (the last name for the rest)."""
-    return pd.Series(np.array(names)[np.searchsorted(np.asarray(edges), values.to_numpy(dtype="float64"), side="left")], index=values.index)
+    """`names[i]` for values up to `edges[i]`, the last name for the rest, "unknown" for a missing value."""
+    numbers = values.to_numpy(dtype="float64")
+    bands = np.array(names, dtype=object)[np.searchsorted(np.asarray(edges), np.nan_to_num(numbers), side="left")]
+    return pd.Series(np.where(np.isnan(numbers), "unknown", bands), index=values.index)
 
 
 SEGMENTS: dict[str, tuple[str, Callable[[pd.DataFrame], pd.Series]]] = {
@@ -84,9 +86,13 @@ def ap_interval(labels: np.ndarray, scores: np.ndarray, seed: int = 0) -> tuple[
 
 def segment_quality(labelled: pd.DataFrame, reference: pd.DataFrame, min_frauds: int, max_drop: float) -> list[SegmentQuality]:
     """Every band of every segment whose column the labelled traffic has. `labelled`: one model's
-    matured predictions with is_fraud, score, decision and the logged features; `reference`: its
-    comparable reference traffic, with is_fraud, score and the same features."""
+    matured predictions with is_fraud, score, decision and the logged features (those scored
+    degraded are left out: their defaulted features would put them all in one band and page for an
+    outage, not a model); `reference`: its comparable reference traffic, with is_fraud, score and
+    the same features. The reference band's AP is taken as exact, though it rests on a sample too."""
     out: list[SegmentQuality] = []
+    if "degraded" in labelled:  # scored on default features while the store was down: a card with no history, a terminal with no risk
+        labelled = labelled[~labelled["degraded"].astype(bool)]
     for segment, (column, band_of) in SEGMENTS.items():
         if column not in labelled or column not in reference or labelled.empty:
             continue

@@ -97,16 +97,20 @@ def steer_bandit(settings: Settings, labelled: pd.DataFrame) -> float | None:
     return share
 
 
-def judge_champion(settings: Settings, references: References, judged: bool, labelled: pd.DataFrame, current: pd.DataFrame,
-                   comparable: pd.DataFrame, out_dir: Path) -> tuple[list[SegmentQuality], Estimates]:
+def judge_champion(settings: Settings, references: References, judged: bool, labelled: pd.DataFrame, logged: pd.DataFrame,
+                   current: pd.DataFrame, matured_until: datetime, out_dir: Path) -> tuple[list[SegmentQuality], Estimates]:
     """The champion's quality by segment (when it was judged at all) on its matured predictions, and
-    its AP estimated from the scores of those and of the live window, which has no labels yet."""
+    its AP estimated from the scores of those and of the live window's that have no labels yet, all
+    of the champion's current version."""
     version = references.shipped_ap["champion"][0]
+    reference = references.frames["champion"].frame
     matured = labelled[(labelled["variant"] == "champion") & (labelled["model_version"] == version)] if len(labelled) else labelled
-    segments = segment_quality(matured, comparable, settings.monitoring.min_labelled_frauds, settings.monitoring.max_quality_drop) if judged else []
+    own = comparable_reference(reference, logged[logged["variant"] == "champion"] if len(logged) else logged)  # cut at its own decline share
+    segments = segment_quality(matured, own, settings.monitoring.min_labelled_frauds, settings.monitoring.max_quality_drop) if judged else []
     declined = current["decision"].eq("decline") if "decision" in current else False  # as `with_labels` leaves them out
-    live = current[current["variant"].eq("champion") & ~current["shadow"].astype(bool) & ~declined] if "variant" in current else current
-    return segments, judge_estimate(matured, live, references.frames["champion"].frame, str(out_dir / "estimate.png"))
+    live = current[current["variant"].eq("champion") & current["model_version"].eq(version) & ~current["shadow"].astype(bool)
+                   & ~declined & (current["timestamp"] >= matured_until)] if {"variant", "model_version"} <= set(current.columns) else current
+    return segments, judge_estimate(matured, live, reference, str(out_dir / "estimate.png"))
 
 
 @flow(name="monitor")
@@ -152,7 +156,7 @@ def monitor_flow(settings: Settings | None = None, label: str = "latest", since:
                        f"{champion_frame['is_fraud'].mean():.2%} in the reference (z-test p={labels.value:.1g})")
     reasons += [f"{q.variant} v{q.version}: live AP {q.average_precision:.3f} vs {q.reference_average_precision:.3f} on its reference traffic"
                 for q in quality.values() if q.dropped]
-    segments, estimates = judge_champion(settings, references, "champion" in quality, labelled, current, champion_frame, out_dir)
+    segments, estimates = judge_champion(settings, references, "champion" in quality, labelled, logged, current, matured_until, out_dir)
     reasons += [f"champion, {g.segment} {g.band}: live AP {g.average_precision:.3f} (at most {g.average_precision_high:.3f}) "
                 f"vs {g.reference_average_precision:.3f} in the same band of its reference traffic" for g in segments if g.alarm]
     retrain = None
