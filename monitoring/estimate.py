@@ -55,11 +55,11 @@ def average_precisions(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
         return np.where(frauds[:, 0] > 0, (recall_steps * precision).sum(axis=1), np.nan)
 
 
-def estimated_average_precision(scores: np.ndarray, probabilities: np.ndarray, seed: int = 0) -> Estimate:
+def estimated_average_precision(scores: np.ndarray, probabilities: np.ndarray, draw_seed: int = 0) -> Estimate:
     """AP of `scores` over DRAWS label draws, each transaction fraud with its probability."""
     if len(scores) == 0:
         return Estimate(0, float("nan"), float("nan"), float("nan"))
-    rng, rows = np.random.default_rng(seed), len(scores)
+    rng, rows = np.random.default_rng(draw_seed), len(scores)
     if rows > MAX_ROWS:
         picked = rng.choice(rows, MAX_ROWS, replace=False)
         scores, probabilities = scores[picked], probabilities[picked]
@@ -73,13 +73,13 @@ def estimated_average_precision(scores: np.ndarray, probabilities: np.ndarray, s
     return Estimate(rows, float(np.mean(values)), float(low), float(high))
 
 
-def estimate(scored: pd.DataFrame, reference: pd.DataFrame, seed: int = 0) -> Estimate:
+def estimate(scored: pd.DataFrame, reference: pd.DataFrame, draw_seed: int = 0) -> Estimate:
     """The AP `scored` (score) should turn out to have, by `reference`'s (score, is_fraud) map."""
     if scored.empty:
         return Estimate(0, float("nan"), float("nan"), float("nan"))
     mapping = calibration(reference["score"].to_numpy(dtype="float64"), reference["is_fraud"].to_numpy(dtype="float64"))
     scores = scored["score"].to_numpy(dtype="float64")
-    return estimated_average_precision(scores, mapping.predict(scores), seed)
+    return estimated_average_precision(scores, mapping.predict(scores), draw_seed)
 
 
 def by_day(matured: pd.DataFrame, live: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:

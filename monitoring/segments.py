@@ -71,9 +71,9 @@ def _ap(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(average_precision_score(labels, scores)) if 0 < labels.sum() < len(labels) else float("nan")
 
 
-def ap_interval(labels: np.ndarray, scores: np.ndarray, seed: int = 0) -> tuple[float, float]:
+def ap_interval(labels: np.ndarray, scores: np.ndarray, resample_seed: int = 0) -> tuple[float, float]:
     """The percentile bootstrap interval of AP over RESAMPLES resamples of the rows."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(resample_seed)
     picks = rng.integers(0, len(labels), size=(RESAMPLES, len(labels)))
     values = np.array([_ap(labels[p], scores[p]) for p in picks])
     values = values[~np.isnan(values)]

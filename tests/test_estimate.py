@@ -25,7 +25,7 @@ def world(n: int, seed: int, concept_drift: bool = False) -> pd.DataFrame:
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_on_a_stationary_world_the_estimate_falls_inside_the_realized_figures_interval(seed: int) -> None:
     reference, live = world(20_000, seed=100 + seed), world(5_000, seed=seed)
-    low, high = ap_interval(live["is_fraud"].to_numpy(), live["score"].to_numpy(), seed=seed)
+    low, high = ap_interval(live["is_fraud"].to_numpy(), live["score"].to_numpy(), resample_seed=seed)
     guess = estimate(live, reference)
     assert low <= guess.average_precision <= high, (guess, low, high)
     assert guess.low < guess.average_precision < guess.high
@@ -51,6 +51,6 @@ def test_without_the_calibration_the_scores_would_promise_too_much() -> None:
     """The served scores are not probabilities: taken as they are, the estimate leaves the realized
     figure's interval, which is why the map is fitted first."""
     live = world(5_000, seed=1)
-    low, high = ap_interval(live["is_fraud"].to_numpy(), live["score"].to_numpy(), seed=1)
+    low, high = ap_interval(live["is_fraud"].to_numpy(), live["score"].to_numpy(), resample_seed=1)
     raw = estimated_average_precision(live["score"].to_numpy(), live["score"].to_numpy())
     assert raw.average_precision > high

@@ -60,7 +60,7 @@ def test_the_ap_interval_covers_the_population_ap_about_as_often_as_it_claims() 
     covered = 0
     for seed in range(samples):
         sample = population.sample(2_000, random_state=seed)
-        low, high = ap_interval(sample["is_fraud"].to_numpy(), sample["score"].to_numpy(), seed=seed)
+        low, high = ap_interval(sample["is_fraud"].to_numpy(), sample["score"].to_numpy(), resample_seed=seed)
         covered += low <= truth <= high
     assert covered >= samples * CONFIDENCE - 4  # 95% claimed; 16 of 20 leaves room for chance, not for a broken interval
 
