@@ -13,6 +13,11 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float:
+    """AP, or NaN where it is undefined (no fraud, or nothing but fraud)."""
+    return float(average_precision_score(labels, scores)) if 0 < labels.sum() < len(labels) else float("nan")
+
+
 def card_precision_at_k(frame: pd.DataFrame, scores: np.ndarray, k: int) -> float:
     """The Fraud Detection Handbook's card precision at k (its `card_precision_top_k`): mean over days
     of the compromised cards among the day's k highest-scored cards, divided by k.

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from sklearn.isotonic import IsotonicRegression
-from sklearn.metrics import average_precision_score
+
+from model.evaluation import average_precision
+from monitoring.segments import CONFIDENCE, central_interval
 
 DRAWS = 200
-CONFIDENCE = 0.95
 MAX_ROWS = 50_000  # a larger window is estimated on a sample of this many: the draws hold DRAWS x rows labels
 
 
@@ -65,36 +66,36 @@ def estimated_average_precision(scores: np.ndarray, probabilities: np.ndarray, d
         scores, probabilities = scores[picked], probabilities[picked]
     draws = rng.random((DRAWS, len(scores))) < probabilities
     values = average_precisions(draws, scores)
-    values = values[~np.isnan(values)]
-    if len(values) == 0:
-        return Estimate(len(scores), float("nan"), float("nan"), float("nan"))
-    tail = (1 - CONFIDENCE) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return Estimate(rows, float(np.mean(values)), float(low), float(high))
+    low, high = central_interval(values)
+    return Estimate(rows, float(np.nanmean(values)) if not np.isnan(values).all() else float("nan"), low, high)
 
 
-def estimate(scored: pd.DataFrame, reference: pd.DataFrame, draw_seed: int = 0) -> Estimate:
-    """The AP `scored` (score) should turn out to have, by `reference`'s (score, is_fraud) map."""
-    if scored.empty:
-        return Estimate(0, float("nan"), float("nan"), float("nan"))
-    mapping = calibration(reference["score"].to_numpy(dtype="float64"), reference["is_fraud"].to_numpy(dtype="float64"))
-    scores = scored["score"].to_numpy(dtype="float64")
-    return estimated_average_precision(scores, mapping.predict(scores), draw_seed)
+def fitted_on(reference: pd.DataFrame) -> IsotonicRegression:
+    """`calibration` of a reference frame's (score, is_fraud)."""
+    return calibration(reference["score"].to_numpy(dtype="float64"), reference["is_fraud"].to_numpy(dtype="float64"))
 
 
-def by_day(matured: pd.DataFrame, live: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
+def promised(scored: pd.DataFrame, mapping: IsotonicRegression) -> Estimate:
+    """The AP `scored` (score) should turn out to have, by `mapping`."""
+    scores = scored["score"].to_numpy(dtype="float64") if len(scored) else np.zeros(0)
+    return estimated_average_precision(scores, mapping.predict(scores) if len(scores) else scores)
+
+
+def estimate(scored: pd.DataFrame, reference: pd.DataFrame) -> Estimate:
+    """The AP `scored` should turn out to have, by `reference`'s map of score to fraud rate."""
+    return promised(scored, fitted_on(reference))
+
+
+def by_day(matured: pd.DataFrame, live: pd.DataFrame, mapping: IsotonicRegression) -> pd.DataFrame:
     """Per day: the estimated AP with its interval, and the realized AP where labels have arrived
     (`matured` has is_fraud; `live` has not yet): day, rows, estimated, low, high, realized."""
-    mapping = calibration(reference["score"].to_numpy(dtype="float64"), reference["is_fraud"].to_numpy(dtype="float64"))
     out = []
     for frame, labelled in ((matured, True), (live, False)):
         if frame.empty:
             continue
         for day, rows in frame.groupby(pd.to_datetime(frame["timestamp"]).dt.floor("D")):
-            scores = rows["score"].to_numpy(dtype="float64")
-            guess = estimated_average_precision(scores, mapping.predict(scores))
-            labels = rows["is_fraud"].to_numpy(dtype="int64") if labelled else np.zeros(0)
-            realized = float(average_precision_score(labels, scores)) if labelled and 0 < labels.sum() < len(labels) else float("nan")
+            guess = promised(rows, mapping)
+            realized = average_precision(rows["is_fraud"].to_numpy(dtype="int64"), rows["score"].to_numpy(dtype="float64")) if labelled else float("nan")
             out.append({"day": day, "rows": len(rows), "estimated": guess.average_precision, "low": guess.low, "high": guess.high, "realized": realized})
     return pd.DataFrame(out, columns=["day", "rows", "estimated", "low", "high", "realized"])
 
@@ -132,10 +133,9 @@ class Estimates:
 
 def judge_estimate(matured: pd.DataFrame, live: pd.DataFrame, reference: pd.DataFrame, out_path: str) -> Estimates:
     """The estimates of one run, and their plot by day."""
-    labels = matured["is_fraud"].to_numpy(dtype="int64") if len(matured) else np.zeros(0)
-    scores = matured["score"].to_numpy(dtype="float64") if len(matured) else np.zeros(0)
-    realized = float(average_precision_score(labels, scores)) if 0 < labels.sum() < len(labels) else float("nan")
-    days = by_day(matured, live, reference)
+    mapping = fitted_on(reference)  # once for the run: both windows and every day go through the same map
+    realized = average_precision(matured["is_fraud"].to_numpy(dtype="int64"), matured["score"].to_numpy(dtype="float64")) if len(matured) else float("nan")
+    days = by_day(matured, live, mapping)
     if len(days):
         plot(days, out_path)
-    return Estimates(estimate(live, reference), estimate(matured, reference), realized, out_path if len(days) else None)
+    return Estimates(promised(live, mapping), promised(matured, mapping), realized, out_path if len(days) else None)

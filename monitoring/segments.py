@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import average_precision_score
+
+from model.evaluation import average_precision
 
 AMOUNT_EDGES = (20.0, 100.0, 220.0)  # the Handbook's frauds above 220 are its first scenario's
 NEW_CARD_TRANSACTIONS = 3  # at most this many in the card's 30 days, this one included: a new (or newly active) card
@@ -67,21 +68,21 @@ class SegmentQuality:
     alarm: bool
 
 
-def _ap(labels: np.ndarray, scores: np.ndarray) -> float:
-    return float(average_precision_score(labels, scores)) if 0 < labels.sum() < len(labels) else float("nan")
-
-
-def ap_interval(labels: np.ndarray, scores: np.ndarray, resample_seed: int = 0) -> tuple[float, float]:
-    """The percentile bootstrap interval of AP over RESAMPLES resamples of the rows."""
-    rng = np.random.default_rng(resample_seed)
-    picks = rng.integers(0, len(labels), size=(RESAMPLES, len(labels)))
-    values = np.array([_ap(labels[p], scores[p]) for p in picks])
+def central_interval(values: np.ndarray) -> tuple[float, float]:
+    """The central CONFIDENCE share of `values`, NaNs left out (NaN, NaN when none is left)."""
     values = values[~np.isnan(values)]
     if len(values) == 0:
         return float("nan"), float("nan")
     tail = (1 - CONFIDENCE) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def ap_interval(labels: np.ndarray, scores: np.ndarray, resample_seed: int = 0) -> tuple[float, float]:
+    """The percentile bootstrap interval of AP over RESAMPLES resamples of the rows."""
+    rng = np.random.default_rng(resample_seed)
+    picks = rng.integers(0, len(labels), size=(RESAMPLES, len(labels)))
+    return central_interval(np.array([average_precision(labels[p], scores[p]) for p in picks]))
 
 
 def segment_quality(labelled: pd.DataFrame, reference: pd.DataFrame, min_frauds: int, max_drop: float) -> list[SegmentQuality]:
@@ -103,7 +104,7 @@ def segment_quality(labelled: pd.DataFrame, reference: pd.DataFrame, min_frauds:
             labels, scores = live["is_fraud"].to_numpy(dtype="int64"), live["score"].to_numpy(dtype="float64")
             flagged = live["decision"].isin(FLAGGING).to_numpy() if "decision" in live else live["is_fraud_predicted"].astype(bool).to_numpy()
             frauds, reference_frauds = int(labels.sum()), int(ref["is_fraud"].sum())
-            ap, reference_ap = _ap(labels, scores), _ap(ref["is_fraud"].to_numpy(dtype="int64"), ref["score"].to_numpy(dtype="float64"))
+            ap, reference_ap = average_precision(labels, scores), average_precision(ref["is_fraud"].to_numpy(dtype="int64"), ref["score"].to_numpy(dtype="float64"))
             low, high = ap_interval(labels, scores)
             judged = frauds >= min_frauds and reference_frauds >= min_frauds and not np.isnan(high) and not np.isnan(reference_ap)
             out.append(SegmentQuality(
