@@ -71,6 +71,7 @@ class FeatureSettings(BaseSettings):
     feast_project: str = "fraudops"
     feast_registry_url: str | None = Field(None, description="e.g. postgresql+psycopg://postgres@localhost/feast")
     feast_redis_url: str | None = Field(None, description="host:port[,db=N] of the Redis that holds the live feature state (features/state.py); unset: SQLite in the state folder. Feast itself serves nothing online.")
+    feast_redis_cluster: bool = Field(False, description="feast_redis_url names one or more nodes (host:port,host:port) of a Redis Cluster: the state step runs one script per hash slot.")
     feature_service: str = "fraud_detection_v2"
     feature_buckets: int = Field(16, ge=1, le=4096, description="With dask_address: the feature job is cut into this many buckets of cards and of terminals, one Dask task each (features/compute.py). One machine computes one of each.")
 

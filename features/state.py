@@ -8,15 +8,17 @@ history of every card and terminal in it, and prune what no window can reach any
 - bounded: a card keeps 30 days, a terminal 30 days plus the label delay (pruned on every write);
   one no longer seen is dropped whole (Redis: its keys expire; SQLite: `prune_dormant`, run by the
   monitor flow);
-- atomic: on SQLite one `BEGIN IMMEDIATE` transaction, on Redis one Lua script, so N concurrent
+- atomic: on SQLite one `BEGIN IMMEDIATE` transaction, on Redis one Lua script, on a Redis Cluster
+  one script per hash slot (each card's and each terminal's keys share one), so N concurrent
   requests for a card from several workers leave exactly N events;
-- idempotent: events are keyed by transaction id, so a retried transaction counts once, on both
-  stores, whatever amount the retry carries (the first stays; another amount is logged as a conflict).
+- idempotent: events are keyed by transaction id, so a retried transaction counts once, on every
+  store, whatever amount or time the retry carries (the first stays; another amount is logged as a
+  conflict).
 
 Labels reach terminal risk through `add_frauds` when they arrive (the label feed, `fraudops replay`),
 never earlier. SQLite is the embedded default; Redis when `feast_redis_url` is set, as in
-docker-compose. At scale the same step moves to a stream processor keyed by card and terminal
-(docs/03-features.md).
+docker-compose; a Redis Cluster with `feast_redis_cluster`. At scale the same step moves to a stream
+processor keyed by card and terminal (docs/03-features.md).
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ import time
 import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from core.settings import Settings
 from features.live import CUSTOMER_HORIZON_US, DAY_US, CustomerEvent, TerminalEvent, customer_features, terminal_features, terminal_horizon_us
@@ -246,114 +249,200 @@ def _checkpoint(path: Path, state: weakref.ref[SqliteState]) -> None:
         con.close()
 
 
-# KEYS: for each transaction its card's, terminal's and terminal-frauds' sorted sets.
-# ARGV: for each transaction: time, card member, transaction id, then the read and prune bounds.
-# Scores are times in microseconds: exact in a double up to 2^53 us, the year 2255.
-REDIS_UPDATE = """
+# One entity per entry: a card (its events, and their amounts) or a terminal (its events, and its
+# frauds). An entry's two keys share a hash slot (a hash tag), so on a Redis Cluster each slot's
+# entries run as one script on their own shard.
+# KEYS: two per entry. ARGV: six per entry (kind, time, transaction id, amount, read bound, prune
+# bound), then the card's and the terminal's time to live. Scores are times in microseconds: exact in
+# a double up to 2^53 us, the year 2255.
+REDIS_STEP = """
 local out = {}
-local n = #KEYS / 3
-local card_ttl, terminal_ttl = ARGV[7 * n + 1], ARGV[7 * n + 2]
-for i = 0, n - 1 do
-  local c, t, f = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
-  local a = 7 * i
-  local us, member, tx = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  -- a transaction id is one event: a retry, whatever its amount, adds nothing (as SQLite's key)
-  if not redis.call('ZSCORE', t, tx) then
-    redis.call('ZADD', c, 'NX', us, member)
-    redis.call('ZADD', t, 'NX', us, tx)
+local n = #KEYS / 2
+local ttl = {c = ARGV[6 * n + 1], t = ARGV[6 * n + 2]}
+local function each(list, apply)  -- unpack() holds a few thousand values at most
+  local got = {}
+  for j = 1, #list, 1000 do
+    for _, v in ipairs(apply({unpack(list, j, math.min(j + 999, #list))})) do got[#got + 1] = v end
   end
-  redis.call('ZREMRANGEBYSCORE', c, '-inf', '(' .. ARGV[a + 6])
-  redis.call('ZREMRANGEBYSCORE', t, '-inf', '(' .. ARGV[a + 7])
-  redis.call('ZREMRANGEBYSCORE', f, '-inf', '(' .. ARGV[a + 7])
+  return got
+end
+for i = 0, n - 1 do
+  local events, side = KEYS[2 * i + 1], KEYS[2 * i + 2]
+  local a = 6 * i
+  local kind, us, tx, amount = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local bound = '(' .. ARGV[a + 6]
+  -- a transaction id is one event: a retry, whatever its amount or time, adds nothing (as SQLite's key)
+  local added = redis.call('ZADD', events, 'NX', us, tx)
+  if kind == 'c' then
+    if added == 1 then redis.call('HSET', side, tx, amount) end
+    each(redis.call('ZRANGEBYSCORE', events, '-inf', bound), function(ids) redis.call('HDEL', side, unpack(ids)); return {} end)
+  else
+    redis.call('ZREMRANGEBYSCORE', side, '-inf', bound)
+  end
+  redis.call('ZREMRANGEBYSCORE', events, '-inf', bound)
   -- a card or terminal no transaction reaches any more expires with its history
-  redis.call('PEXPIRE', c, card_ttl)
-  redis.call('PEXPIRE', t, terminal_ttl)
-  redis.call('PEXPIRE', f, terminal_ttl)
-  out[3 * i + 1] = redis.call('ZRANGEBYSCORE', c, '(' .. ARGV[a + 4], '+inf', 'WITHSCORES')
-  out[3 * i + 2] = redis.call('ZRANGEBYSCORE', t, '(' .. ARGV[a + 5], '+inf', 'WITHSCORES')
-  out[3 * i + 3] = redis.call('ZRANGEBYSCORE', f, '(' .. ARGV[a + 5], '+inf', 'WITHSCORES')
+  redis.call('PEXPIRE', events, ttl[kind])
+  redis.call('PEXPIRE', side, ttl[kind])
+  local got = redis.call('ZRANGEBYSCORE', events, '(' .. ARGV[a + 5], '+inf', 'WITHSCORES')
+  out[2 * i + 1] = got
+  if kind == 'c' then
+    local ids = {}
+    for j = 1, #got, 2 do ids[#ids + 1] = got[j] end
+    out[2 * i + 2] = each(ids, function(chunk) return redis.call('HMGET', side, unpack(chunk)) end)
+  else
+    out[2 * i + 2] = redis.call('ZRANGEBYSCORE', side, '(' .. ARGV[a + 5], '+inf', 'WITHSCORES')
+  end
 end
 return out
 """
-SEPARATOR = "\x1f"  # between a card event's transaction id and its amount (ids cannot hold it)
+NOTHING, EVERYTHING = "+inf", "-inf"  # a read bound that reads nothing; a prune bound that keeps everything
 
 
-def _card_member(tx: Tx) -> str:
-    """A card event in its sorted set: the transaction id and the amount, exactly (repr round-trips)."""
-    return f"{tx.transaction_id}{SEPARATOR}{tx.amount!r}"
+@dataclass(frozen=True)
+class Entry:
+    """One entity's part of a state step, in `REDIS_STEP`'s layout."""
+
+    keys: tuple[str, str]
+    args: tuple[str | int | float, ...]
 
 
 class RedisState:
-    def __init__(self, url: str, delay_days: int, prefix: str, timeout_seconds: float = 5.0) -> None:
+    """The state on one Redis or, with `cluster`, on a Redis Cluster (the URL then names one or more
+    of its nodes). One Redis runs a batch as one script: every entity's update in it is atomic. A
+    cluster runs one script per hash slot the batch touches, sent to the shards in one pipeline:
+    each card's and each terminal's update stays atomic, which is all the features need (none reads
+    a card and a terminal together)."""
+
+    def __init__(self, url: str, delay_days: int, prefix: str, timeout_seconds: float = 5.0, cluster: bool = False) -> None:
         import redis
         from redis.backoff import NoBackoff
+        from redis.cluster import ClusterNode, RedisCluster
         from redis.retry import Retry
 
-        host_port, *options = url.split(",")
-        host, _, port = host_port.partition(":")
-        db = int(dict(option.split("=", 1) for option in options).get("db", 0))
-        self.client = redis.Redis(host=host or "localhost", port=int(port or 6379), db=db, socket_timeout=timeout_seconds,
-                                  socket_connect_timeout=timeout_seconds,
-                                  # redis-py retries a timed-out command three times with backoff: seconds, not the
-                                  # timeout. Serving answers degraded instead of waiting.
-                                  retry=Retry(NoBackoff(), 0))
+        parts = url.split(",")
+        nodes = [part.partition(":") for part in parts if "=" not in part]
+        options = dict(part.split("=", 1) for part in parts if "=" in part)
+        # redis-py retries a timed-out command three times with backoff: seconds, not the timeout.
+        # Serving answers degraded instead of waiting.
+        common: dict[str, Any] = {"socket_timeout": timeout_seconds, "socket_connect_timeout": timeout_seconds,
+                                  "retry": Retry(NoBackoff(), 0)}
+        self.cluster = cluster
+        self.client: Any
+        if cluster:  # connects (and reads the slot map) as it is built, so at first use: serving starts while it is down
+            self._connect = lambda: RedisCluster(
+                startup_nodes=[ClusterNode(host or "localhost", int(port or 6379)) for host, _, port in nodes], **common)
+            self.client = None
+        else:
+            (host, _, port), = nodes
+            self.client = redis.Redis(host=host or "localhost", port=int(port or 6379), db=int(options.get("db", 0)), **common)
+            self.script = self.client.register_script(REDIS_STEP)
         self.delay_days = delay_days
         self.terminal_horizon = terminal_horizon_us(delay_days)
         self.prefix = prefix
-        self.script = self.client.register_script(REDIS_UPDATE)
         # Pruning reaches only the keys a batch touches, so a card that stops paying would keep its
         # last days forever: each key expires its horizon after the last write to it (wall-clock
         # time, whatever the events' own), and the state stays bounded by the cards still active.
         self.ttl_ms = ((CUSTOMER_HORIZON_US + LATE_MARGIN_US) // 1000, (self.terminal_horizon + LATE_MARGIN_US) // 1000)
 
-    def _keys(self, tx: Tx) -> list[str]:
-        # One Redis: a batch's keys go to one script. On a Redis Cluster they span slots, and the
-        # batch would be split by slot first (docs/03-features.md).
-        return [f"{self.prefix}:c:{tx.customer_id}", f"{self.prefix}:t:{tx.terminal_id}", f"{self.prefix}:f:{tx.terminal_id}"]
+    def _card(self, tx: Tx, read_from: int | str, prune_before: int | str) -> Entry:
+        tag = f"{self.prefix}:{{c:{tx.customer_id}}}"  # the braces: a card's keys share a slot
+        return Entry((tag, f"{tag}:a"), ("c", tx.us, tx.transaction_id, repr(tx.amount), read_from, prune_before))
+
+    def _terminal(self, tx: Tx, read_from: int | str, prune_before: int | str) -> Entry:
+        tag = f"{self.prefix}:{{t:{tx.terminal_id}}}"
+        return Entry((tag, f"{tag}:f"), ("t", tx.us, tx.transaction_id, "", read_from, prune_before))
+
+    def _run(self, entries: Sequence[Entry]) -> list[list[Any]]:
+        """Each entry's two answers (its events with their times, and its amounts or frauds), in order."""
+        if not self.cluster:
+            raw = self.script(keys=[key for e in entries for key in e.keys], args=[*(a for e in entries for a in e.args), *self.ttl_ms])
+            return [raw[2 * i:2 * i + 2] for i in range(len(entries))]
+        slots: dict[int, list[int]] = defaultdict(list)
+        for i, entry in enumerate(entries):
+            slots[self._slot(entry.keys[0])].append(i)
+        # EVAL, not EVALSHA: a replica promoted by a failover holds no script cache
+        answers = self._send([(entries[members[0]].keys[0],
+                               ("EVAL", REDIS_STEP, 2 * len(members), *(k for i in members for k in entries[i].keys),
+                                *(a for i in members for a in entries[i].args), *self.ttl_ms)) for members in slots.values()])
+        out: list[list[Any]] = [[] for _ in entries]
+        for members, raw in zip(slots.values(), answers):
+            for j, i in enumerate(members):
+                out[i] = raw[2 * j:2 * j + 2]
+        return out
+
+    def _slot(self, key: str) -> int:
+        from redis.crc import key_slot
+
+        return cast(int, key_slot(key.encode()))
+
+    def _send(self, commands: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+        """Each command (the key that places it, its words) in one pipeline per node; answers in order.
+
+        On a cluster the commands are grouped by the node that holds their slot, from redis-py's map
+        of slots, and sent on that node's own client: redis-py's cluster pipeline asks the server for
+        the keys of every EVAL and ZADD it sends (COMMAND GETKEYS, a round trip each, to one fixed
+        node, which may be the one that failed). After any failure the map is read again, so the try
+        after a failover finds the promoted replica."""
+        if not self.cluster:
+            pipe = self.client.pipeline(transaction=False)
+            for _, words in commands:
+                pipe.execute_command(*words)
+            return cast(list[Any], pipe.execute())
+        if self.client is None:
+            self.client = self._connect()
+        by_node: dict[str, tuple[Any, list[int]]] = {}
+        for i, (key, _) in enumerate(commands):
+            node = self.client.nodes_manager.get_node_from_slot(self._slot(key))
+            by_node.setdefault(node.name, (node, []))[1].append(i)
+        out: list[Any] = [None] * len(commands)
+        try:
+            for node, members in by_node.values():
+                pipe = self.client.get_redis_connection(node).pipeline(transaction=False)
+                for i in members:
+                    pipe.execute_command(*commands[i][1])
+                for i, answer in zip(members, pipe.execute()):
+                    out[i] = answer
+        except Exception:
+            with suppress(Exception):  # the cluster may still be choosing a master: the next failure reads it again
+                self.client.nodes_manager.initialize()
+            raise
+        return out
 
     def update(self, batch: Sequence[Tx]) -> list[History]:
-        keys: list[str] = []
-        argv: list[str | int | float] = []
         latest = max(tx.us for tx in batch)
-        for tx in batch:
-            keys += self._keys(tx)
-            argv += [tx.us, _card_member(tx), tx.transaction_id,
-                     tx.us - CUSTOMER_HORIZON_US, tx.us - self.terminal_horizon,
-                     latest - CUSTOMER_HORIZON_US - LATE_MARGIN_US, latest - self.terminal_horizon - LATE_MARGIN_US]
-        raw = self.script(keys=keys, args=[*argv, *self.ttl_ms])
+        card_bound, terminal_bound = latest - CUSTOMER_HORIZON_US - LATE_MARGIN_US, latest - self.terminal_horizon - LATE_MARGIN_US
+        entries = [entry for tx in batch for entry in (self._card(tx, tx.us - CUSTOMER_HORIZON_US, card_bound),
+                                                       self._terminal(tx, tx.us - self.terminal_horizon, terminal_bound))]
+        raw = self._run(entries)
         out = []
         for i in range(len(batch)):
-            card, terminal, frauds = raw[3 * i], raw[3 * i + 1], raw[3 * i + 2]
-            customer = []
-            for member, score in zip(card[::2], card[1::2]):
-                tx_id, _, amount = member.decode().partition(SEPARATOR)
-                customer.append((int(float(score)), tx_id, float(amount)))
+            (card, amounts), (terminal, frauds) = raw[2 * i], raw[2 * i + 1]
+            customer = [(int(float(score)), tx_id.decode(), float(amount)) for tx_id, score, amount in zip(card[::2], card[1::2], amounts)]
             out.append(History(customer, [(int(float(s)), m.decode()) for m, s in zip(terminal[::2], terminal[1::2])],
                                [(int(float(s)), m.decode()) for m, s in zip(frauds[::2], frauds[1::2])]))
         conflicts(batch, out)
         return out
 
-    def load(self, batch: Sequence[Tx], chunk: int = 10_000) -> None:
+    def load(self, batch: Sequence[Tx], chunk: int = 5_000) -> None:
+        """Record transactions without scoring them (the backfill, the outage repair): the step's own
+        script, reading nothing and pruning nothing, so a repeat is as harmless as a retry."""
         for first in range(0, len(batch), chunk):
-            pipe = self.client.pipeline(transaction=True)
-            for tx in batch[first:first + chunk]:
-                card, terminal, _ = self._keys(tx)
-                pipe.zadd(card, {_card_member(tx): tx.us}, nx=True)
-                pipe.zadd(terminal, {tx.transaction_id: tx.us}, nx=True)
-                pipe.pexpire(card, self.ttl_ms[0])
-                pipe.pexpire(terminal, self.ttl_ms[1])
-            pipe.execute()
+            self._run([entry for tx in batch[first:first + chunk]
+                       for entry in (self._card(tx, NOTHING, EVERYTHING), self._terminal(tx, NOTHING, EVERYTHING))])
 
     def prune_dormant(self) -> int:
         """Nothing to do: a dormant card's or terminal's keys expire on their own (`ttl_ms`)."""
         return 0
 
     def add_frauds(self, frauds: Iterable[tuple[str, str, int]]) -> None:
-        pipe = self.client.pipeline(transaction=True)
+        """Each write is idempotent (NX), so a pipeline without MULTI is safe to send again (a cluster
+        refuses MULTI across slots)."""
+        commands: list[tuple[str, tuple[Any, ...]]] = []
         for terminal, tx_id, us in frauds:
-            pipe.zadd(f"{self.prefix}:f:{terminal}", {tx_id: us}, nx=True)
-            pipe.pexpire(f"{self.prefix}:f:{terminal}", self.ttl_ms[1])
-        pipe.execute()
+            key = f"{self.prefix}:{{t:{terminal}}}:f"
+            commands += [(key, ("ZADD", key, "NX", us, tx_id)), (key, ("PEXPIRE", key, self.ttl_ms[1]))]
+        if commands:
+            self._send(commands)
 
 
 State = SqliteState | RedisState
@@ -362,5 +451,6 @@ State = SqliteState | RedisState
 def open_state(settings: Settings, timeout_seconds: float = 5.0, serving: bool = False) -> State:
     """`serving` keeps SQLite's checkpoints off the request path (`SqliteState`)."""
     if settings.features.feast_redis_url:
-        return RedisState(settings.features.feast_redis_url, settings.features.label_delay_days, f"{settings.features.feast_project}:live", timeout_seconds)
+        return RedisState(settings.features.feast_redis_url, settings.features.label_delay_days, f"{settings.features.feast_project}:live",
+                          timeout_seconds, cluster=settings.features.feast_redis_cluster)
     return SqliteState(settings.feast_dir / "live_state.db", settings.features.label_delay_days, timeout_seconds, checkpoint_in_background=serving)

@@ -148,6 +148,29 @@ def redis_db():
     client.flushdb()
 
 
+def require_redis_cluster() -> None:
+    """A local Redis Cluster needs Debian's redis-server and redis-cli: mandatory in CI, like the services."""
+    from pipelines.bench.redis_cluster import available
+
+    reason = available()
+    if reason is None:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"no local Redis Cluster: {reason}, and CI=true makes it mandatory")
+    pytest.skip(f"no local Redis Cluster: {reason}")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """Three masters and three replicas on 127.0.0.1, shared by the tests that only read and write
+    (each under a key prefix of its own); a test that kills a node starts a cluster of its own."""
+    require_redis_cluster()
+    from pipelines.bench.redis_cluster import local_cluster
+
+    with local_cluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Simulate, compute features, materialize and train a champion and a challenger, once per session."""

@@ -8,6 +8,7 @@ import math
 import multiprocessing
 import sqlite3
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -169,18 +170,32 @@ def test_a_retried_transaction_counts_once_and_gets_the_same_answer(tmp_path) ->
     assert features(nxt, state.update([nxt])[0], DELAY)["customer_tx_count_1h"] == 2
 
 
-@pytest.mark.parametrize("store", ["sqlite", "redis"])
-def test_a_retry_with_another_amount_counts_once_on_both_stores_and_is_logged(store: str, tmp_path, request, caplog) -> None:
-    """One event per transaction id, the same on SQLite and Redis: the retry's amount does not add a
-    second event (Redis once keyed a card's event by id and amount), the first amount stays, and the
+def a_state(store: str, tmp_path: Path, request: pytest.FixtureRequest) -> SqliteState | RedisState:
+    if store == "sqlite":
+        return SqliteState(tmp_path / "s.db", DELAY)
+    if store == "redis":
+        return RedisState(request.getfixturevalue("redis_db"), DELAY, "t")
+    return RedisState(request.getfixturevalue("redis_cluster").url, DELAY, f"t-{uuid.uuid4().hex[:8]}", cluster=True)
+
+
+STORES = ["sqlite", pytest.param("redis", marks=pytest.mark.integration), pytest.param("redis-cluster", marks=pytest.mark.integration)]
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_a_retry_with_another_amount_or_time_counts_once_on_every_store_and_is_logged(store: str, tmp_path, request, caplog) -> None:
+    """One event per transaction id, the same on SQLite, Redis and a Redis Cluster: the retry's
+    amount or time does not add a second event (Redis once keyed a card's event by id and amount;
+    on a cluster the card's and the terminal's updates run apart), the first stays, and the amount's
     conflict is logged."""
-    state = SqliteState(tmp_path / "s.db", DELAY) if store == "sqlite" else RedisState(request.getfixturevalue("redis_db"), DELAY, "t")
+    state = a_state(store, tmp_path, request)
     first = Tx("a", "c", "k", 10.0, 100 * DAY_US)
     state.update([first])
     with caplog.at_level(logging.WARNING, logger="features.state"):
         retried = state.update([Tx("a", "c", "k", 10.000000001, 100 * DAY_US)])[0]
     assert [(tx_id, amount) for _, tx_id, amount in retried.customer] == [("a", 10.0)] and len(retried.terminal) == 1
     assert "another amount" in caplog.text and ": a" in caplog.text
+    later = state.update([Tx("a", "c", "k", 10.0, 100 * DAY_US + 500)])[0]  # a resend stamped again
+    assert [(us, tx_id) for us, tx_id, _ in later.customer] == [(100 * DAY_US, "a")] and later.terminal == [(100 * DAY_US, "a")]
     nxt = Tx("b", "c", "k", 1.0, 100 * DAY_US + 1)
     got = features(nxt, state.update([nxt])[0], DELAY)
     assert got["customer_tx_count_1h"] == 2 and got["customer_amount_sum_1h"] == 11.0

@@ -1,7 +1,7 @@
 """Online/offline parity end to end: a simulated day replayed through the running API (`fraudops
 serve`, two workers), its labels arriving at their delay, and every feature vector the API logged
-compared with the training row of the same transaction. On the embedded SQLite state and on the
-real Redis (mandatory when CI=true).
+compared with the training row of the same transaction. On the embedded SQLite state, on the
+real Redis and on a local Redis Cluster of three shards (both mandatory when CI=true).
 
 Retries and lateness are part of the day: the first transactions are sent again at the end, after
 everything later than them, and must be logged with the same features (the state counts a
@@ -40,11 +40,14 @@ def replay_day_through_the_api(settings: Settings) -> tuple[pd.DataFrame, pd.Dat
     return day, predictions.read(settings, since=start.to_pydatetime(), until=end.to_pydatetime())
 
 
-@pytest.mark.parametrize("online", ["sqlite", pytest.param("redis", marks=pytest.mark.integration)])
+@pytest.mark.parametrize("online", ["sqlite", pytest.param("redis", marks=pytest.mark.integration),
+                                    pytest.param("redis-cluster", marks=pytest.mark.integration)])
 def test_every_logged_feature_vector_equals_its_training_row(registry_copy: Settings, online: str, request: pytest.FixtureRequest) -> None:
     settings = registry_copy.replace(api_port=free_port(), api_workers=2)
     if online == "redis":
         settings = settings.replace(feast_redis_url=request.getfixturevalue("redis_db"))
+    elif online == "redis-cluster":
+        settings = settings.replace(feast_redis_url=request.getfixturevalue("redis_cluster").url, feast_redis_cluster=True)
     else:  # other tests scored made-up cards into the shared state: start from the backfill alone
         (settings.feast_dir / "live_state.db").unlink(missing_ok=True)
     day, logged = replay_day_through_the_api(settings)

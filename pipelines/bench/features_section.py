@@ -35,6 +35,7 @@ def features_section(settings: Settings, scale: str, repeat: int) -> Section:
         redis_side(settings, cfg, end, arrivals, section)
     else:
         section.add("state step, Redis", float("nan"), "ms", "Redis not reachable on 127.0.0.1:6379: skipped")
+    cluster_side(settings, cfg, end, arrivals, section)
     return section
 
 
@@ -201,3 +202,33 @@ def redis_side(settings: Settings, cfg: SimulationConfig, end: datetime, arrival
     section.add("state step, Redis server time per script call", float(scripts.get("usec_per_call", float("nan"))), "us",
                 f"{scripts.get('calls', 0):,} calls: what one Redis core spends per scored transaction")
     client.flushdb()
+
+
+def cluster_side(settings: Settings, cfg: SimulationConfig, end: datetime, arrivals: Callable[[], Tx], section: Section) -> None:
+    """The same backfill and step on a local Redis Cluster of three masters (and their replicas): the
+    distributed engine the capacity model names (docs/10-scaling.md), beside one Redis above."""
+    import redis
+
+    from features.store import materialize
+    from pipelines.bench.redis_cluster import available, local_cluster
+
+    reason = available()
+    if reason:
+        section.add("state step, Redis Cluster", float("nan"), "ms", f"{reason}: skipped")
+        return
+    on_cluster = settings.replace(state_dir=settings.state_dir / "redis-cluster", feast_redis_cluster=True)
+    shutil.copytree(settings.transactions_dir, on_cluster.transactions_dir, dirs_exist_ok=True)
+    with local_cluster(settings.state_dir / "redis-cluster-nodes") as cluster:
+        on_cluster = on_cluster.replace(feast_redis_url=cluster.url)
+        masters = [redis.Redis(host="127.0.0.1", port=port) for port in cluster.masters()]
+        before = sum(cast(dict[str, Any], m.info("memory"))["used_memory"] for m in masters)
+        started = time.perf_counter()
+        loaded = materialize(on_cluster, end)
+        seconds = time.perf_counter() - started
+        section.add("backfill the live state (Redis Cluster, 3 shards)", loaded / seconds, "rows/s", f"{loaded:,} transactions in {seconds:.1f}s")
+        held = sum(cast(dict[str, Any], m.info("memory"))["used_memory"] for m in masters) - before
+        section.add("Redis Cluster memory of the live state, per card or terminal", held / (cfg.customers + cfg.terminals), "bytes",
+                    f"{held / 2**20:,.0f} MB over its 3 masters, replicas not counted")
+        p50, p99 = latency_ms(state_step(settings, open_state(on_cluster), arrivals), 2_000)
+        section.add("state step, Redis Cluster (a script per slot), p50 / p99", p50, "ms",
+                    f"p99 {p99:.3f} ms; one transaction at a time: its card's and its terminal's shard", p99=p99)
