@@ -30,7 +30,7 @@ import time
 import weakref
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -249,52 +249,48 @@ def _checkpoint(path: Path, state: weakref.ref[SqliteState]) -> None:
         con.close()
 
 
-# One entity per entry: a card (its events, and their amounts) or a terminal (its events, and its
+# One entity per entry: a card (its events, and the ids it holds) or a terminal (its events, and its
 # frauds). An entry's two keys share a hash slot (a hash tag), so on a Redis Cluster each slot's
 # entries run as one script on their own shard.
-# KEYS: two per entry. ARGV: six per entry (kind, time, transaction id, amount, read bound, prune
-# bound), then the card's and the terminal's time to live. Scores are times in microseconds: exact in
-# a double up to 2^53 us, the year 2255.
+# KEYS: two per entry. ARGV: six per entry (kind, time, transaction id, card member, read bound,
+# prune bound), then the card's and the terminal's time to live. Scores are times in microseconds:
+# exact in a double up to 2^53 us, the year 2255.
 REDIS_STEP = """
 local out = {}
 local n = #KEYS / 2
 local ttl = {c = ARGV[6 * n + 1], t = ARGV[6 * n + 2]}
-local function each(list, apply)  -- unpack() holds a few thousand values at most
-  local got = {}
-  for j = 1, #list, 1000 do
-    for _, v in ipairs(apply({unpack(list, j, math.min(j + 999, #list))})) do got[#got + 1] = v end
-  end
-  return got
-end
 for i = 0, n - 1 do
   local events, side = KEYS[2 * i + 1], KEYS[2 * i + 2]
   local a = 6 * i
-  local kind, us, tx, amount = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+  local kind, us, tx, member = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   local bound = '(' .. ARGV[a + 6]
   -- a transaction id is one event: a retry, whatever its amount or time, adds nothing (as SQLite's key)
-  local added = redis.call('ZADD', events, 'NX', us, tx)
   if kind == 'c' then
-    if added == 1 then redis.call('HSET', side, tx, amount) end
-    each(redis.call('ZRANGEBYSCORE', events, '-inf', bound), function(ids) redis.call('HDEL', side, unpack(ids)); return {} end)
+    if redis.call('HSETNX', side, tx, '') == 1 then redis.call('ZADD', events, us, member) end
+    for _, old in ipairs(redis.call('ZRANGEBYSCORE', events, '-inf', bound)) do
+      redis.call('HDEL', side, string.sub(old, 1, string.find(old, '\\31', 1, true) - 1))
+    end
   else
+    redis.call('ZADD', events, 'NX', us, tx)
     redis.call('ZREMRANGEBYSCORE', side, '-inf', bound)
   end
   redis.call('ZREMRANGEBYSCORE', events, '-inf', bound)
   -- a card or terminal no transaction reaches any more expires with its history
   redis.call('PEXPIRE', events, ttl[kind])
   redis.call('PEXPIRE', side, ttl[kind])
-  local got = redis.call('ZRANGEBYSCORE', events, '(' .. ARGV[a + 5], '+inf', 'WITHSCORES')
-  out[2 * i + 1] = got
-  if kind == 'c' then
-    local ids = {}
-    for j = 1, #got, 2 do ids[#ids + 1] = got[j] end
-    out[2 * i + 2] = each(ids, function(chunk) return redis.call('HMGET', side, unpack(chunk)) end)
-  else
-    out[2 * i + 2] = redis.call('ZRANGEBYSCORE', side, '(' .. ARGV[a + 5], '+inf', 'WITHSCORES')
-  end
+  out[2 * i + 1] = redis.call('ZRANGEBYSCORE', events, '(' .. ARGV[a + 5], '+inf', 'WITHSCORES')
+  out[2 * i + 2] = kind == 'c' and {} or redis.call('ZRANGEBYSCORE', side, '(' .. ARGV[a + 5], '+inf', 'WITHSCORES')
 end
 return out
 """
+SEPARATOR = "\x1f"  # between a card event's transaction id and its amount (ids cannot hold it); \31 in Lua
+
+
+def _card_member(tx: Tx) -> str:
+    """A card event in its sorted set: the transaction id and the amount, exactly (repr round-trips)."""
+    return f"{tx.transaction_id}{SEPARATOR}{tx.amount!r}"
+
+
 NOTHING, EVERYTHING = "+inf", "-inf"  # a read bound that reads nothing; a prune bound that keeps everything
 
 
@@ -332,6 +328,7 @@ class RedisState:
             self._connect = lambda: RedisCluster(
                 startup_nodes=[ClusterNode(host or "localhost", int(port or 6379)) for host, _, port in nodes], **common)
             self.client = None
+            self._stale = False  # the slot map may be out of date: a command failed since it was read
         else:
             (host, _, port), = nodes
             self.client = redis.Redis(host=host or "localhost", port=int(port or 6379), db=int(options.get("db", 0)), **common)
@@ -346,14 +343,14 @@ class RedisState:
 
     def _card(self, tx: Tx, read_from: int | str, prune_before: int | str) -> Entry:
         tag = f"{self.prefix}:{{c:{tx.customer_id}}}"  # the braces: a card's keys share a slot
-        return Entry((tag, f"{tag}:a"), ("c", tx.us, tx.transaction_id, repr(tx.amount), read_from, prune_before))
+        return Entry((tag, f"{tag}:ids"), ("c", tx.us, tx.transaction_id, _card_member(tx), read_from, prune_before))
 
     def _terminal(self, tx: Tx, read_from: int | str, prune_before: int | str) -> Entry:
         tag = f"{self.prefix}:{{t:{tx.terminal_id}}}"
         return Entry((tag, f"{tag}:f"), ("t", tx.us, tx.transaction_id, "", read_from, prune_before))
 
     def _run(self, entries: Sequence[Entry]) -> list[list[Any]]:
-        """Each entry's two answers (its events with their times, and its amounts or frauds), in order."""
+        """Each entry's two answers (its events with their times; a terminal's frauds), in order."""
         if not self.cluster:
             raw = self.script(keys=[key for e in entries for key in e.keys], args=[*(a for e in entries for a in e.args), *self.ttl_ms])
             return [raw[2 * i:2 * i + 2] for i in range(len(entries))]
@@ -381,8 +378,8 @@ class RedisState:
         On a cluster the commands are grouped by the node that holds their slot, from redis-py's map
         of slots, and sent on that node's own client: redis-py's cluster pipeline asks the server for
         the keys of every EVAL and ZADD it sends (COMMAND GETKEYS, a round trip each, to one fixed
-        node, which may be the one that failed). After any failure the map is read again, so the try
-        after a failover finds the promoted replica."""
+        node, which may be the one that failed). After any failure the map is read again before the
+        next try, so the first try after a failover finds the promoted replica."""
         if not self.cluster:
             pipe = self.client.pipeline(transaction=False)
             for _, words in commands:
@@ -390,6 +387,9 @@ class RedisState:
             return cast(list[Any], pipe.execute())
         if self.client is None:
             self.client = self._connect()
+        if self._stale:  # read at the try, not right after the failure: a map read then may predate a promotion
+            self.client.nodes_manager.initialize()
+            self._stale = False
         by_node: dict[str, tuple[Any, list[int]]] = {}
         for i, (key, _) in enumerate(commands):
             node = self.client.nodes_manager.get_node_from_slot(self._slot(key))
@@ -403,8 +403,7 @@ class RedisState:
                 for i, answer in zip(members, pipe.execute()):
                     out[i] = answer
         except Exception:
-            with suppress(Exception):  # the cluster may still be choosing a master: the next failure reads it again
-                self.client.nodes_manager.initialize()
+            self._stale = True
             raise
         return out
 
@@ -416,8 +415,11 @@ class RedisState:
         raw = self._run(entries)
         out = []
         for i in range(len(batch)):
-            (card, amounts), (terminal, frauds) = raw[2 * i], raw[2 * i + 1]
-            customer = [(int(float(score)), tx_id.decode(), float(amount)) for tx_id, score, amount in zip(card[::2], card[1::2], amounts)]
+            (card, _), (terminal, frauds) = raw[2 * i], raw[2 * i + 1]
+            customer = []
+            for member, score in zip(card[::2], card[1::2]):
+                tx_id, _, amount = member.decode().partition(SEPARATOR)
+                customer.append((int(float(score)), tx_id, float(amount)))
             out.append(History(customer, [(int(float(s)), m.decode()) for m, s in zip(terminal[::2], terminal[1::2])],
                                [(int(float(s)), m.decode()) for m, s in zip(frauds[::2], frauds[1::2])]))
         conflicts(batch, out)

@@ -150,7 +150,7 @@ def redis_db():
 
 def require_redis_cluster() -> None:
     """A local Redis Cluster needs Debian's redis-server and redis-cli: mandatory in CI, like the services."""
-    from pipelines.bench.redis_cluster import available
+    from pipelines.bench.local_redis import available
 
     reason = available()
     if reason is None:
@@ -165,7 +165,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory):
     """Three masters and three replicas on 127.0.0.1, shared by the tests that only read and write
     (each under a key prefix of its own); a test that kills a node starts a cluster of its own."""
     require_redis_cluster()
-    from pipelines.bench.redis_cluster import local_cluster
+    from pipelines.bench.local_redis import local_cluster
 
     with local_cluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
         yield cluster

@@ -23,7 +23,7 @@ RETRY_SECONDS = 0.5
 
 def test_a_killed_master_degrades_answers_for_its_failover_and_the_repair_closes_the_hole(tmp_path: Path) -> None:
     require_redis_cluster()
-    from pipelines.bench.redis_cluster import local_cluster
+    from pipelines.bench.local_redis import local_cluster
 
     with local_cluster(tmp_path / "cluster") as cluster:
         settings = tiny_settings(tmp_path, feast_redis_url=cluster.url, feast_redis_cluster=True, online_timeout_ms=200.0,

@@ -23,6 +23,7 @@ from pipelines.bench.features_section import features_section
 from pipelines.bench.monitoring_section import monitoring_section
 from pipelines.bench.scaling_section import scaling_section
 from pipelines.bench.serving_section import serving_section
+from pipelines.bench.soak_section import soak_section
 from pipelines.bench.training_section import training_section
 from pipelines.docs import write_results
 
@@ -37,6 +38,7 @@ SECTIONS: dict[str, Callable[[Settings, str, int], Section]] = {
     "bandit": bandit_section,
     "exploration": exploration_section,
     "concept": concept_section,
+    "soak": soak_section,
 }
 
 

@@ -210,7 +210,7 @@ def cluster_side(settings: Settings, cfg: SimulationConfig, end: datetime, arriv
     import redis
 
     from features.store import materialize
-    from pipelines.bench.redis_cluster import available, local_cluster
+    from pipelines.bench.local_redis import available, local_cluster
 
     reason = available()
     if reason:
