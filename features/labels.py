@@ -9,6 +9,10 @@ one changes nothing, so a feed can be sent again whole; and a verdict event is s
 feeders send it at the same moment (a unique index; on PostgreSQL the feeders also queue on an
 advisory lock, so each receipt counts what its own batch did).
 
+A verdict's transaction (its terminal and time) is found by a keyed lookup in an index beside the
+store (`SEEN`), filled from the offline store's parts and by the API as it scores, so a verdict on
+a transaction answered a moment ago is recorded, and no verdict waits for a scan.
+
 A fraud verdict also reaches the live feature state at once (`add_frauds`, idempotent, so a feed
 sent again also repairs a state that lost it): the terminal-risk windows count a fraud from the time
 of its transaction plus the label delay, never earlier, as offline. A fraud verdict overturned later
@@ -20,6 +24,7 @@ Embedded: SQLite in the state folder. With `labels_url`, any SQLAlchemy URL: Pos
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -27,15 +32,13 @@ from pathlib import Path
 
 import pandas as pd
 from sqlalchemy import (Column, Connection, DateTime, Engine, Index, Integer, MetaData, Select, SmallInteger, Table, Text,
-                        create_engine, func, inspect, select)
+                        create_engine, func, insert, inspect, select)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from core import predictions
 from core.runtime import atomic_path
 from core.settings import Settings
-from features.offline import micros, with_ids
-from features.schema import SchemaError, validate_labels
+from features.schema import SchemaError, micros, validate_labels
 
 METADATA = MetaData()
 EVENTS = Table(
@@ -50,6 +53,20 @@ EVENTS = Table(
     # A verdict event is stored once: two feeders sending the same batch at once leave one copy.
     Index("label_events_once", "transaction_id", "is_fraud", "source", "reported_at", unique=True),
 )
+# Which transactions fraudops has seen, by id: the label path's keyed lookup of a verdict's terminal
+# and time, beside the label store. Filled from the offline store's parts (each read once, again if
+# it changed; `SEEN_PARTS`) and by the API as it scores (`remember`, part "served"), so a verdict
+# never waits for a scan of the offline store or of the prediction log.
+SEEN = Table(
+    "seen_transactions", METADATA,
+    Column("transaction_id", Text, primary_key=True),
+    Column("terminal_id", Text, nullable=False),
+    Column("timestamp", DateTime, nullable=False),
+    Column("part", Text, nullable=False),  # the offline part it was read from, or SERVED
+    Index("seen_transactions_by_part", "part"),
+)
+SEEN_PARTS = Table("seen_parts", METADATA, Column("name", Text, primary_key=True), Column("stamp", Text, nullable=False))
+SERVED = "served"
 LABELS_LOCK = 0x6672_6f70  # the PostgreSQL advisory lock that queues the label store's writers
 SHOWN_UNKNOWN = 100
 LOOKUP_CHUNK = 5_000  # ids per IN (...) of one lookup: SQLite takes at most 32,766 parameters a statement
@@ -113,24 +130,66 @@ def _lock(con: Connection) -> None:
         con.execute(select(func.pg_advisory_xact_lock(LABELS_LOCK)))
 
 
-def _insert_once(con: Connection, events: list[dict[str, object]]) -> None:
-    """Insert verdict events, skipping one already stored (`label_events_once`) instead of failing."""
+def _insert_once(con: Connection, rows: list[dict[str, object]], table: Table = EVENTS) -> None:
+    """Insert rows, skipping one already stored (a unique key) instead of failing."""
     if con.dialect.name == "postgresql":
-        con.execute(postgresql_insert(EVENTS).on_conflict_do_nothing(), events)
+        con.execute(postgresql_insert(table).on_conflict_do_nothing(), rows)
     elif con.dialect.name == "sqlite":
-        con.execute(sqlite_insert(EVENTS).on_conflict_do_nothing(), events)
-    else:  # the unique index still refuses a copy: the batch fails whole and can be sent again
-        con.execute(EVENTS.insert(), events)
+        con.execute(sqlite_insert(table).on_conflict_do_nothing(), rows)
+    else:  # the unique key still refuses a copy: the batch fails whole and can be sent again
+        con.execute(insert(table), rows)
+
+
+def remember(settings: Settings, transactions: list[dict[str, object]]) -> None:
+    """Transactions the API has scored (transaction_id, terminal_id, timestamp): known to the label
+    path from here on, before the prediction log that holds them is written."""
+    rows = [{"transaction_id": t["transaction_id"], "terminal_id": t["terminal_id"], "timestamp": t["timestamp"], "part": SERVED}
+            for t in transactions]
+    with engine(settings.label_store_url).begin() as con:
+        for start in range(0, len(rows), LOOKUP_CHUNK):
+            _insert_once(con, rows[start:start + LOOKUP_CHUNK], SEEN)
+
+
+def _index_parts(settings: Settings, con: Connection) -> None:
+    """Bring `SEEN` up to the offline store: read each part written or rewritten since (its size and
+    modification time), forget the rows of parts gone. A part's three columns come through Arrow, so
+    the label path loads no query engine; a part is read once, not at every verdict."""
+    import pyarrow.parquet as pq
+
+    on_disk = {}
+    for part in settings.transactions_dir.glob("*.parquet") if settings.transactions_dir.exists() else []:
+        stat = part.stat()
+        on_disk[part.stem] = (part, f"{stat.st_size}:{stat.st_mtime_ns}")
+
+    def changes() -> tuple[list[str], list[str]]:
+        indexed = dict(con.execute(select(SEEN_PARTS.c.name, SEEN_PARTS.c.stamp)).tuples().all())
+        return ([name for name, stamp in indexed.items() if on_disk.get(name, (None, None))[1] != stamp],
+                [name for name, (_, stamp) in on_disk.items() if indexed.get(name) != stamp])
+
+    if not any(changes()):
+        return
+    _lock(con)  # one indexer at a time; the one that waited finds the work done
+    stale, fresh = changes()
+    for name in stale:
+        con.execute(SEEN.delete().where(SEEN.c.part == name))
+        con.execute(SEEN_PARTS.delete().where(SEEN_PARTS.c.name == name))
+    for name in fresh:
+        table = pq.read_table(on_disk[name][0], columns=["transaction_id", "terminal_id", "timestamp"]).to_pandas()
+        rows = table.assign(part=name).to_dict("records")
+        for start in range(0, len(rows), LOOKUP_CHUNK):
+            _insert_once(con, rows[start:start + LOOKUP_CHUNK], SEEN)
+        _insert_once(con, [{"name": name, "stamp": on_disk[name][1]}], SEEN_PARTS)
 
 
 def known_transactions(settings: Settings, ids: list[str]) -> pd.DataFrame:
-    """The transactions among `ids` that fraudops has seen, in the offline store or the prediction
-    log (served today, not exported yet): transaction_id, terminal_id, timestamp."""
-    stored = with_ids(settings.transactions_dir, ids)
-    rest = sorted(set(ids) - set(stored["transaction_id"]))
-    served = predictions.logged(settings, rest) if rest else stored.iloc[:0]
-    frames = [f for f in (stored, served) if not f.empty]
-    found = pd.concat(frames, ignore_index=True) if frames else stored
+    """The transactions among `ids` that fraudops has seen, in the offline store or scored by the API:
+    transaction_id, terminal_id, timestamp. A keyed lookup (`SEEN`)."""
+    with engine(settings.label_store_url).begin() as con:
+        _index_parts(settings, con)
+        rows = [row for start in range(0, len(ids), LOOKUP_CHUNK)
+                for row in con.execute(select(SEEN.c.transaction_id, SEEN.c.terminal_id, SEEN.c.timestamp)
+                                       .where(SEEN.c.transaction_id.in_(ids[start:start + LOOKUP_CHUNK])))]
+    found = pd.DataFrame(rows, columns=["transaction_id", "terminal_id", "timestamp"])
     return found.assign(timestamp=pd.to_datetime(found["timestamp"]).astype("datetime64[us]"))
 
 
@@ -139,12 +198,21 @@ def _now() -> pd.Timestamp:
 
 
 def record(settings: Settings, labels: pd.DataFrame, default_source: str, where: str = "batch",
-           now: pd.Timestamp | None = None) -> Receipt:
+           now: pd.Timestamp | None = None, unknown_wait_seconds: float = 0.0) -> Receipt:
     """Validate a batch of verdicts and store it in one transaction, all of it or, on any error,
-    none; then hand its new fraud verdicts to the live state. Raises SchemaError for a bad batch."""
+    none; then hand its new fraud verdicts to the live state. Raises SchemaError for a bad batch.
+
+    `unknown_wait_seconds`: the API's, the period its workers' `remember` writers flush in. A verdict
+    on a transaction another worker answered a moment ago may not be remembered yet; the ids not
+    found are looked up once more after that wait, so only a transaction never seen is refused."""
     now = now if now is not None else _now()
     batch = validate_labels(labels, where, default_source, now)
-    seen = known_transactions(settings, batch["transaction_id"].tolist()).set_index("transaction_id")
+    ids = batch["transaction_id"].tolist()
+    seen = known_transactions(settings, ids)
+    if unknown_wait_seconds and len(seen) < batch["transaction_id"].nunique():
+        time.sleep(unknown_wait_seconds)
+        seen = known_transactions(settings, ids)
+    seen = seen.set_index("transaction_id")
     receipt = Receipt(unknown=sorted(set(batch["transaction_id"]) - set(seen.index)))
     batch = batch[batch["transaction_id"].isin(seen.index)].reset_index(drop=True)
     early = batch.index[batch["reported_at"] < seen.loc[batch["transaction_id"], "timestamp"].to_numpy()].tolist()
@@ -229,6 +297,7 @@ def clear(settings: Settings) -> None:
     """Forget every verdict: for a store whose transactions were replaced (a new simulation)."""
     with engine(settings.label_store_url).begin() as con:
         con.execute(EVENTS.delete())
+        con.execute(SEEN.delete().where(SEEN.c.part == SERVED))  # the old world's served transactions; its parts reindex as they change
 
 
 def version(settings: Settings) -> str:

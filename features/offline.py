@@ -24,12 +24,6 @@ def write_part(frame: pd.DataFrame, directory: Path, name: str) -> Path:
     return final
 
 
-def micros(transactions: pd.DataFrame) -> list[int]:
-    """Each transaction's time in whole microseconds since the epoch: how the live state and the
-    offline features (`epoch_us`) key time."""
-    return transactions["timestamp"].to_numpy().astype("datetime64[us]").astype("int64").tolist()
-
-
 def parts_glob(directory: Path) -> str:
     return str(directory / "*.parquet")
 

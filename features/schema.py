@@ -149,3 +149,9 @@ def validate_labels(frame: pd.DataFrame, source: str, default_source: str, now: 
     if problems:
         raise SchemaError(f"{source}: rejected, nothing recorded: " + "; ".join(problems))
     return out.astype({"is_fraud": np.int8})
+
+
+def micros(transactions: pd.DataFrame) -> list[int]:
+    """Each transaction's time in whole microseconds since the epoch: how the live state and the
+    offline features (`epoch_us`) key time."""
+    return transactions["timestamp"].to_numpy().astype("datetime64[us]").astype("int64").tolist()

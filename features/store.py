@@ -71,7 +71,8 @@ def materialize(settings: Settings, end: datetime) -> int:
     transactions loaded."""
     from features.labels import current
     from features.live import terminal_horizon_us
-    from features.offline import micros, transactions_between
+    from features.offline import transactions_between
+    from features.schema import micros
     from features.state import LATE_MARGIN_US, Tx, open_state
 
     start = end - timedelta(microseconds=terminal_horizon_us(settings.features.label_delay_days) + LATE_MARGIN_US)

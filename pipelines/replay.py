@@ -15,7 +15,8 @@ import pandas as pd
 
 from core.settings import Settings
 from features.live import DAY_US
-from features.offline import micros, transactions_between
+from features.offline import transactions_between
+from features.schema import micros
 
 Fraud = tuple[str, str, int]  # (terminal_id, transaction_id, transaction time in microseconds)
 

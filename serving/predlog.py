@@ -103,8 +103,9 @@ class PredictionLog:
     hand-over per transaction (py-spy: 5% of a busy worker's samples)."""
 
     def __init__(self, sink: Sink, batch_size: int, max_queue: int, flush_seconds: float = 1.0,
-                 on_wake: Callable[[], None] = lambda: None) -> None:
+                 on_wake: Callable[[], None] = lambda: None, what: str = "prediction records") -> None:
         self.sink = sink
+        self.what = what  # what the records are, for the log line of a failed write
         self.on_wake = on_wake  # after every wake-up, the last at close: the service counts its metrics there
         self.batch_size = batch_size
         self.max_queue = max_queue
@@ -162,5 +163,5 @@ class PredictionLog:
             self.sink(batch)
             self.written += len(batch)
         except Exception:  # the writer must survive a bad batch or a lost connection; the count shows the loss
-            log.exception("writing %d prediction records failed", len(batch))
+            log.exception("writing %d %s failed", len(batch), self.what)
             self.dropped += len(batch)

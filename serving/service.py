@@ -9,9 +9,11 @@ import threading
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
+from functools import partial
 
 from core import registry
 from core.settings import Settings
+from features.labels import remember
 from features.state import Tx
 from model.decisions import decide_one, explore
 from model.loaded import LoadedModel, load
@@ -27,6 +29,7 @@ from serving.schemas import Reason, Score, Transaction
 log = logging.getLogger("fraudops.service")
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 ALIASES = ("champion", "challenger")
+REMEMBER_SECONDS = 0.05  # how often a worker writes what it answered into the label path's index
 
 
 def explain(model: LoadedModel, row: list[float]) -> list[Reason]:
@@ -52,6 +55,10 @@ class ScoringService:
                         settings.serving.online_timeout_ms, settings.serving.predict_timeout_ms)
         self.online = OnlineFeatures(settings, on_breaker=lambda opened: self.metrics.online_skipped.set(float(opened)))
         self.log = PredictionLog(predlog.sink_for(settings), settings.serving.log_batch_size, settings.serving.log_queue_size, on_wake=self._report)
+        # The label path's index of what was answered, written far more often than the log: a verdict
+        # sent right after its answer finds its transaction (features.labels.remember).
+        self.seen = PredictionLog(partial(remember, settings), settings.serving.log_batch_size, settings.serving.log_queue_size,
+                                  flush_seconds=REMEMBER_SECONDS, what="answered transactions for the label path's index")
         # Shadow scoring runs on its own thread from a bounded queue: a slow challenger can only drop
         # shadow scores (counted), never delay an answer.
         self.shadow_queue: queue.Queue[tuple[Transaction, dict[str, float], float] | None] = queue.Queue(maxsize=settings.serving.log_queue_size)
@@ -65,6 +72,7 @@ class ScoringService:
     def start(self) -> None:
         self.reload()
         self.log.start()
+        self.seen.start()
         self._shadow.start()
         if self.settings.serving.model_poll_seconds > 0:
             self._poller.start()
@@ -74,6 +82,7 @@ class ScoringService:
         self.shadow_queue.put(None)
         self._shadow.join()
         self.log.close()
+        self.seen.close()
 
     def _shadow_loop(self) -> None:
         while (item := self.shadow_queue.get()) is not None:
@@ -286,6 +295,8 @@ class ScoringService:
         self.metrics.observe(records, batch_size)
         for record in records:
             self.log.put(record)
+            if not record["shadow"]:
+                self.seen.put(record)
 
     def _report(self) -> None:
         """On the prediction log's writer, every second and at shutdown: count the scored batches and

@@ -83,7 +83,7 @@ def replay_live(score: Callable[[Tx], dict[str, float]], add_frauds: Callable[[l
     """Score `transactions` one by one in time order with `score`, delivering each fraud label
     through `add_frauds` when it arrives (`delay_days` after its transaction); what each scored."""
     from features.live import DAY_US
-    from features.offline import micros
+    from features.schema import micros
 
     labels = sorted((u + delay_days * DAY_US, str(term), str(tid), u) for u, term, tid in
                     zip(micros(frauds), frauds["terminal_id"], frauds["transaction_id"]))

@@ -3,6 +3,7 @@ kept; unknown ids reported; a bad batch records nothing; the API behind its own 
 
 from __future__ import annotations
 
+import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -131,7 +132,7 @@ def test_a_bad_batch_records_nothing_and_says_why(store: Settings) -> None:
 
 def test_a_fraud_verdict_reaches_the_terminals_live_risk(store: Settings) -> None:
     from features.live import DAY_US
-    from features.offline import micros
+    from features.schema import micros
     from features.state import Tx, open_state
 
     chargeback = frauds(store, 1)
@@ -230,3 +231,45 @@ def test_quality_reads_the_store_as_of_its_time_and_leaves_the_declined_out(stor
     record(store, pd.DataFrame({"transaction_id": [first], "is_fraud": [0], "reported_at": [late - DAY], "source": ["analyst"]}), "api")
     assert with_labels(logged, store, late).set_index("transaction_id").loc[first, "is_fraud"] == 0, "the later verdict"
     assert with_labels(logged, store, late - 2 * DAY).set_index("transaction_id").loc[first, "is_fraud"] == 1, "as the store stood then"
+
+
+JUST_ANSWERED = """
+import json, sys
+from fastapi.testclient import TestClient
+from core.settings import Settings
+from serving.app import create_app
+
+settings = Settings()
+tx = {"transaction_id": "just-answered", "customer_id": "1", "terminal_id": "7", "amount": 10.0, "timestamp": "2025-05-09T10:00:00Z"}
+verdict = {"labels": [{"transaction_id": "just-answered", "is_fraud": True, "reported_at": "2025-05-16T10:00:00Z"}]}
+with TestClient(create_app(settings)) as c:
+    assert c.post("/predict", json=tx).status_code == 200
+    receipt = c.post("/labels", json=verdict, headers={"Authorization": "Bearer feed"}).json()
+    logged = any(settings.predictions_dir.glob("**/*.parquet"))
+print(json.dumps({"receipt": receipt, "logged": logged, "duckdb": "duckdb" in sys.modules}))
+"""
+
+
+def test_a_verdict_sent_right_after_its_answer_is_recorded_by_a_keyed_lookup(registry_copy: Settings) -> None:
+    """The label path finds a transaction the API answered a moment ago, before the prediction log
+    holds it, and without a query engine: the worker answers and records without loading DuckDB,
+    and the offline store is moved away, so no scan of it could have found the transaction."""
+    import json
+    import subprocess
+    import sys
+
+    from pipelines.demo import settings_env
+
+    settings = registry_copy.replace(labels_token="feed", admin_token="admin")
+    shutil.rmtree(settings.predictions_dir, ignore_errors=True)
+    settings.transactions_dir.rename(settings.transactions_dir.with_name("moved-away"))
+    try:
+        run = subprocess.run([sys.executable, "-c", JUST_ANSWERED], env=settings_env(settings), capture_output=True, text=True, timeout=180)
+    finally:
+        settings.transactions_dir.with_name("moved-away").rename(settings.transactions_dir)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["receipt"]["recorded"] == 1 and got["receipt"]["unknown_count"] == 0, got
+    assert not got["logged"], "the prediction log was written already: the test no longer shows the index found it"
+    assert not got["duckdb"], "the label path loaded DuckDB"
+    assert current(settings).set_index("transaction_id").loc["just-answered", "is_fraud"] == 1

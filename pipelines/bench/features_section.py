@@ -28,6 +28,7 @@ def features_section(settings: Settings, scale: str, repeat: int) -> Section:
     live state, and the state step a scored transaction pays (update, read, windows)."""
     section = Section(f"features ({scale} scale)")
     cfg, entity, end = offline_side(settings, scale, repeat, section)
+    labels_side(settings, entity, repeat, section)
     arrivals = new_transactions(entity, end)
     live_side(settings, end, arrivals, section)
     two_writers_side(settings, entity, end, scale, repeat, section)
@@ -71,6 +72,35 @@ def offline_side(settings: Settings, scale: str, repeat: int, section: Section) 
     section.add("Feast point-in-time join into the training set", min(joined), "s", f"{len(entity):,} entity rows, DuckDB offline store")
     section.add("training set from raw transactions (features + join)", statistics.median(compute) + min(joined), "s", "target < 60 s at full scale")
     return cfg, entity, datetime.combine(cfg.start_date, datetime.min.time()) + timedelta(days=cfg.days)
+
+
+def labels_side(settings: Settings, entity: pd.DataFrame, repeat: int, section: Section, batch: int = 100) -> None:
+    """The label path (`features.labels.record`, what POST /labels runs): the index of seen
+    transactions built from the offline store once, then verdicts recorded in batches of `batch`,
+    each a keyed lookup of its transactions and one write."""
+    from features import labels
+
+    with labels.engine(settings.label_store_url).begin() as con:
+        con.execute(labels.SEEN.delete())
+        con.execute(labels.SEEN_PARTS.delete())
+    started = time.perf_counter()
+    labels.known_transactions(settings, [str(entity["transaction_id"].iloc[0])])
+    seconds = time.perf_counter() - started
+    section.add("index the offline store for the label path", len(entity) / seconds, "rows/s",
+                f"{len(entity):,} transactions in {seconds:.1f}s: once after a simulation or an ingest, each part read once")
+    rng = np.random.default_rng(3)
+    rounds = max(20, 10 * repeat)
+    picked = entity.iloc[rng.choice(len(entity), batch * rounds, replace=False)]
+    verdicts = pd.DataFrame({"transaction_id": picked["transaction_id"].astype(str), "is_fraud": 0, "source": "analyst",
+                             "reported_at": picked["timestamp"] + pd.Timedelta(days=1)})
+    runs = []
+    for k in range(rounds):
+        started = time.perf_counter()
+        labels.record(settings, verdicts.iloc[k * batch:(k + 1) * batch], "analyst")
+        runs.append(time.perf_counter() - started)
+    section.add("label path: verdicts recorded a second", batch / statistics.median(runs), "labels/s",
+                f"batches of {batch} new verdicts, median of {rounds}; p99 of a batch {np.quantile(runs, 0.99) * 1000:.0f} ms",
+                p99_ms=float(np.quantile(runs, 0.99) * 1000))
 
 
 def new_transactions(entity: pd.DataFrame, end: datetime) -> Callable[[], Tx]:

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException
 
 from serving.routes.deps import Service, SettingsDep, require_bearer
 from serving.schemas import LabelReceipt, Verdicts
+from serving.service import REMEMBER_SECONDS
 
 log = logging.getLogger("fraudops.api")
 
@@ -38,7 +39,9 @@ def post_labels(body: Verdicts, settings: SettingsDep, svc: Service) -> LabelRec
 
     frame = pd.DataFrame([verdict.model_dump() for verdict in body.labels])
     try:
-        receipt = record(settings, frame, "api", where="labels")
+        # the other workers remember what they answered every REMEMBER_SECONDS: a verdict on one of
+        # those is looked up again after a few periods instead of refused
+        receipt = record(settings, frame, "api", where="labels", unknown_wait_seconds=4 * REMEMBER_SECONDS)
     except SchemaError as exc:
         raise HTTPException(422, str(exc)) from exc
     except Exception as exc:  # the store or the offline store could not be read or written
