@@ -9,7 +9,6 @@ monitoring read would open. With `prediction_log_url` set, the log is one Postgr
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import uuid
@@ -19,7 +18,7 @@ from pathlib import Path
 import orjson
 import pandas as pd
 
-from core.runtime import write_atomically
+from core.runtime import exclusive, write_atomically
 from core.settings import Settings
 
 # Every record has these; the rest of its keys are the model's features, whatever they are.
@@ -103,8 +102,7 @@ def compact(settings: Settings, before: date | None = None) -> int:
     before = before or datetime.now(timezone.utc).date()
     # One merge at a time (two monitor runs, a run and an operator): another's `_finish` would take
     # this merge's file, not yet listed, for one left behind, and delete it before its parts.
-    with open(settings.predictions_dir / ".compact.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive(settings.predictions_dir / ".compact.lock"):
         return sum(_compact_day(partition, before) for partition in sorted(settings.predictions_dir.glob(f"{DAY}*")))
 
 

@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 
+from core.runtime import exclusive
 from core.settings import Settings
 
 CHAMPION = "champion"
@@ -62,6 +63,7 @@ def aliased_version(client: MlflowClient, name: str, alias: str) -> str | None:
 
 
 ROUTING_TAG = "routing"
+ROUTING_LOCK = ".routing.lock"
 
 
 @dataclass(frozen=True)
@@ -107,13 +109,19 @@ def serving_state(settings: Settings) -> tuple[dict[str, str], Routing | None]:
 def set_routing(settings: Settings, routing: Routing, expected: Routing | None | Literal["any"] = "any") -> None:
     """Write the routing record. With `expected`, only if the stored record is still that one (None:
     still none): the bandit reads, bootstraps for seconds, then writes, and must not overwrite a
-    guardrail's rollback made in between. The registry has no compare-and-set, so the check is a read
-    just before the write: the window shrinks from the bootstrap's seconds to one round trip."""
-    if expected != "any":
-        stored = serving_state(settings)[1]
-        if stored != expected:
-            raise RoutingChanged(f"routing changed since it was read: {expected} -> {stored}")
-    connect(settings).set_registered_model_tag(settings.stores.model_name, ROUTING_TAG, routing.to_tag())
+    guardrail's rollback made in between.
+
+    The registry has no compare-and-set, so every routing write, checked or not, holds a lock in the
+    state folder across its check and its write (`ROUTING_LOCK`): a rollback that comes while the
+    bandit checks waits for its write and then wins, and one that came before makes the check fail.
+    The writers (the API's workers, the monitor, an operator's CLI) share the state folder, a volume
+    in compose and Kubernetes; a writer on another machine without it would not be held."""
+    with exclusive(settings.state_dir / ROUTING_LOCK):
+        if expected != "any":
+            stored = serving_state(settings)[1]
+            if stored != expected:
+                raise RoutingChanged(f"routing changed since it was read: {expected} -> {stored}")
+        connect(settings).set_registered_model_tag(settings.stores.model_name, ROUTING_TAG, routing.to_tag())
 
 
 @contextmanager

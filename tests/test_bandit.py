@@ -57,3 +57,33 @@ def test_a_routing_write_over_a_stale_read_is_refused_and_a_new_challenger_start
         registry.set_routing(registry_copy, registry.Routing(0.5, "bandit", "2"), expected=read)
     assert registry.serving_state(registry_copy)[1] == registry.Routing(0.0, "bandit", "2")
     assert read.share_for("2", 0.1) == 0.4 and read.share_for("3", 0.1) == 0.1
+
+
+def test_a_rollback_that_comes_while_the_bandit_checks_still_wins(registry_copy, monkeypatch) -> None:
+    """The interleaving a read-then-write check cannot stop: the bandit has read the record and
+    found it unchanged, and before it writes, the guardrail rolls back. The rollback must be what
+    stands (it waits on the routing lock, then writes over the bandit's share)."""
+    import threading
+    import time
+
+    from core import registry
+
+    read = registry.Routing(0.4, "bandit", "2")
+    registry.set_routing(registry_copy, read)
+    real = registry.serving_state
+    checked = threading.Event()
+
+    def slow_check(settings):  # the bandit's check, then a pause before its write
+        got = real(settings)
+        checked.set()
+        time.sleep(0.5)
+        return got
+
+    monkeypatch.setattr(registry, "serving_state", slow_check)
+    bandit = threading.Thread(target=registry.set_routing, args=(registry_copy, registry.Routing(0.5, "bandit", "2")), kwargs={"expected": read})
+    bandit.start()
+    assert checked.wait(10)
+    registry.set_routing(registry_copy, registry.Routing(0.0, "bandit", "2"))  # the guardrail, during the bandit's check
+    bandit.join()
+    monkeypatch.setattr(registry, "serving_state", real)
+    assert registry.serving_state(registry_copy)[1] == registry.Routing(0.0, "bandit", "2")
