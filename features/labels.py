@@ -6,8 +6,9 @@ monitoring and retraining read labels only from here (`current`). Every verdict 
 a transaction's label is its latest-reported verdict, so an analyst who overturns a chargeback wins
 and the chargeback stays on record. Recording is idempotent: a verdict that is already the current
 one changes nothing, so a feed can be sent again whole; and a verdict event is stored once even when
-feeders send it at the same moment (a unique index; on PostgreSQL the feeders also queue on an
-advisory lock, so each receipt counts what its own batch did).
+feeders send it at the same moment (a unique index; the feeders also queue, on an advisory lock on
+PostgreSQL and on the write lock every SQLite transaction takes, so each receipt counts what its own
+batch did).
 
 A verdict's transaction (its terminal and time) is found by a keyed lookup in an index beside the
 store (`SEEN`), filled from the offline store's parts and by the API as it scores, so a verdict on
@@ -29,10 +30,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from sqlalchemy import (Column, Connection, DateTime, Engine, Index, Integer, MetaData, Select, SmallInteger, Table, Text,
-                        create_engine, func, insert, inspect, select)
+                        create_engine, event, func, insert, inspect, select)
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -106,6 +108,8 @@ def _engine(url: str) -> Engine:
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     created = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+    if url.startswith("sqlite"):
+        _write_locked(created)
     with created.begin() as con:
         _lock(con)  # workers starting at once would race to create the table
         METADATA.create_all(con)
@@ -114,6 +118,22 @@ def _engine(url: str) -> Engine:
         for index in EVENTS.indexes:  # a store made before an index existed gets it
             index.create(con, checkfirst=True)
     return created
+
+
+def _write_locked(sqlite_engine: Engine) -> None:
+    """Every SQLite transaction takes the write lock as it begins (`BEGIN IMMEDIATE`), so writers
+    queue on the busy timeout. A transaction that reads, then writes (`record`, the index) would
+    otherwise be refused at once, without waiting, when another writer (an API worker's `remember`,
+    a second feeder) holds the lock: SQLite's answer to two readers that both want to write. The
+    price is that readers queue too, each for the milliseconds of one read. SQLAlchemy's recipe for
+    pysqlite: the driver begins no transaction of its own, SQLAlchemy begins each."""
+    @event.listens_for(sqlite_engine, "connect")
+    def _driver_begins_nothing(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(sqlite_engine, "begin")
+    def _immediate(con: Connection) -> None:
+        con.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _drop_copies(con: Connection) -> None:
@@ -125,7 +145,7 @@ def _drop_copies(con: Connection) -> None:
 
 def _lock(con: Connection) -> None:
     """On PostgreSQL, queue behind any other writer of the label store until this transaction ends
-    (SQLite's writers queue on its file lock already)."""
+    (SQLite's transactions all begin with the write lock: `_write_locked`)."""
     if con.dialect.name == "postgresql":
         con.execute(select(func.pg_advisory_xact_lock(LABELS_LOCK)))
 

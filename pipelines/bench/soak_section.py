@@ -24,23 +24,25 @@ from pipelines.bench.serving_section import WORKERS, prepared
 RATE = 500
 SOAK_SECONDS = {"full": 600.0, "small": 600.0, "smoke": 12.0}
 SEGMENTS = 10  # the run is cut into this many open-loop runs back to back: the tail over time
-NEW_CARD_SHARE = 0.05  # requests from a card never seen before: the state's growth a steady stream brings
+NEW_CARD_SHARE = 0.05  # requests from cards the backfill never saw
+NEW_CARDS = 1_000  # how many: each returns, so the state grows by them once and then stays flat
 REDIS_DOWN_SECONDS = 1.0
 
 
 def soak_transactions(s: Settings, start: pd.Timestamp, total: int, run: str) -> Callable[[int], str]:
-    """Request i: a new transaction, of a returning card (one of the simulated ones) or, for
-    `NEW_CARD_SHARE` of them, of a card never seen; event time moves on so that each card pays about
-    twice a day, as simulated, and the windows turn over while the soak runs."""
+    """Request i: a new transaction, of one of the simulated cards or, for `NEW_CARD_SHARE` of them,
+    of one of `NEW_CARDS` cards the state has never seen; event time moves on so that each card pays
+    about twice a day, as simulated, and the windows turn over while the soak runs."""
     rng = np.random.default_rng(11)
     new = rng.random(total) < NEW_CARD_SHARE
     cards = rng.integers(0, s.simulation.customers, total)
+    newcomers = rng.integers(0, NEW_CARDS, total)
     terminals = rng.integers(0, s.simulation.terminals, total)
     amounts = np.round(rng.gamma(2.0, 25.0, total), 2)
     step = 86_400 / (2 * s.simulation.customers)
 
     def body(i: int) -> str:
-        card = f"{run}-card-{i}" if new[i] else str(cards[i])
+        card = f"{run}-card-{newcomers[i]}" if new[i] else str(cards[i])
         stamp = (start + pd.Timedelta(seconds=step * i)).strftime("%Y-%m-%dT%H:%M:%SZ")
         return (f'{{"transaction_id":"{run}-{i}","customer_id":"{card}","terminal_id":"{terminals[i]}",'
                 f'"amount":{amounts[i]},"timestamp":"{stamp}"}}')
@@ -79,7 +81,7 @@ def soak_section(settings: Settings, scale: str, repeat: int) -> Section:
     from training.windows import Windows
 
     seconds = SOAK_SECONDS[scale]
-    section = Section(f"soak ({seconds:g} s at {RATE} req/s open loop, distinct transactions, {NEW_CARD_SHARE:.0%} from new cards, "
+    section = Section(f"soak ({seconds:g} s at {RATE} req/s open loop, distinct transactions, {NEW_CARD_SHARE:.0%} from {NEW_CARDS:,} new cards, "
                       f"{WORKERS} workers on a Redis state restarted halfway)")
     reason = available()
     if reason:
@@ -103,6 +105,7 @@ def soak_section(settings: Settings, scale: str, repeat: int) -> Section:
             for k in range(SEGMENTS):
                 restart = threading.Timer(segment / 3, server.restart, args=(REDIS_DOWN_SECONDS,)) if k == SEGMENTS // 2 else None
                 if restart:
+                    memory_half, keys_half = redis_size(server)  # every newcomer seen: from here on, flat
                     restart.start()
                 results.append(openloop.run(f"{on.api_url}/predict", shifted(body, k * per_segment), RATE, segment))
                 if restart:
@@ -116,8 +119,10 @@ def soak_section(settings: Settings, scale: str, repeat: int) -> Section:
     before = statistics.median(r.p99_ms for r in results[1:SEGMENTS // 2])  # the first segment warms up
     after = statistics.median(r.p99_ms for r in results[SEGMENTS // 2 + 1:])
     section.add("soak: API workers' resident memory, end", rss_end, "MB", f"start {rss_start:,.0f} MB, {WORKERS} workers", start=rss_start)
-    section.add("soak: Redis memory of the state, end", memory_end, "MB", f"start {memory_start:,.1f} MB", start=memory_start)
-    section.add("soak: the state's keys, end", keys_end, "keys", f"start {keys_start:,}; a card or terminal is two", start=keys_start)
+    section.add("soak: Redis memory of the state, end", memory_end, "MB", f"start {memory_start:,.1f} MB, halfway {memory_half:,.1f} MB",
+                start=memory_start, half=memory_half)
+    section.add("soak: the state's keys, end", keys_end, "keys", f"start {keys_start:,}, halfway {keys_half:,}; a card or terminal is two",
+                start=keys_start, half=keys_half)
     section.add("soak: p99 before the restart", before, "ms", f"median of {SEGMENTS // 2 - 1} segments of {segment:g} s after the first")
     section.add("soak: p99 after the restart", after, "ms", f"median of the last {SEGMENTS - SEGMENTS // 2 - 1} segments")
     section.add("soak: p99 of the segment with the restart", results[SEGMENTS // 2].p99_ms, "ms",
