@@ -30,11 +30,19 @@ def load_tools() -> None:
         pytest.skip(message)
 
 
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The state the serving section prepares (a trained champion), which the soak then soaks: one
+    training for the two, as `make bench` shares it."""
+    return tmp_path_factory.mktemp("served")
+
+
 @pytest.mark.parametrize("name", SMOKED)
-def test_the_section_runs_from_an_empty_state(name: str, tmp_path: Path) -> None:
+def test_the_section_runs_from_an_empty_state(name: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     if name == "serving":
         load_tools()
-    section = SECTIONS[name](tiny_settings(tmp_path / "bench"), "smoke", 1)
+    state = request.getfixturevalue("served") if name in ("serving", "soak") else tmp_path
+    section = SECTIONS[name](tiny_settings(state / "bench"), "smoke", 1)
     assert section.rows, f"{name}: measured nothing"
     values = section.figures()
     missing = [figure for figure, value in values.items() if isinstance(value, float) and not math.isfinite(value) and "Redis" not in figure]

@@ -30,13 +30,14 @@ def features_section(settings: Settings, scale: str, repeat: int) -> Section:
     cfg, entity, end = offline_side(settings, scale, repeat, section)
     labels_side(settings, entity, repeat, section)
     arrivals = new_transactions(entity, end)
-    live_side(settings, end, arrivals, section)
+    live_side(settings, end, arrivals, section, STEPS[scale])
     two_writers_side(settings, entity, end, scale, repeat, section)
+    dormant_side(settings, end, section, *CHURN[scale])
     if service_available("127.0.0.1", 6379):
-        redis_side(settings, cfg, end, arrivals, section)
+        redis_side(settings, cfg, end, arrivals, section, STEPS[scale])
     else:
         section.add("state step, Redis", float("nan"), "ms", "Redis not reachable on 127.0.0.1:6379: skipped")
-    cluster_side(settings, cfg, end, arrivals, section)
+    cluster_side(settings, cfg, end, arrivals, section, STEPS[scale])
     return section
 
 
@@ -127,7 +128,7 @@ def state_step(settings: Settings, state: object, arrivals: Callable[[], Tx]) ->
     return call
 
 
-def live_side(settings: Settings, end: datetime, arrivals: Callable[[], Tx], section: Section) -> None:
+def live_side(settings: Settings, end: datetime, arrivals: Callable[[], Tx], section: Section, steps: int) -> None:
     from features.store import materialize
 
     started = time.perf_counter()
@@ -136,10 +137,33 @@ def live_side(settings: Settings, end: datetime, arrivals: Callable[[], Tx], sec
     section.add("backfill the live state (SQLite)", loaded / seconds, "rows/s", f"{loaded:,} transactions in {seconds:.1f}s")
     history = open_state(settings).update([arrivals()])[0]
     sample = arrivals()
-    p50, p99 = latency_ms(lambda: features(sample, history, settings.features.label_delay_days), 2_000)
+    p50, p99 = latency_ms(lambda: features(sample, history, settings.features.label_delay_days), steps)
     section.add("windows alone (features.live on a card's history), p50 / p99", p50, "ms", f"p99 {p99:.3f} ms; no store", p99=p99)
-    p50, p99 = latency_ms(state_step(settings, open_state(settings), arrivals), 2_000)
+    p50, p99 = latency_ms(state_step(settings, open_state(settings), arrivals), steps)
     section.add("state step, SQLite (insert, prune, read, windows), p50 / p99", p50, "ms", f"p99 {p99:.3f} ms; one transaction at a time", p99=p99)
+
+
+# days of event time, and cards that start paying each day (for 3 days, then stop)
+CHURN = {"full": (120, 500), "small": (120, 500), "smoke": (40, 50)}
+STEPS = {"full": 2_000, "small": 2_000, "smoke": 200}  # state steps timed one at a time, per store
+
+
+def dormant_side(settings: Settings, end: datetime, section: Section, days: int, cards: int) -> None:
+    """The SQLite state under a steady stream of new cards that pay for a few days and stop, with the
+    monitor's daily `prune_dormant`: its size must stop growing once the first cards pass their
+    horizon (30 days plus the late margin), however many cards have come and gone."""
+    state = SqliteState(settings.state_dir / "churn" / "live_state.db", settings.features.label_delay_days)
+    start_us = int(pd.Timestamp(end).value // 1000)
+    held: dict[int, int] = {}
+    for day in range(days):
+        state.load([Tx(f"churn-{day}-{card}-{k}", f"churn-{day}-{card}", f"churn-t{card % 50}", 10.0,
+                       start_us + (day + k) * 86_400_000_000 + card * 1_000_000) for card in range(cards) for k in range(3)])
+        state.prune_dormant()
+        held[day] = sqlite3.connect(state.path).execute("SELECT count(*) FROM customer_events").fetchone()[0]
+    mid, last = held[days // 2], held[days - 1]
+    section.add("live state (SQLite) under a stream of new cards: card events held at the end", float(last), "events",
+                f"{cards} new cards a day for {days} days ({cards * days:,} in all), each paying 3 days; "
+                f"halfway {mid:,}; the monitor's daily prune", half=float(mid))
 
 
 WRITER_RATE = 250  # transactions a second per process: the serving section's 500 req/s on its 2 workers
@@ -201,7 +225,7 @@ def _writer(path: str, delay_days: int, background: bool, pairs: list[tuple[str,
     out.put(waits)
 
 
-def redis_side(settings: Settings, cfg: SimulationConfig, end: datetime, arrivals: Callable[[], Tx], section: Section) -> None:
+def redis_side(settings: Settings, cfg: SimulationConfig, end: datetime, arrivals: Callable[[], Tx], section: Section, steps: int) -> None:
     """The same backfill and step on Redis, with what the state costs in Redis memory and server time."""
     import redis
 
@@ -226,7 +250,7 @@ def redis_side(settings: Settings, cfg: SimulationConfig, end: datetime, arrival
     section.add("Redis memory of the live state, per card or terminal", held / entities, "bytes",
                 f"{held / 2**20:,.0f} MB for {cfg.customers:,} cards and {cfg.terminals:,} terminals after the backfill")
     client.config_resetstat()
-    p50, p99 = latency_ms(state_step(settings, open_state(on_redis), arrivals), 2_000)
+    p50, p99 = latency_ms(state_step(settings, open_state(on_redis), arrivals), steps)
     section.add("state step, Redis (one Lua script), p50 / p99", p50, "ms", f"p99 {p99:.3f} ms; one transaction at a time", p99=p99)
     scripts = info("commandstats").get("cmdstat_evalsha", {})
     section.add("state step, Redis server time per script call", float(scripts.get("usec_per_call", float("nan"))), "us",
@@ -234,7 +258,7 @@ def redis_side(settings: Settings, cfg: SimulationConfig, end: datetime, arrival
     client.flushdb()
 
 
-def cluster_side(settings: Settings, cfg: SimulationConfig, end: datetime, arrivals: Callable[[], Tx], section: Section) -> None:
+def cluster_side(settings: Settings, cfg: SimulationConfig, end: datetime, arrivals: Callable[[], Tx], section: Section, steps: int) -> None:
     """The same backfill and step on a local Redis Cluster of three masters (and their replicas): the
     distributed engine the capacity model names (docs/10-scaling.md), beside one Redis above."""
     import redis
@@ -259,6 +283,6 @@ def cluster_side(settings: Settings, cfg: SimulationConfig, end: datetime, arriv
         held = sum(cast(dict[str, Any], m.info("memory"))["used_memory"] for m in masters) - before
         section.add("Redis Cluster memory of the live state, per card or terminal", held / (cfg.customers + cfg.terminals), "bytes",
                     f"{held / 2**20:,.0f} MB over its 3 masters, replicas not counted")
-        p50, p99 = latency_ms(state_step(settings, open_state(on_cluster), arrivals), 2_000)
+        p50, p99 = latency_ms(state_step(settings, open_state(on_cluster), arrivals), steps)
         section.add("state step, Redis Cluster (a script per slot), p50 / p99", p50, "ms",
                     f"p99 {p99:.3f} ms; one transaction at a time: its card's and its terminal's shard", p99=p99)

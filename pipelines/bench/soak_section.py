@@ -22,7 +22,7 @@ from pipelines.bench.local_redis import LocalRedis, available, cli, free_ports, 
 from pipelines.bench.serving_section import WORKERS, prepared
 
 RATE = 500
-SOAK_SECONDS = {"full": 600.0, "small": 600.0, "smoke": 12.0}
+SOAK_SECONDS = {"full": 600.0, "small": 600.0, "smoke": 6.0}
 SEGMENTS = 10  # the run is cut into this many open-loop runs back to back: the tail over time
 NEW_CARD_SHARE = 0.05  # requests from cards the backfill never saw
 NEW_CARDS = 1_000  # how many: each returns, so the state grows by them once and then stays flat
