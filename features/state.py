@@ -341,12 +341,16 @@ class RedisState:
         # time, whatever the events' own), and the state stays bounded by the cards still active.
         self.ttl_ms = ((CUSTOMER_HORIZON_US + LATE_MARGIN_US) // 1000, (self.terminal_horizon + LATE_MARGIN_US) // 1000)
 
+    def _tag(self, kind: str, entity: str) -> str:
+        """An entity's events key; its other key adds a suffix. The braces: an entity's keys share a slot."""
+        return f"{self.prefix}:{{{kind}:{entity}}}"
+
     def _card(self, tx: Tx, read_from: int | str, prune_before: int | str) -> Entry:
-        tag = f"{self.prefix}:{{c:{tx.customer_id}}}"  # the braces: a card's keys share a slot
+        tag = self._tag("c", tx.customer_id)
         return Entry((tag, f"{tag}:ids"), ("c", tx.us, tx.transaction_id, _card_member(tx), read_from, prune_before))
 
     def _terminal(self, tx: Tx, read_from: int | str, prune_before: int | str) -> Entry:
-        tag = f"{self.prefix}:{{t:{tx.terminal_id}}}"
+        tag = self._tag("t", tx.terminal_id)
         return Entry((tag, f"{tag}:f"), ("t", tx.us, tx.transaction_id, "", read_from, prune_before))
 
     def _run(self, entries: Sequence[Entry]) -> list[list[Any]]:
@@ -441,7 +445,7 @@ class RedisState:
         refuses MULTI across slots)."""
         commands: list[tuple[str, tuple[Any, ...]]] = []
         for terminal, tx_id, us in frauds:
-            key = f"{self.prefix}:{{t:{terminal}}}:f"
+            key = f"{self._tag('t', terminal)}:f"
             commands += [(key, ("ZADD", key, "NX", us, tx_id)), (key, ("PEXPIRE", key, self.ttl_ms[1]))]
         if commands:
             self._send(commands)

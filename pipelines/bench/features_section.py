@@ -128,13 +128,18 @@ def state_step(settings: Settings, state: object, arrivals: Callable[[], Tx]) ->
     return call
 
 
-def live_side(settings: Settings, end: datetime, arrivals: Callable[[], Tx], section: Section, steps: int) -> None:
+def timed_backfill(settings: Settings, end: datetime, section: Section, figure: str) -> None:
+    """`fraudops features materialize` into the state `settings` name, in rows a second."""
     from features.store import materialize
 
     started = time.perf_counter()
     loaded = materialize(settings, end)
     seconds = time.perf_counter() - started
-    section.add("backfill the live state (SQLite)", loaded / seconds, "rows/s", f"{loaded:,} transactions in {seconds:.1f}s")
+    section.add(figure, loaded / seconds, "rows/s", f"{loaded:,} transactions in {seconds:.1f}s")
+
+
+def live_side(settings: Settings, end: datetime, arrivals: Callable[[], Tx], section: Section, steps: int) -> None:
+    timed_backfill(settings, end, section, "backfill the live state (SQLite)")
     history = open_state(settings).update([arrivals()])[0]
     sample = arrivals()
     p50, p99 = latency_ms(lambda: features(sample, history, settings.features.label_delay_days), steps)
@@ -229,8 +234,6 @@ def redis_side(settings: Settings, cfg: SimulationConfig, end: datetime, arrival
     """The same backfill and step on Redis, with what the state costs in Redis memory and server time."""
     import redis
 
-    from features.store import materialize
-
     client = redis.Redis(host="127.0.0.1", port=6379, db=9)
 
     def info(section: str) -> dict[str, Any]:
@@ -240,10 +243,7 @@ def redis_side(settings: Settings, cfg: SimulationConfig, end: datetime, arrival
     before = info("memory")["used_memory"]
     on_redis = settings.replace(feast_redis_url=REDIS_URL, state_dir=settings.state_dir / "redis")
     shutil.copytree(settings.transactions_dir, on_redis.transactions_dir, dirs_exist_ok=True)
-    started = time.perf_counter()
-    loaded = materialize(on_redis, end)
-    seconds = time.perf_counter() - started
-    section.add("backfill the live state (Redis)", loaded / seconds, "rows/s", f"{loaded:,} transactions in {seconds:.1f}s")
+    timed_backfill(on_redis, end, section, "backfill the live state (Redis)")
     # what a card and a terminal cost in memory with their real history (the capacity model's input)
     held = info("memory")["used_memory"] - before
     entities = cfg.customers + cfg.terminals
@@ -263,7 +263,6 @@ def cluster_side(settings: Settings, cfg: SimulationConfig, end: datetime, arriv
     distributed engine the capacity model names (docs/10-scaling.md), beside one Redis above."""
     import redis
 
-    from features.store import materialize
     from pipelines.bench.local_redis import available, local_cluster
 
     reason = available()
@@ -276,10 +275,7 @@ def cluster_side(settings: Settings, cfg: SimulationConfig, end: datetime, arriv
         on_cluster = on_cluster.replace(feast_redis_url=cluster.url)
         masters = [redis.Redis(host="127.0.0.1", port=port) for port in cluster.masters()]
         before = sum(cast(dict[str, Any], m.info("memory"))["used_memory"] for m in masters)
-        started = time.perf_counter()
-        loaded = materialize(on_cluster, end)
-        seconds = time.perf_counter() - started
-        section.add("backfill the live state (Redis Cluster, 3 shards)", loaded / seconds, "rows/s", f"{loaded:,} transactions in {seconds:.1f}s")
+        timed_backfill(on_cluster, end, section, "backfill the live state (Redis Cluster, 3 shards)")
         held = sum(cast(dict[str, Any], m.info("memory"))["used_memory"] for m in masters) - before
         section.add("Redis Cluster memory of the live state, per card or terminal", held / (cfg.customers + cfg.terminals), "bytes",
                     f"{held / 2**20:,.0f} MB over its 3 masters, replicas not counted")
