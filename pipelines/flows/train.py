@@ -208,4 +208,4 @@ def training_flow(settings: Settings) -> Flow[..., dict[str, object]]:
         return train_flow
     from prefect_dask import DaskTaskRunner
 
-    return train_flow.with_options(task_runner=DaskTaskRunner(address=settings.training.dask_address))  # type: ignore[arg-type]  # typed for Prefect's own futures
+    return train_flow.with_options(task_runner=DaskTaskRunner(address=settings.training.dask_address))
