@@ -44,10 +44,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 @contextmanager
-def running_api(settings: Settings, timeout: float = 120.0) -> Iterator[subprocess.Popen[bytes]]:
-    """Start the API as its own process, as production would (`fraudops serve`), and wait until it is ready."""
+def running_api(settings: Settings, timeout: float = 120.0, log_name: str = "api.log") -> Iterator[subprocess.Popen[bytes]]:
+    """Start the API as its own process, as production would (`fraudops serve`), and wait until it is
+    ready. `log_name`: its output's file in the state folder, one per API where several share it."""
     command = [str(Path(sys.executable).parent / "fraudops"), "serve"]
-    log_path = settings.state_dir / "api.log"
+    log_path = settings.state_dir / log_name
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, env=settings_env(settings), stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -17,7 +17,7 @@ from tests.conftest import tiny_settings
 # Each runs in make test. The scaling section starts a Dask cluster per size and the concept section
 # trains four models: they prepare their data as the others do (simulate, deliver the chargebacks),
 # and their measurement is make bench's.
-SMOKED = ("features", "training", "budget", "batch", "monitoring", "bandit", "exploration", "serving", "soak")
+SMOKED = ("features", "training", "budget", "batch", "monitoring", "bandit", "exploration", "serving", "soak", "freshness")
 
 
 def load_tools() -> None:
@@ -32,8 +32,8 @@ def load_tools() -> None:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The state the serving section prepares (a trained champion), which the soak then soaks: one
-    training for the two, as `make bench` shares it."""
+    """The state the serving section prepares (a trained champion), which the soak and the freshness
+    probes then use: one training for the three, as `make bench` shares it."""
     return tmp_path_factory.mktemp("served")
 
 
@@ -41,12 +41,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_section_runs_from_an_empty_state(name: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     if name == "serving":
         load_tools()
-    state = request.getfixturevalue("served") if name in ("serving", "soak") else tmp_path
+    state = request.getfixturevalue("served") if name in ("serving", "soak", "freshness") else tmp_path
     section = SECTIONS[name](tiny_settings(state / "bench"), "smoke", 1)
     assert section.rows, f"{name}: measured nothing"
     values = section.figures()
     missing = [figure for figure, value in values.items() if isinstance(value, float) and not math.isfinite(value) and "Redis" not in figure]
     assert not missing, f"{name}: no figure for {missing}"
+    if name == "freshness":  # the one claim a smoke run can judge: every probe's write was seen by the other process
+        unseen = {figure: values[f"{figure} [seen]"] for figure, _, _, _ in section.rows if values[f"{figure} [seen]"] != values[f"{figure} [probes]"]}
+        assert not unseen, f"writes the other API process did not see: {unseen}"
 
 
 def test_every_section_is_smoked_or_says_why_not() -> None:

@@ -20,6 +20,7 @@ from pipelines.bench.common import Section
 from pipelines.bench.concept_section import concept_section
 from pipelines.bench.exploration_section import exploration_section
 from pipelines.bench.features_section import features_section
+from pipelines.bench.freshness_section import freshness_section
 from pipelines.bench.monitoring_section import monitoring_section
 from pipelines.bench.scaling_section import scaling_section
 from pipelines.bench.serving_section import serving_section
@@ -39,6 +40,7 @@ SECTIONS: dict[str, Callable[[Settings, str, int], Section]] = {
     "exploration": exploration_section,
     "concept": concept_section,
     "soak": soak_section,
+    "freshness": freshness_section,
 }
 
 

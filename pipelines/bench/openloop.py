@@ -100,13 +100,37 @@ def _connection(host: str, port: int, request: Callable[[int], bytes], due: np.n
         sock.close()
 
 
-def post_json(path: str, host: str, body: Callable[[int], str]) -> Callable[[int], bytes]:
+def post_json(path: str, host: str, body: Callable[[int], str], headers: dict[str, str] | None = None) -> Callable[[int], bytes]:
     """Request i as a POST of body(i), keep-alive."""
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+
     def request(i: int) -> bytes:
         data = body(i).encode()
-        return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{extra}"
                 f"Content-Length: {len(data)}\r\n\r\n").encode() + data
     return request
+
+
+class Connection:
+    """One keep-alive connection whose requests go one at a time: a closed-loop client's, or a
+    probe's that must know when each answer came back (pipelines/bench/freshness_section.py)."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.headers = headers
+        self.sock = socket.create_connection((self.host, self.port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buffer = bytearray()
+
+    def post(self, path: str, body: str) -> tuple[int, float]:
+        """POST `body` to `path`: the answer's status, and `perf_counter` when it was read."""
+        self.sock.sendall(post_json(path, f"{self.host}:{self.port}", lambda _: body, self.headers)(0))
+        status = _read_response(self.sock, self.buffer)
+        return status, time.perf_counter()
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def run(url: str, body: Callable[[int], str], rate: float, seconds: float, connections: int = 16,
@@ -147,22 +171,17 @@ def run(url: str, body: Callable[[int], str], rate: float, seconds: float, conne
 def closed_loop(url: str, body: Callable[[int], str], requests: int, connections: int = 1) -> Result:
     """The same requests closed loop: each connection sends its next when its last is answered, and
     a latency is measured from the actual send. What wrk and hey report; the peer in the test."""
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    request = post_json(parts.path or "/", f"{host}:{port}", body)
+    path = urlsplit(url).path or "/"
     latency, status = np.full(requests, np.nan), np.zeros(requests, dtype=np.int64)
 
     def one(indices: range) -> None:
-        sock = socket.create_connection((host, port))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        buffer = bytearray()
+        connection = Connection(url)
         for i in indices:
-            payload = request(i)
+            text = body(i)
             sent = time.perf_counter()
-            sock.sendall(payload)
-            status[i] = _read_response(sock, buffer)
-            latency[i] = time.perf_counter() - sent
-        sock.close()
+            status[i], answered = connection.post(path, text)
+            latency[i] = answered - sent
+        connection.close()
 
     started = time.perf_counter()
     threads = [threading.Thread(target=one, args=(range(k, requests, connections),), daemon=True) for k in range(connections)]
