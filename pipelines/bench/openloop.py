@@ -119,14 +119,25 @@ class Connection:
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.headers = headers
+        self._connect()
+
+    def _connect(self) -> None:
         self.sock = socket.create_connection((self.host, self.port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buffer = bytearray()
 
     def post(self, path: str, body: str) -> tuple[int, float]:
-        """POST `body` to `path`: the answer's status, and `perf_counter` when it was read."""
-        self.sock.sendall(post_json(path, f"{self.host}:{self.port}", lambda _: body, self.headers)(0))
-        status = _read_response(self.sock, self.buffer)
+        """POST `body` to `path`: the answer's status, and `perf_counter` when it was read. A
+        connection the server closed while it idled (its keep-alive timeout) is opened again, once."""
+        request = post_json(path, f"{self.host}:{self.port}", lambda _: body, self.headers)(0)
+        try:
+            self.sock.sendall(request)
+            status = _read_response(self.sock, self.buffer)
+        except ConnectionError:
+            self.sock.close()
+            self._connect()
+            self.sock.sendall(request)
+            status = _read_response(self.sock, self.buffer)
         return status, time.perf_counter()
 
     def close(self) -> None:

@@ -27,8 +27,10 @@ WORKERS = 2
 PORTS = {"ours": 18081, "mlflow": 18082, "floor": 18083, "lookup": 18084, "snapshot": 18085, "no-lane": 18086, "ours-redis": 18087}
 SERVING_REDIS = "127.0.0.1:6379,db=8"  # the Redis live state of the serving section's third API (db 9 is the features section's)
 OPEN_LOOP_RATES = ((500, 3.0), (1_000, 5.0))  # req/s and the p99 target in ms (docs/results/targets.json)
-# Seconds a measured run lasts: the smoke scale only proves that every step runs (tests/test_bench.py).
+# Seconds a measured run lasts, closed loop and at a constant rate (hey, open loop): the smoke scale
+# only proves that every step runs (tests/test_bench.py).
 RUN_SECONDS = {"full": 8, "small": 8, "smoke": 1}
+RATE_SECONDS = {"full": 10, "small": 10, "smoke": 1}
 HEALTH = {"ours": "/readyz", "no-lane": "/readyz", "ours-redis": "/readyz", "mlflow": "/ping"}  # the peers answer on "/"
 Run = tuple[float, float, float, int]  # req/s, p50 ms, p99 ms, non-2xx
 
@@ -234,7 +236,7 @@ def serving_section(settings: Settings, scale: str, repeat: int) -> Section:
     body = bodies(s, tx)
     write_snapshot(s)
     section = Section(f"serving ({WORKERS} workers each, pinned, wrk -t1 -c16 closed loop, a warm-up then {repeat} rounds of one "
-                      f"{RUN_SECONDS[scale]} s run per target; hey and open loop {RUN_SECONDS[scale] + 2} s a run; medians)")
+                      f"{RUN_SECONDS[scale]} s run per target; hey and open loop {RATE_SECONDS[scale]} s a run; medians)")
     with servers(s) as processes:
         closed_loop_rounds(section, body, repeat, RUN_SECONDS[scale])
         # the tail at a constant rate is the machine's: idle workers of the other targets wake every
@@ -242,6 +244,6 @@ def serving_section(settings: Settings, scale: str, repeat: int) -> Section:
         for name in processes.keys() - {"ours", "floor", "ours-redis"}:
             processes[name].terminate()
             processes[name].wait(timeout=30)
-        constant_rates(section, body["hey"], repeat, RUN_SECONDS[scale] + 2)
-        open_loop_rates(section, s, tx, [name for name in ("ours", "ours-redis", "floor") if name in processes], repeat, RUN_SECONDS[scale] + 2)
+        constant_rates(section, body["hey"], repeat, RATE_SECONDS[scale])
+        open_loop_rates(section, s, tx, [name for name in ("ours", "ours-redis", "floor") if name in processes], repeat, RATE_SECONDS[scale])
     return section
