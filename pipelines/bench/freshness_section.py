@@ -46,32 +46,40 @@ def probe(first: str, second: str, run: str, probes: int, start: pd.Timestamp, d
     each write took to be answered, by probe."""
     from pipelines.bench.openloop import Connection
 
-    auth = {"Authorization": f"Bearer {TOKEN}"}
-    a, b, labels = Connection(first), Connection(second), Connection(first, auth)
+    a, b = Connection(f"{first}/predict"), Connection(f"{second}/predict")
+    labels = Connection(f"{first}/labels", {"Authorization": f"Bearer {TOKEN}"})
+    warm_up = labels.request(json.dumps({"labels": [{"transaction_id": f"{run}-warm-up", "is_fraud": False}]}))
     written, labelled = np.full(probes, np.nan), np.full(probes, np.nan)
+
+    def timed(connection: Connection, body: str) -> float:
+        """How long `body` took to be answered (NaN if not 200)."""
+        request = connection.request(body)
+        sent = time.perf_counter()
+        status, answered = connection.send(request)
+        return answered - sent if status == 200 else float("nan")
+
     try:
+        # untimed first requests: each connection open and each process's first-request costs paid;
         # the label path's index of seen transactions is built from the offline store at its first
-        # lookup (seconds at the Handbook's scale, once): a verdict on an unknown id builds it first
-        labels.post("/labels", json.dumps({"labels": [{"transaction_id": f"{run}-warm-up", "is_fraud": False}]}))
+        # lookup (seconds at the Handbook's scale, once), which a verdict on an unknown id does
+        for connection, name in ((a, "a"), (b, "b")):
+            connection.send(connection.request(transaction(f"{run}-warm-{name}", f"{run}-warm-{name}", f"{run}-warm", start)))
+        labels.send(warm_up)
         for i in range(probes):
             when = start + pd.Timedelta(minutes=i)
-            sent = time.perf_counter()
-            status, answered = a.post("/predict", transaction(f"{run}-a-{i}", f"{run}-{i}", f"{run}-{i}", when))
-            if status == 200:
-                written[i] = answered - sent
-            b.post("/predict", transaction(f"{run}-b-{i}", f"{run}-{i}", f"{run}-{i}", when + pd.Timedelta(seconds=1)))
-        # every worker remembers what it answered within REMEMBER_SECONDS: a verdict on a transaction
-        # answered a moment ago would wait for that (POST /labels looks again), which is not this measure
+            written[i] = timed(a, transaction(f"{run}-a-{i}", f"{run}-{i}", f"{run}-{i}", when))
+            b.send(b.request(transaction(f"{run}-b-{i}", f"{run}-{i}", f"{run}-{i}", when + pd.Timedelta(seconds=1))))
+        # a worker writes what it answered into the label path's index every REMEMBER_SECONDS (a
+        # fraction of this pause): a verdict on a transaction answered a moment ago would wait for
+        # that write (POST /labels looks again), which is not this measure
         time.sleep(1.0)
+        labels.send(warm_up)  # the labels connection idled through the transactions: opened again untimed if closed
         reported = datetime.now(timezone.utc).isoformat()
         for i in range(probes):
             verdict = json.dumps({"labels": [{"transaction_id": f"{run}-a-{i}", "is_fraud": True, "reported_at": reported, "source": "bench"}]})
-            sent = time.perf_counter()
-            status, answered = labels.post("/labels", verdict)
-            if status == 200:
-                labelled[i] = answered - sent
+            labelled[i] = timed(labels, verdict)
             later = start + pd.Timedelta(minutes=i) + pd.Timedelta(days=delay_days, hours=1)
-            b.post("/predict", transaction(f"{run}-c-{i}", f"{run}-{i}-c", f"{run}-{i}", later))
+            b.send(b.request(transaction(f"{run}-c-{i}", f"{run}-{i}-c", f"{run}-{i}", later)))
     finally:
         for connection in (a, b, labels):
             connection.close()
@@ -124,7 +132,8 @@ def _by_probe(log: pd.DataFrame, prefix: str, feature: str, probes: int) -> np.n
     """The logged value of `feature` for each probe's transaction `prefix<i>` (NaN where not logged)."""
     if log.empty or feature not in log:
         return np.full(probes, np.nan)
-    rows = log[log["transaction_id"].str.startswith(prefix)]
+    # a probe's transaction logged twice (a retry the server had acted on): its first score is what it saw
+    rows = log[log["transaction_id"].str.startswith(prefix)].drop_duplicates("transaction_id")
     values = pd.Series(rows[feature].to_numpy(), index=rows["transaction_id"].str.removeprefix(prefix).astype(int))
     return values.reindex(range(probes)).to_numpy(dtype=float)
 

@@ -77,67 +77,68 @@ def _read_response(sock: socket.socket, buffer: bytearray) -> int:
     return status
 
 
-def _connection(host: str, port: int, request: Callable[[int], bytes], due: np.ndarray, indices: range, start: float,
+def _connection(url: str, body: Callable[[int], str], due: np.ndarray, indices: range, start: float,
                 latency: np.ndarray, lag: np.ndarray, status: np.ndarray) -> None:
-    buffer = bytearray()
-    sock = socket.socket()
+    connection = None
     try:
-        sock = socket.create_connection((host, port))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connection = Connection(url, reopen=False)
         for i in indices:
-            payload = request(i)  # built before its time: the body's cost is not the server's
+            payload = connection.request(body(i))  # built before its time: the body's cost is not the server's
             wait = start + due[i] - time.perf_counter()
             if wait > 0:
                 time.sleep(wait)
-            sent = time.perf_counter()
-            lag[i] = sent - (start + due[i])
-            sock.sendall(payload)
-            status[i] = _read_response(sock, buffer)
-            latency[i] = time.perf_counter() - (start + due[i])
+            lag[i] = time.perf_counter() - (start + due[i])
+            status[i], answered = connection.send(payload)
+            latency[i] = answered - (start + due[i])
     except (OSError, ValueError, IndexError):
         pass  # a refused connection or an answer that is not HTTP: the requests it left keep no latency, and count as errors
     finally:
-        sock.close()
-
-
-def post_json(path: str, host: str, body: Callable[[int], str], headers: dict[str, str] | None = None) -> Callable[[int], bytes]:
-    """Request i as a POST of body(i), keep-alive."""
-    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
-
-    def request(i: int) -> bytes:
-        data = body(i).encode()
-        return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n{extra}"
-                f"Content-Length: {len(data)}\r\n\r\n").encode() + data
-    return request
+        if connection is not None:
+            connection.close()
 
 
 class Connection:
-    """One keep-alive connection whose requests go one at a time: a closed-loop client's, or a
-    probe's that must know when each answer came back (pipelines/bench/freshness_section.py)."""
+    """One keep-alive connection to `url` whose requests go one at a time: an open- or closed-loop
+    client's, or a probe's that must know when each answer came back (freshness_section.py).
 
-    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
+    With `reopen`, a connection the server closed while it idled (its keep-alive timeout) is opened
+    again and the request sent once more, but only where the connection had answered before and
+    this request failed before any byte of its answer came, as such a close does; a request whose
+    answer had begun is never sent again. A load generator's connections do not reopen: there a
+    failure counts as an error."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None, reopen: bool = True) -> None:
         parts = urlsplit(url)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-        self.headers = headers
+        self.host, self.port, self.path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
+        self.headers, self.reopen = headers, reopen
         self._connect()
 
     def _connect(self) -> None:
         self.sock = socket.create_connection((self.host, self.port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buffer = bytearray()
+        self.answered = 0
 
-    def post(self, path: str, body: str) -> tuple[int, float]:
-        """POST `body` to `path`: the answer's status, and `perf_counter` when it was read. A
-        connection the server closed while it idled (its keep-alive timeout) is opened again, once."""
-        request = post_json(path, f"{self.host}:{self.port}", lambda _: body, self.headers)(0)
+    def request(self, body: str) -> bytes:
+        """The keep-alive POST of the JSON `body` to this connection's path, encoded before it is timed."""
+        extra = "".join(f"{name}: {value}\r\n" for name, value in (self.headers or {}).items())
+        data = body.encode()
+        return (f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n{extra}"
+                f"Content-Length: {len(data)}\r\n\r\n").encode() + data
+
+    def send(self, request: bytes) -> tuple[int, float]:
+        """Send an encoded request and read its answer: the status, and `perf_counter` when it was read."""
         try:
             self.sock.sendall(request)
-            status = _read_response(self.sock, self.buffer)
+            _fill(self.sock, self.buffer, lambda: len(self.buffer) > 0)  # the answer's first byte
         except ConnectionError:
-            self.sock.close()
+            if not (self.reopen and self.answered):
+                raise
+            self.close()
             self._connect()
             self.sock.sendall(request)
-            status = _read_response(self.sock, self.buffer)
+        status = _read_response(self.sock, self.buffer)
+        self.answered += 1
         return status, time.perf_counter()
 
     def close(self) -> None:
@@ -147,14 +148,11 @@ class Connection:
 def run(url: str, body: Callable[[int], str], rate: float, seconds: float, connections: int = 16,
         arrivals: str = "constant", rng_seed: int = 0) -> Result:
     """Send body(0), body(1), ... to `url` at `rate` a second for `seconds`, open loop."""
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    request = post_json(parts.path or "/", f"{host}:{port}", body)
     due = schedule(rate, seconds, arrivals, rng_seed)
     n = len(due)
     latency, lag, status = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n, dtype=np.int64)
     start = time.perf_counter() + 0.2  # every connection open before the first request is due
-    threads = [threading.Thread(target=_connection, args=(host, port, request, due, range(k, n, connections), start, latency, lag, status),
+    threads = [threading.Thread(target=_connection, args=(url, body, due, range(k, n, connections), start, latency, lag, status),
                                 daemon=True) for k in range(connections)]
     for thread in threads:
         thread.start()
@@ -182,15 +180,14 @@ def run(url: str, body: Callable[[int], str], rate: float, seconds: float, conne
 def closed_loop(url: str, body: Callable[[int], str], requests: int, connections: int = 1) -> Result:
     """The same requests closed loop: each connection sends its next when its last is answered, and
     a latency is measured from the actual send. What wrk and hey report; the peer in the test."""
-    path = urlsplit(url).path or "/"
     latency, status = np.full(requests, np.nan), np.zeros(requests, dtype=np.int64)
 
     def one(indices: range) -> None:
-        connection = Connection(url)
+        connection = Connection(url, reopen=False)
         for i in indices:
-            text = body(i)
+            payload = connection.request(body(i))
             sent = time.perf_counter()
-            status[i], answered = connection.post(path, text)
+            status[i], answered = connection.send(payload)
             latency[i] = answered - sent
         connection.close()
 
