@@ -48,8 +48,12 @@ demo: install
 	$(BIN)/fraudops demo
 
 ## test: run the test suite (integration tests use the local PostgreSQL and Redis; mandatory when CI=true)
+# Two pytest-xdist workers, each test file on one worker (its fixtures are shared); the tests marked
+# serial assert on times, so they run alone afterwards.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q --durations=12
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not serial" --durations=12
+	$(BIN)/python -m pytest -q -m serial
 
 ## compose-test: docker-compose.yml on podman: build its images, start it in order, drive it end to end and through faults, remove it
 compose-test: install

@@ -136,15 +136,24 @@ def database():
         conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 
 
+# Redis databases the tests may flush, one per pytest-xdist worker: 8 and 9 are the bench's (its serving
+# and features sections, run by tests/test_bench.py), 11 the native stack's (tests/test_native_stack.py).
+TEST_REDIS_DBS = (7, 10, 12, 13, 14, 15)
+
+
 @pytest.fixture
 def redis_db():
-    """A Redis database number of its own, flushed before and after."""
+    """A Redis database number of its own (its worker's), flushed before and after."""
     require_service(*REDIS)
     import redis
 
-    client = redis.Redis(host="127.0.0.1", port=6379, db=7)
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    if worker >= len(TEST_REDIS_DBS):
+        pytest.fail(f"{len(TEST_REDIS_DBS)} Redis databases are set aside for tests: run at most that many workers")
+    db = TEST_REDIS_DBS[worker]
+    client = redis.Redis(host="127.0.0.1", port=6379, db=db)
     client.flushdb()
-    yield "127.0.0.1:6379,db=7"
+    yield f"127.0.0.1:6379,db={db}"
     client.flushdb()
 
 
