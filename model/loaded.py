@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import numpy as np
 
 from core.runtime import write_atomically
 from core.settings import Settings
+from model.calibration import IDENTITY, Calibration
 from model.decisions import Bands
 from model.native.lightgbm_row import RowScorer, row_predictor
 
@@ -33,30 +35,43 @@ class LoadedModel:
     threshold: float
     bands: Bands
     source: str  # "registry" or "cache"
+    calibration: Calibration = IDENTITY  # the identity for a version logged before calibration
     score_one: RowScorer = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "score_one", row_predictor(self.booster, len(self.features)))
+        raw = row_predictor(self.booster, len(self.features))
+        if self.calibration == IDENTITY:
+            object.__setattr__(self, "score_one", raw)
+            return
+        to_probability = self.calibration.one
+
+        def score_one(row: Sequence[float] | np.ndarray) -> float:
+            return to_probability(raw(row))
+
+        object.__setattr__(self, "score_one", score_one)
 
     @classmethod
     def from_meta(cls, alias: str, version: str, booster: lgb.Booster, meta: dict[str, Any], source: str) -> LoadedModel:
         """From the metadata training logged with the model; a version from before the decision
-        bands decides by its threshold alone (flagged means review)."""
+        bands decides by its threshold alone (flagged means review), and one from before calibration
+        serves the booster's raw score."""
         threshold = float(meta["threshold"])
         bands = Bands(*map(float, meta["bands"])) if "bands" in meta else Bands.from_threshold(threshold)
-        return cls(alias, version, booster, tuple(meta["features"]), threshold, bands, source)
+        calibration = Calibration(*map(float, meta["calibration"])) if "calibration" in meta else IDENTITY
+        return cls(alias, version, booster, tuple(meta["features"]), threshold, bands, source, calibration)
 
     def meta(self) -> dict[str, Any]:
-        return {"version": self.version, "features": list(self.features), "threshold": self.threshold, "bands": self.bands.cuts().tolist()}
+        return {"version": self.version, "features": list(self.features), "threshold": self.threshold, "bands": self.bands.cuts().tolist(),
+                "calibration": self.calibration.params()}
 
-    def __reduce__(self) -> tuple[type[LoadedModel], tuple[str, str, lgb.Booster, tuple[str, ...], float, Bands, str]]:
+    def __reduce__(self) -> tuple[type[LoadedModel], tuple[str, str, lgb.Booster, tuple[str, ...], float, Bands, str, Calibration]]:
         """Pickled without the row scorer, which holds native buffers, and rebuilt with a new one
         where it lands (a Dask worker of the batch job)."""
-        return LoadedModel, (self.alias, self.version, self.booster, self.features, self.threshold, self.bands, self.source)
+        return LoadedModel, (self.alias, self.version, self.booster, self.features, self.threshold, self.bands, self.source, self.calibration)
 
     def score(self, rows: np.ndarray, threads: int = 1) -> np.ndarray:
-        """Scores for rows already in `features` order: the booster on a NumPy array, no DataFrame."""
-        return np.asarray(self.booster.predict(rows, num_threads=threads))
+        """Calibrated scores for rows already in `features` order: the booster on a NumPy array, no DataFrame."""
+        return self.calibration.apply(np.asarray(self.booster.predict(rows, num_threads=threads)))
 
     def reasons(self, rows: np.ndarray, top: int = REASONS, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Why each row scored as it did: the indices into `features` of its `top` largest

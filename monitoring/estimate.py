@@ -4,9 +4,10 @@ Chargebacks take a label delay to arrive, and until then only drift speaks. But 
 calibrated, a score of 0.3 is a 30% chance of fraud, and the AP a set of scored transactions will
 turn out to have can be estimated at once: draw each transaction's label from its probability, score
 the draw, repeat (the idea of NannyML's confidence-based performance estimation, CBPE, written here
-in a few lines because NannyML cannot join this project's pins). The served scores are ranked, not
-calibrated (training weights the frauds up), so the probabilities come from an isotonic map of score
-to fraud rate fitted on the model's reference traffic: its test window, scored when it shipped.
+in a few lines because NannyML cannot join this project's pins). The served score is calibrated on
+the validation window (model/calibration.py); the probabilities here come from one more map, an
+isotonic one of score to fraud rate fitted on the model's reference traffic (its test window, scored
+when it shipped), the labelled window nearest the live one.
 
 What this can and cannot see is the lesson: it follows a change in the traffic's mix (more
 transactions in a score range), since the map still holds there; it is blind to concept drift, a

@@ -120,7 +120,9 @@ def train(
     if json_out:
         counts = {"test_rows": result.get("test_rows"), "test_frauds": result.get("test_frauds")}
         models = {row.model: {**row.as_json(s), **counts} for row in scores}
-        write_results(json_out, {"models": models, "version": result["version"], "alias": result["alias"], "gate": result["gate"]})
+        calibration = {name: result.get(f"test_{name}") for name in ("calibration_error", "calibration_error_raw")}
+        write_results(json_out, {"models": models, "calibration": calibration, "version": result["version"], "alias": result["alias"],
+                                 "gate": result["gate"]})
 
 
 @app.command()

@@ -397,6 +397,7 @@ def test_hot_path_scores_equal_the_mlflow_pyfunc_model(trained) -> None:
 
     from features.offline import read_transactions
     from features.store import historical_features, open_store
+    from model.calibration import Calibration
     from model.loaded import load_from_registry
 
     model = load_from_registry(trained, "champion")
@@ -405,7 +406,10 @@ def test_hot_path_scores_equal_the_mlflow_pyfunc_model(trained) -> None:
     frame = historical_features(open_store(trained), trained.features.feature_service, tx)
     matrix = frame[list(model.features)].to_numpy(np.float64)
     pyfunc = mlflow.pyfunc.load_model(f"models:/{trained.stores.model_name}@champion")
-    reference = np.asarray(pyfunc.predict(frame[list(model.features)])).ravel()
+    # the pyfunc returns the booster's raw score; the served one is it through the calibration logged beside it
+    raw = np.asarray(pyfunc.predict(frame[list(model.features)])).ravel()
+    calibration = mlflow.models.get_model_info(f"models:/{trained.stores.model_name}@champion").metadata["calibration"]
+    reference = Calibration(*calibration).apply(raw)
     np.testing.assert_allclose(model.score(matrix), reference, atol=1e-6)  # batches
     np.testing.assert_allclose(np.array([model.score_one(row) for row in matrix]), reference, atol=1e-6)  # the per-request path
 

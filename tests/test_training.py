@@ -7,7 +7,9 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from model.calibration import IDENTITY
 from model.evaluation import MAX_IPS_WEIGHT, card_precision_at_k, cost_optimal_threshold, expected_cost, recall_at_fpr
+from model.loaded import fetch
 from tests.conftest import fail_first_call, log_parts, log_records
 from training.fit import ModelConfig
 from training.windows import Windows
@@ -113,8 +115,11 @@ def test_run_is_logged_with_lineage_baselines_and_plots(trained) -> None:
     for key in ("git_commit", "feature_service", "features", "train_window", "test_window", "fingerprint"):
         assert run.data.tags[key]
     for metric in ("test_roc_auc", "test_average_precision", "test_card_precision_at_100", "test_recall_at_fpr_0.01",
-                   "test_expected_cost", "baseline_logistic_regression_average_precision", "baseline_amount_rule_average_precision"):
+                   "test_expected_cost", "test_calibration_error", "test_calibration_error_raw",
+                   "baseline_logistic_regression_average_precision", "baseline_amount_rule_average_precision"):
         assert metric in run.data.metrics
+    served = fetch(trained, "champion")
+    assert served is not None and served.calibration.slope > 0 and served.calibration != IDENTITY, "the calibration travels with the model"
     assert run.inputs is not None and run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.name == "training-set"
     plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
     assert plots == {f"plots/{n}.png" for n in ("pr_roc", "calibration", "cost_by_threshold", "cost_by_capacity", "importance_gain_shap")}

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from core.settings import Settings
+from model.calibration import Calibration, expected_calibration_error
 from model.decisions import Bands, decision_bands
 from model.evaluation import cost_optimal_threshold, evaluate
 from training.baselines import baselines
@@ -63,12 +64,13 @@ class TrainResult:
     booster: lgb.Booster
     config: ModelConfig
     features: list[str]
-    threshold: float
+    threshold: float  # on the calibrated score, as are the bands
+    calibration: Calibration  # the booster's raw score to a fraud probability, fitted on validation
     bands: Bands  # approve / step-up / review / decline cuts, chosen on validation within the review capacity
     metrics: dict[str, float]
     selection: dict[str, float]  # mean validation AP per imbalance choice
     train_rows: int
-    test: pd.DataFrame  # the evaluated test rows with the model's scores: plots
+    test: pd.DataFrame  # the evaluated test rows with the model's calibrated (score) and raw (raw_score) scores: plots
     reference: pd.DataFrame  # the whole test window's traffic with the model's scores: monitoring
     baseline_scores: dict[str, np.ndarray]
     capacity_costs: dict[str, dict[float, float]]  # actions -> daily review capacity -> the test cost, cut for that capacity
@@ -135,22 +137,29 @@ def train(frame: pd.DataFrame, features: list[str], windows: Windows, config: Mo
         threshold, _ = cost_optimal_threshold(validation["is_fraud"].to_numpy(), validation["amount"].to_numpy(), validation_scores, settings.costs.review_fee)
         return threshold, evaluate(test, test_scores, threshold, settings.costs.review_fee, settings.costs.top_k, settings.training.max_false_positive_rate)
 
-    test_scores = np.asarray(booster.predict(matrix(test, features)))
-    validation_scores = np.asarray(booster.predict(matrix(validation, features)))
+    raw_test = np.asarray(booster.predict(matrix(test, features)))
+    raw_validation = np.asarray(booster.predict(matrix(validation, features)))
+    # Thresholds and bands are chosen on the score the service serves: the calibrated one.
+    calibration = Calibration.fit(raw_validation, validation["is_fraud"].to_numpy(), validation.get("weight"))
+    test_scores, validation_scores = calibration.apply(raw_test), calibration.apply(raw_validation)
     threshold, model_metrics = judged(validation_scores, test_scores)
     bands, band_metrics, capacity_costs = decision_bands(validation, validation_scores, test, test_scores, settings)
     metrics = {f"test_{k}": v for k, v in {**model_metrics, **band_metrics}.items()}
+    test_labels = test["is_fraud"].to_numpy()
+    metrics["test_calibration_error"] = expected_calibration_error(test_labels, test_scores)
+    metrics["test_calibration_error_raw"] = expected_calibration_error(test_labels, raw_test)
     # The monitoring reference is all of the test window's traffic, known-compromised cards included:
     # live traffic includes them too, and a reference without them would raise false drift alarms.
     everything = window(frame, windows.test_start, windows.test_end)
     # The customer of each row: the monitor's rate tests count customers, not rows, as independent.
-    reference = everything[["event_timestamp", "customer_id", *features, "is_fraud"]].assign(score=booster.predict(matrix(everything, features)))
+    reference = everything[["event_timestamp", "customer_id", *features, "is_fraud"]].assign(
+        score=calibration.apply(np.asarray(booster.predict(matrix(everything, features)))))
     baseline_scores = {}
     for name, (validation_scores, baseline_test) in baselines(fit, validation, test, features).items():
         _, baseline_metrics = judged(validation_scores, baseline_test)
         metrics.update({f"baseline_{name}_{k}": v for k, v in baseline_metrics.items() if k not in ("rows", "frauds")})
         baseline_scores[name] = baseline_test
     metrics["best_iteration"] = float(booster.best_iteration or booster.current_iteration())
-    scored = test[["event_timestamp", "customer_id", *features, "is_fraud"]].assign(score=test_scores)
-    return TrainResult(booster, config, features, threshold, bands, metrics, selection, len(fit), scored, reference, baseline_scores,
+    scored = test[["event_timestamp", "customer_id", *features, "is_fraud"]].assign(score=test_scores, raw_score=raw_test)
+    return TrainResult(booster, config, features, threshold, calibration, bands, metrics, selection, len(fit), scored, reference, baseline_scores,
                        capacity_costs)

@@ -46,11 +46,15 @@ def pr_roc(result: TrainResult, settings: Settings, out: Path) -> Path:
 
 
 def calibration(result: TrainResult, settings: Settings, out: Path) -> Path:
+    """The reliability curve on the test window of the served score, beside the booster's raw one."""
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    observed, predicted = calibration_curve(result.test["is_fraud"].to_numpy(), result.test["score"].to_numpy(), n_bins=10, strategy="quantile")
-    ax.plot(predicted, observed, marker="o", label="LightGBM")
+    labels = result.test["is_fraud"].to_numpy()
+    for column, name, error in (("raw_score", "raw booster score", "test_calibration_error_raw"),
+                                ("score", "served score (calibrated on validation)", "test_calibration_error")):
+        observed, predicted = calibration_curve(labels, result.test[column].to_numpy(), n_bins=10, strategy="quantile")
+        ax.plot(predicted, observed, marker="o", label=f"{name}, ECE {result.metrics[error]:.4f}")
     ax.plot([0, 1], [0, 1], color="grey", ls=":", label="perfectly calibrated")
-    ax.set(xscale="log", yscale="log", xlabel="mean predicted probability", ylabel="observed fraud rate", title="Calibration (quantile bins)")
+    ax.set(xscale="log", yscale="log", xlabel="mean predicted probability", ylabel="observed fraud rate", title="Calibration on test (quantile bins)")
     ax.legend()
     return _save(fig, out / "calibration.png")
 

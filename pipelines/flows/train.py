@@ -152,7 +152,7 @@ def log_and_register(result: TrainResult, frame: pd.DataFrame, windows: Windows,
             signature=infer_signature(example, result.booster.predict(example.to_numpy())),
             input_example=example,
             pip_requirements=[f"{name}=={installed_version(name)}" for name in MODEL_REQUIREMENTS],
-            metadata={"threshold": result.threshold, "bands": result.bands.cuts().tolist(), "features": features,
+            metadata={"threshold": result.threshold, "bands": result.bands.cuts().tolist(), "calibration": result.calibration.params(), "features": features,
                       "feature_service": settings.features.feature_service},
         )
         with tempfile.TemporaryDirectory() as tmp:
