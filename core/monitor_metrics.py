@@ -69,6 +69,23 @@ class MonitoringCollector(Collector):
         yield segment_ap
         yield segment_frauds
         yield segment_alarm
+        yield from _rules(run.get("rules", []))  # a run written before rules were measured has none
         if run["label_drift"] is not None:
             yield GaugeMetricFamily("fraudops_label_drifted", "Fraud rate of labelled traffic drifted", value=1.0 if run["label_drift"]["drifted"] else 0.0)
         yield GaugeMetricFamily("fraudops_retrain_triggered", "The newest run triggered a retrain", value=0.0 if run["retrain"] is None else 1.0)
+
+
+def _rules(rules: list[dict[str, object]]) -> Iterator[GaugeMetricFamily]:
+    """Each rule's figures (monitoring/rules.py), by rule and mode; a precision with no labelled hit
+    yet is left out rather than exported as NaN."""
+    families = {key: GaugeMetricFamily(name, text, labels=["rule", "mode"]) for key, name, text in (
+        ("hit_rate", "fraudops_rule_hit_rate", "Share of the newest window's answers on which the rule fired"),
+        ("labelled_hits", "fraudops_rule_labelled_hits", "The rule's hits in the matured window that have a verdict"),
+        ("precision", "fraudops_rule_precision", "Frauds among the rule's labelled hits"),
+        ("frauds_model_missed", "fraudops_rule_frauds_model_missed", "Labelled frauds the rule hit whose score was below the model's threshold"))}
+    for rule in rules:
+        for key, family in families.items():
+            value = float(rule[key])  # type: ignore[arg-type]
+            if value == value:
+                family.add_metric([str(rule["rule"]), str(rule["mode"])], value)
+    yield from families.values()

@@ -24,7 +24,7 @@ from core.settings import Settings
 # Every record has these; the rest of its keys are the model's features, whatever they are.
 COLUMNS = {
     "transaction_id": "text", "customer_id": "text", "terminal_id": "text", "timestamp": "timestamp",
-    "score": "double precision", "is_fraud_predicted": "boolean", "decision": "text", "propensity": "double precision",
+    "score": "double precision", "is_fraud_predicted": "boolean", "decision": "text", "rules": "text", "rules_shadow": "text", "propensity": "double precision",
     "variant": "text", "shadow": "boolean",
     "model_version": "text", "features_missing": "integer", "degraded": "boolean", "latency_ms": "double precision",
 }

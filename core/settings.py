@@ -5,7 +5,7 @@ embedded, laptop-sized configuration: SQLite for MLflow and the Feast online sto
 everything else, all under one git-ignored state folder. docker-compose sets the same variables to
 point at PostgreSQL and Redis; no code path changes.
 
-Each concern (simulation, features, training, costs, canary, serving, monitoring, stores, schedules)
+Each concern (simulation, features, training, costs, rules, canary, serving, monitoring, stores, schedules)
 is a group of its own, so a function can take the one group it reads and its signature says what it
 depends on. The variables keep their flat names (``FRAUDOPS_TOP_K``, not ``FRAUDOPS_COSTS__TOP_K``):
 every group reads the environment under the same prefix, and `Settings` sorts flat keyword arguments
@@ -115,6 +115,15 @@ class CostSettings(BaseSettings):
     exploration_share: float = Field(0.005, ge=0, le=0.5, description="Share of would-be declines sent to review instead, with their propensity logged (model/decisions.py::explore): the labels a declined transaction never gets.")
 
 
+class RuleSettings(BaseSettings):
+    """Rules beside the model (model/rules.py): the file that holds them, which every scoring path
+    reads (the API, `fraudops score`)."""
+
+    model_config = _SOURCES
+
+    rules_file: Path | None = Field(None, description="TOML file of [[rule]] tables: a condition over the request and its live features, an action (allow, step_up, review, decline) and a mode (active or shadow); unset: no rules. The API re-reads it when it changes, at each model poll and on POST /admin/rules/reload; a file that fails validation is refused, named in the log and the answer, and the rules before it keep running.")
+
+
 class CanarySettings(BaseSettings):
     """The challenger's share of traffic, the guardrails that cut it to 0 over the last
     `guardrail_window` requests per variant, and the promotion criteria `fraudops promote` checks
@@ -217,6 +226,7 @@ class Settings(BaseSettings):
     features: FeatureSettings = Field(default_factory=FeatureSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
     costs: CostSettings = Field(default_factory=CostSettings)
+    rules: RuleSettings = Field(default_factory=RuleSettings)
     canary: CanarySettings = Field(default_factory=CanarySettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)

@@ -21,6 +21,8 @@ import math
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
+from features.logic import CLOCK_FEATURES
+
 SECOND_US = 1_000_000
 HOUR_US = 3600 * SECOND_US
 DAY_US = 24 * HOUR_US
@@ -38,6 +40,8 @@ CUSTOMER_FEATURES = (
 )
 TERMINAL_FEATURES = [f"terminal_tx_count_{w}" for w in TERMINAL_WINDOWS] + [f"terminal_risk_{w}" for w in TERMINAL_WINDOWS]
 LIVE_FEATURES = CUSTOMER_FEATURES + TERMINAL_FEATURES
+# Everything an answer knows of its transaction besides the model's score: what a rule may read (model/rules.py).
+ANSWER_VALUES = ("amount", *sorted(CLOCK_FEATURES), *LIVE_FEATURES)
 
 CustomerEvent = tuple[int, str, float]  # (time in microseconds since the epoch, transaction id, amount)
 TerminalEvent = tuple[int, str]  # (time in microseconds since the epoch, transaction id)

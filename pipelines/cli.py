@@ -211,12 +211,13 @@ def score(
     fraudops features apply). With FRAUDOPS_DASK_ADDRESS the rows are scored across that cluster.
     Example: fraudops score day.parquet --out scores.parquet --explain
     """
+    from model.rules import RuleError
     from pipelines.batch import BatchError, read_input
     from pipelines.batch import score as run
 
     try:
         result = run(settings(), read_input(input_path), out, alias, explain)
-    except BatchError as exc:
+    except (BatchError, RuleError) as exc:
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc
     console.print(f"scored {result.rows:,} transactions with {result.alias} v{result.version} (threshold {result.threshold:.3f}): "
@@ -344,6 +345,10 @@ def monitor(
     if outcome.segments:
         console.print(f"champion by segment: {len(judged)} of {len(outcome.segments)} bands judged (enough labelled frauds); "
                       f"alarms: {', '.join(f'{g.segment} {g.band} (AP {g.average_precision:.3f} vs {g.reference_average_precision:.3f})' for g in outcome.segments if g.alarm) or 'none'}")
+    for r in outcome.rules:
+        console.print(f"rule {r.rule} ({r.mode}): fired on {r.hit_rate:.2%} of the window; precision {r.precision:.3f} "
+                      f"({r.precision_low:.3f}-{r.precision_high:.3f}) on {r.labelled_hits:,} labelled hits; "
+                      f"{r.frauds_model_missed} frauds the model's threshold missed")
     if outcome.retrain is not None:
         console.print(f"retrained because {'; '.join(outcome.reasons)}: version {outcome.retrain['version']} as {outcome.retrain['alias']}")
 

@@ -75,12 +75,14 @@ class Score(BaseModel):
     score: float = Field(description="Fraud probability from the model that answered.")
     is_fraud: bool = Field(description="score >= threshold, the model's cost-optimal decision threshold.")
     threshold: float
-    decision: Decision = Field(description="approve, step_up (challenge the cardholder), review (an analyst) or decline: the score's band, cut by cost within the daily review capacity.")
+    decision: Decision = Field(description="approve, step_up (challenge the cardholder), review (an analyst) or decline: the score's band, cut by cost within the daily review capacity, after the active rules (model/rules.py).")
     variant: Literal["champion", "challenger"]
     model_version: str
     features_missing: list[str] = Field(description="Features that fell back to their documented defaults.")
     degraded: bool = Field(description="True when the online store could not be read at all.")
     reasons: list[Reason] | None = Field(None, description="With ?explain=true: up to 3 features that pushed this score towards fraud most; only those that raised it.")
+    rules: list[str] = Field(default_factory=list, description="Active rules that fired (FRAUDOPS_RULES_FILE): with the score's band they make the decision.")
+    rules_shadow: list[str] = Field(default_factory=list, description="Shadow rules that fired: logged and measured, never acted on.")
 
 
 class Scores(BaseModel):

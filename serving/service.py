@@ -14,7 +14,9 @@ from functools import partial
 from core import registry
 from core.settings import Settings
 from features.labels import remember
+from features.live import ANSWER_VALUES
 from features.state import Tx
+from model import rules
 from model.decisions import decide_one, explore
 from model.loaded import LoadedModel, load
 from model.reasons import reason_codes
@@ -50,6 +52,8 @@ class ScoringService:
         self.metrics = Metrics(settings.reports_dir)
         self.models: dict[str, LoadedModel] = {}
         self._lock = threading.Lock()
+        self.rules = rules.load(settings.rules.rules_file, ANSWER_VALUES)  # a bad file stops the start-up, named
+        self._rules_stamp = self._stamp()
         if settings.serving.online_timeout_ms >= settings.serving.predict_timeout_ms:
             log.warning("online_timeout_ms %g is not under predict_timeout_ms %g: a hung online store will answer 503, not degraded",
                         settings.serving.online_timeout_ms, settings.serving.predict_timeout_ms)
@@ -97,6 +101,34 @@ class ScoringService:
                 self.sync()
             except Exception as exc:  # registry unreachable: keep serving what is loaded
                 log.warning("following the registry failed (%s); serving what is loaded", exc)
+            if self._stamp() != self._rules_stamp:
+                try:
+                    self.reload_rules()
+                except rules.RuleError:
+                    pass  # logged; the file is not read again until it changes
+
+    def _stamp(self) -> tuple[int, int] | None:
+        """When the rules file last changed, and its size: what the poll compares to see an edit."""
+        try:
+            found = self.settings.rules.rules_file.stat() if self.settings.rules.rules_file else None
+        except OSError:
+            return None
+        return (found.st_mtime_ns, found.st_size) if found else None
+
+    def reload_rules(self) -> rules.RuleSet:
+        """Read the rules file again and swap the rules in whole. A file that fails validation raises
+        RuleError (logged, with the rule it names) and the rules before it keep running."""
+        stamp = self._stamp()
+        try:
+            loaded = rules.load(self.settings.rules.rules_file, ANSWER_VALUES)
+        except rules.RuleError as exc:
+            self._rules_stamp = stamp
+            log.error("rules not reloaded, %d rules from %s keep running: %s", len(self.rules.rules), self.rules.source, exc)
+            raise
+        self.rules, self._rules_stamp = loaded, stamp
+        log.warning("rules reloaded from %s: %d active, %d in shadow", loaded.source,
+                    sum(r.mode == "active" for r in loaded.rules), sum(r.mode == "shadow" for r in loaded.rules))
+        return loaded
 
     def _load(self, alias: str) -> None:
         """Load in the background of serving and swap in whole: a request holds the model it started
@@ -257,7 +289,9 @@ class ScoringService:
         score = model.score_one(row)
         elapsed = time.perf_counter() - started
         is_fraud = score >= model.threshold
-        decision, propensity = explore(decide_one(model.bands, score), tx.transaction_id, self.settings.costs.exploration_share)
+        # rules act on the band, then exploration on what they decided: a rule's declines get labels too
+        decision, fired, shadowed = self.rules.decide(decide_one(model.bands, score), values, score)
+        decision, propensity = explore(decision, tx.transaction_id, self.settings.costs.exploration_share)
         answer = Score(
             transaction_id=tx.transaction_id,
             score=score,
@@ -269,6 +303,8 @@ class ScoringService:
             features_missing=missing,
             degraded=degraded,
             reasons=explain(model, row) if reasons else None,
+            rules=fired,
+            rules_shadow=shadowed,
         )
         record: Record = {
             "transaction_id": tx.transaction_id,
@@ -279,6 +315,8 @@ class ScoringService:
             "score": score,
             "is_fraud_predicted": is_fraud,
             "decision": decision,
+            "rules": ",".join(fired),
+            "rules_shadow": ",".join(shadowed),
             "propensity": propensity,
             "variant": variant,
             "shadow": shadow,

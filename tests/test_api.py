@@ -796,3 +796,43 @@ def test_two_compactions_at_once_take_turns_and_lose_nothing(tmp_path, monkeypat
     first.join(10)
     second.join(10)
     assert sorted(predictions.read(settings)["transaction_id"]) == expected
+
+
+def test_rules_act_beside_the_model_and_every_answer_and_log_row_names_them(registry_copy, tmp_path) -> None:
+    """An active rule declines what it matches; a shadow rule is named and changes nothing; both reach
+    the prediction log. A file that fails validation is refused with the rule it names, on reload as
+    at start-up, and the rules before it keep running."""
+    from model.decisions import decide_one, explore
+    from model.rules import RuleError
+
+    path = tmp_path / "rules.toml"
+    path.write_text('[[rule]]\nname = "big-amount"\nwhen = "amount > 1000"\naction = "decline"\n'
+                    '[[rule]]\nname = "busy-card"\nwhen = "customer_tx_count_1d >= 1"\naction = "decline"\nmode = "shadow"\n')
+    settings = registry_copy.replace(rules_file=path, admin_token="s3cret", exploration_share=0.0)
+    admin = {"Authorization": "Bearer s3cret"}
+    app = create_app(settings)
+    with TestClient(app) as c:
+        small = c.post("/predict", json={**TX, "transaction_id": "rule-small", "amount": 20.0}).json()
+        big = c.post("/predict", json={**TX, "transaction_id": "rule-big", "amount": 5000.0}).json()
+        model = app.state.service.models[small["variant"]]
+        assert (small["rules"], small["rules_shadow"]) == ([], ["busy-card"])
+        assert small["decision"] == explore(decide_one(model.bands, small["score"]), "rule-small", 0.0)[0]  # the band's
+        assert (big["decision"], big["rules"], big["rules_shadow"]) == ("decline", ["big-amount"], ["busy-card"])
+
+        path.write_text('[[rule]]\nname = "typo"\nwhen = "amount > 1000 and amont < 5"\naction = "decline"\n')
+        refused = c.post("/admin/rules/reload", headers=admin)
+        assert refused.status_code == 422 and "rule 'typo': no such name 'amont'" in refused.json()["detail"]
+        assert [r["name"] for r in c.get("/admin/rules", headers=admin).json()["rules"]] == ["big-amount", "busy-card"]
+        assert c.post("/predict", json={**TX, "transaction_id": "rule-still", "amount": 5000.0}).json()["rules"] == ["big-amount"]
+
+        path.write_text('[[rule]]\nname = "tiny-amount"\nwhen = "amount < 1"\naction = "review"\n')
+        assert [r["name"] for r in c.post("/admin/rules/reload", headers=admin).json()["rules"]] == ["tiny-amount"]
+        after = c.post("/predict", json={**TX, "transaction_id": "rule-after", "amount": 0.5}).json()
+        assert after["rules"] == ["tiny-amount"] and after["decision"] in ("review", "decline")
+    logged = pd.read_parquet(settings.predictions_dir).set_index("transaction_id")
+    assert (logged.loc["rule-big", "rules"], logged.loc["rule-big", "rules_shadow"]) == ("big-amount", "busy-card")
+    assert (logged.loc["rule-small", "rules"], logged.loc["rule-after", "rules"]) == ("", "tiny-amount")
+
+    path.write_text('[[rule]]\nname = "typo"\nwhen = "amont > 1"\naction = "decline"\n')
+    with pytest.raises(RuleError, match="rule 'typo': no such name 'amont'"), TestClient(create_app(settings)):
+        pass  # a worker does not start on a bad file

@@ -165,3 +165,33 @@ def test_batch_answers_logged_through_the_apis_sink_are_what_the_monitor_judges(
     assert scored["is_fraud"].isin([0, 1]).all(), "each answer carries the simulator's truth for the bench"
     outcome = monitor_flow(settings, "batch-logged", start, start + timedelta(days=2))
     assert outcome.drift.current_rows == len(scored) and "champion" in outcome.drift.prediction
+
+
+def test_batch_decisions_take_the_rules_file_as_the_api_does(registry_copy, tmp_path) -> None:
+    """The rules act after the band on `fraudops score` too, with the answer's precedence; a bad file
+    stops the job before any work, with exit 2 and the rule named, and writes nothing."""
+    from model.decisions import DECISIONS
+    from model.loaded import fetch
+    from pipelines.cli import app
+    from pipelines.demo import settings_env
+
+    path = tmp_path / "rules.toml"
+    path.write_text('[[rule]]\nname = "big"\nwhen = "amount > 100"\naction = "decline"\n'
+                    '[[rule]]\nname = "repeat-card"\nwhen = "customer_tx_count_1h >= 2"\naction = "review"\nmode = "shadow"\n')
+    settings = registry_copy.replace(rules_file=path)
+    out = pd.read_parquet(score(settings, held_out_window(settings)[COLUMNS], tmp_path / "s.parquet").path)
+    model = fetch(settings, "champion")
+    assert model is not None
+    band = np.asarray(DECISIONS)[model.bands.decide(out["score"].to_numpy())]
+    big = (out["amount"] > 100).to_numpy()
+    assert big.any() and (~big).any()
+    assert (out["decision"][big] == "decline").all() and (out["rules"][big] == "big").all()
+    assert (out["decision"][~big] == band[~big]).all() and (out["rules"][~big] == "").all()
+    assert set(out["rules_shadow"]) == {"", "repeat-card"}  # named where it fired, acted nowhere
+
+    path.write_text('[[rule]]\nname = "big"\nwhen = "amount > 100"\naction = "block"\n')
+    env = {k: v for k, v in settings_env(settings).items() if k.startswith("FRAUDOPS_")}  # FRAUDOPS_RULES_FILE among them
+    held_out_window(settings)[COLUMNS].head(5).to_parquet(tmp_path / "in.parquet")
+    result = CliRunner().invoke(app, ["score", str(tmp_path / "in.parquet"), "--out", str(tmp_path / "t.parquet")], env=env)
+    assert result.exit_code == 2 and "rule 'big': action 'block'" in " ".join(result.output.split())
+    assert not (tmp_path / "t.parquet").exists()

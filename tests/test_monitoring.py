@@ -198,3 +198,50 @@ def test_live_quality_is_judged_against_the_reference_cut_at_the_live_decline_sh
     worse = labelled.assign(score=np.where(labelled["is_fraud"] == 1, labelled["score"] * 0.3, labelled["score"]))
     judged, _ = judge(worse, {"champion": ("1", shipped, comparable)}, tmp_path, 5.0, 100, 0.5, 20)
     assert judged["champion"].dropped
+
+
+def test_each_rule_is_measured_on_its_hits_active_and_shadow_apart() -> None:
+    """Hit rate on the live window; precision, its Wilson interval and the frauds the model's threshold
+    missed on the labelled one; shadow scoring's records are not answers and count nowhere."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    from monitoring.rules import rule_figures
+
+    rng = np.random.default_rng(5)
+    n = 400
+    live = pd.DataFrame({"rules": rng.choice(["", "burst", "burst,big"], n, p=[0.8, 0.15, 0.05]),
+                         "rules_shadow": rng.choice(["", "watch"], n, p=[0.9, 0.1]), "shadow": rng.random(n) < 0.1})
+    labelled = live.assign(is_fraud=rng.random(n) < 0.3, is_fraud_predicted=rng.random(n) < 0.5)
+    figures = {(f.rule, f.mode): f for f in rule_figures(live, labelled)}
+    assert set(figures) == {("burst", "active"), ("big", "active"), ("watch", "shadow")}
+    answered = labelled[~labelled["shadow"]]
+    for (rule, mode), f in figures.items():
+        column = "rules" if mode == "active" else "rules_shadow"
+        hit = answered[column].str.split(",").apply(lambda names: rule in names)
+        frauds = int(answered.loc[hit, "is_fraud"].sum())
+        assert (f.hits, f.labelled_hits, f.frauds) == (int(hit.sum()), int(hit.sum()), frauds)
+        assert f.hit_rate == pytest.approx(hit.mean()) and f.precision == pytest.approx(frauds / hit.sum())
+        assert (f.precision_low, f.precision_high) == pytest.approx(proportion_confint(frauds, int(hit.sum()), method="wilson"))
+        assert f.frauds_model_missed == int((hit & answered["is_fraud"] & ~answered["is_fraud_predicted"]).sum())
+
+
+def test_rule_figures_reach_metrics_and_a_rule_without_labels_exports_no_precision(tmp_path) -> None:
+    from dataclasses import asdict
+
+    from prometheus_client import CollectorRegistry
+
+    from core.monitor_metrics import LATEST, MonitoringCollector
+    from monitoring.rules import rule_figures
+
+    live = pd.DataFrame({"rules": ["burst", "", "burst"], "rules_shadow": ["", "watch", ""], "shadow": [False] * 3})
+    labelled = live.iloc[[0]].assign(is_fraud=[True], is_fraud_predicted=[False])
+    run = {"drift": {"verdict": "ok", "drifted_share": 0.0, "missing_share": 0.0, "prediction": {}, "decision_rate": {}},
+           "quality": {}, "label_drift": None, "retrain": None, "rules": [asdict(f) for f in rule_figures(live, labelled)]}
+    (tmp_path / LATEST).write_text(json.dumps(run))
+    registry = CollectorRegistry()
+    registry.register(MonitoringCollector(tmp_path))
+    value = lambda name, rule, mode: registry.get_sample_value(name, {"rule": rule, "mode": mode})  # noqa: E731
+    assert value("fraudops_rule_hit_rate", "burst", "active") == pytest.approx(2 / 3)
+    assert value("fraudops_rule_precision", "burst", "active") == 1.0 and value("fraudops_rule_frauds_model_missed", "burst", "active") == 1.0
+    assert value("fraudops_rule_hit_rate", "watch", "shadow") == pytest.approx(1 / 3)
+    assert value("fraudops_rule_precision", "watch", "shadow") is None  # no labelled hit yet

@@ -24,14 +24,16 @@ from pipelines.bench.load import WRK_SCRIPT, closed_loop, constant_rate
 from pipelines.bench.peers import write_snapshot
 
 WORKERS = 2
-PORTS = {"ours": 18081, "mlflow": 18082, "floor": 18083, "lookup": 18084, "snapshot": 18085, "no-lane": 18086, "ours-redis": 18087}
+PORTS = {"ours": 18081, "mlflow": 18082, "floor": 18083, "lookup": 18084, "snapshot": 18085, "no-lane": 18086, "ours-redis": 18087,
+         "ours-rules": 18088}
 SERVING_REDIS = "127.0.0.1:6379,db=8"  # the Redis live state of the serving section's third API (db 9 is the features section's)
 OPEN_LOOP_RATES = ((500, 3.0), (1_000, 5.0))  # req/s and the p99 target in ms (docs/results/targets.json)
 # Seconds a measured run lasts, closed loop and at a constant rate (hey, open loop): the smoke scale
 # only proves that every step runs (tests/test_bench.py).
+RULES = 50  # active rules on the "ours-rules" API: the issue's load, for the ratio against the path without them
 RUN_SECONDS = {"full": 8, "small": 8, "smoke": 1}
 RATE_SECONDS = {"full": 10, "small": 10, "smoke": 1}
-HEALTH = {"ours": "/readyz", "no-lane": "/readyz", "ours-redis": "/readyz", "mlflow": "/ping"}  # the peers answer on "/"
+HEALTH = {"ours": "/readyz", "no-lane": "/readyz", "ours-redis": "/readyz", "ours-rules": "/readyz", "mlflow": "/ping"}  # the peers answer on "/"
 Run = tuple[float, float, float, int]  # req/s, p50 ms, p99 ms, non-2xx
 
 
@@ -83,6 +85,20 @@ def bodies(s: Settings, tx: pd.DataFrame) -> dict[str, str]:
     return {"full": full, "features": with_features, "mlflow": "'" + mlflow_body + "'", "hey": json.dumps(transaction)}
 
 
+def write_rules(path: Path, n: int = RULES) -> Path:
+    """`n` active rules of the kinds a fraud team writes (velocity, amount against the card's mean,
+    terminal risk, the score beside an amount), over every live value, each with its own cut: all
+    are evaluated on every request, and few fire, as in production."""
+    from features.live import ANSWER_VALUES
+
+    kinds = ["{name} > {cut} and amount > 2000", "customer_tx_count_1h >= {i} and {name} > {cut}",
+             "amount / customer_mean_amount_30d > 40 + {i} or {name} < -{cut}", "score > 0.999 and {name} >= {cut}"]
+    rules = [f'[[rule]]\nname = "bench-{i}"\nwhen = "{kinds[i % len(kinds)].format(name=ANSWER_VALUES[i % len(ANSWER_VALUES)], cut=1000 + i, i=20 + i)}"\n'
+             f'action = "{("review", "decline", "step_up")[i % 3]}"\n' for i in range(n)]
+    path.write_text("".join(rules))
+    return path
+
+
 @contextmanager
 def servers(s: Settings) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     """Ours as users run it, with the lane and without; the peers through the same launcher (a socket
@@ -98,6 +114,7 @@ def servers(s: Settings) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     commands = {
         "ours": (ours + [str(PORTS["ours"])], env),
         "no-lane": (ours + [str(PORTS["no-lane"])], env | {"FRAUDOPS_SCORING_LANE": "false"}),
+        "ours-rules": (ours + [str(PORTS["ours-rules"])], env | {"FRAUDOPS_RULES_FILE": str(write_rules(s.state_dir / "bench-rules.toml"))}),
         "mlflow": ([str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{s.stores.model_name}@champion", "-p", str(PORTS["mlflow"]),
                     "--env-manager", "local", "--workers", str(WORKERS)], env),
         **{name: ([sys.executable, "-c", f"from serving.workers import serve; serve('pipelines.bench.peers:{factory}', '127.0.0.1', "
@@ -136,6 +153,7 @@ def closed_loop_rounds(section: Section, body: dict[str, str], repeat: int, seco
     targets = {
         "1. /predict (lookup, routing, model, log)": post("ours", body["full"], "/predict"),
         "1b. /predict through FastAPI's own route (lane off)": post("no-lane", body["full"], "/predict"),
+        f"1r. /predict with {RULES} active rules": post("ours-rules", body["full"], "/predict"),
         "2. /predict/features (routing, model, log)": post("ours", body["features"], "/predict/features"),
         "2b. /predict/features through FastAPI's own route (lane off)": post("no-lane", body["features"], "/predict/features"),
         "3. peer: mlflow models serve (model)": post("mlflow", body["mlflow"], "/invocations"),
@@ -159,6 +177,7 @@ def closed_loop_rounds(section: Section, body: dict[str, str], repeat: int, seco
     by_key = {label.split(".")[0]: done for label, done in runs.items()}
     for a, b, what, note in (("2", "3", "ours vs mlflow at equal work", "target >= 10; "),
                              ("1", "1b", "the lane against FastAPI's route, full path", ""),
+                             ("1r", "1", f"{RULES} active rules against none, full path", "target >= 0.9; "),
                              ("2", "2b", "the lane against FastAPI's route, features in", ""),
                              ("1", "4", "full path vs HTTP floor", ""),
                              ("5", "4", "the most a path stepping the state per request can reach", ""),

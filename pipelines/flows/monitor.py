@@ -23,6 +23,7 @@ from monitoring.canary import compare, of_current_versions, thompson_share
 from monitoring.drift import ColumnDrift, DriftLimits, DriftSummary, Reference, drift_report, rate_drift
 from monitoring.estimate import Estimates, judge_estimate
 from monitoring.quality import Quality, comparable_reference, judge, reference_ap, with_labels
+from monitoring.rules import RuleFigures, rule_figures
 from monitoring.segments import SegmentQuality, segment_quality
 from pipelines.flows.featurize import features_flow
 from pipelines.flows.train import REFERENCE_FILE, training_flow
@@ -71,6 +72,7 @@ class Monitoring:
     bandit_share: float | None = None  # in routing mode bandit: the challenger's share this run set
     segments: list[SegmentQuality] = field(default_factory=list)  # the champion's quality by segment (monitoring/segments.py)
     estimate: Estimates | None = None  # the champion's AP estimated from its scores, before the labels (monitoring/estimate.py)
+    rules: list[RuleFigures] = field(default_factory=list)  # each rule's hit rate and precision (monitoring/rules.py)
 
     @property
     def verdict(self) -> str:
@@ -164,7 +166,8 @@ def monitor_flow(settings: Settings | None = None, label: str = "latest", since:
         get_run_logger().warning("retraining: %s", "; ".join(reasons))
         features_flow(settings)  # the newest transactions into the offline features first
         retrain = training_flow(settings)(settings, ModelConfig(), as_of=as_of, trigger="monitor: " + "; ".join(reasons))
-    outcome = Monitoring(drift, quality, labels, reasons, retrain, steer_bandit(settings, labelled), segments, estimates)
+    outcome = Monitoring(drift, quality, labels, reasons, retrain, steer_bandit(settings, labelled), segments, estimates,
+                         rule_figures(current, labelled))
     workspace.record(settings.evidently_dir, label, snapshots + quality_snapshots)  # history for the Evidently UI
     text = json.dumps(asdict(outcome), indent=2, default=str)
     (out_dir / "monitor.json").write_text(text)

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, HTTPException
 from pydantic import BaseModel, Field
 
+from model.rules import RuleError
 from serving.router import Mode
 from serving.routes.deps import Service, SettingsDep, require_bearer
 from serving.service import ScoringService
@@ -49,6 +50,22 @@ async def set_routing(body: Routing, svc: Service) -> dict[str, object]:
 @router.post("/reload")
 async def reload(svc: Service) -> dict[str, str | None]:
     return svc.reload()
+
+
+@router.get("/rules")
+async def get_rules(svc: Service) -> dict[str, object]:
+    return {"source": svc.rules.source, "rules": [vars(rule) for rule in svc.rules.rules]}
+
+
+@router.post("/rules/reload")
+async def reload_rules(svc: Service) -> dict[str, object]:
+    """Read the rules file now, on this worker (the others follow it at their next poll). A file that
+    fails validation is a 422 naming the rule, and the rules before it keep running."""
+    try:
+        svc.reload_rules()
+    except RuleError as exc:
+        raise HTTPException(422, f"rules not reloaded, the previous rules keep running: {exc}") from exc
+    return await get_rules(svc)
 
 
 def move_champion(action: str, body: Promotion, svc: ScoringService) -> dict[str, str | None]:
