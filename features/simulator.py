@@ -50,6 +50,9 @@ class Drift(str, Enum):
     # Concept drift: fraud on leaked cards stops spending five times the owner's amounts and spends
     # like the owner. The inputs and the fraud rate stay put; P(fraud | features) is what changes.
     mimicry = "mimicry"
+    # Card testing starts: scenario 4 from `drift_start_day` on, in a world simulated without it
+    # (`card_testing` off), so that a model trained before has never seen it (the rules bench).
+    card_testing = "card_testing"
 
 
 # The settings' defaults, not the environment's values (`model_construct` reads no variables): a config
@@ -169,8 +172,9 @@ def _chunk(cfg: SimulationConfig, p: Profiles, rng: np.random.Generator, days: n
     amount[inflated] = np.round(amount[inflated] * 5, 2)
     scenario[leaked] = 3
 
-    if cfg.card_testing:
-        burst = _card_tests(cfg, p, rng, days, reachable)
+    tested_days = days if cfg.card_testing else days[days >= drift_from] if Drift.card_testing in cfg.drift else days[:0]
+    if tested_days.size:
+        burst = _card_tests(cfg, p, rng, tested_days, reachable)
         return tuple(np.concatenate([base, extra]) for base, extra in zip((customer, day, seconds, amount, terminal, scenario), burst))
     return customer, day, seconds, amount, terminal, scenario
 

@@ -22,7 +22,8 @@ All conditions compile into one Python function, so 50 rules cost one call and a
 comparisons per request (`make bench`, section rules).
 
 Precedence, once the model's band is known: an active `allow` approves, unless an active `decline`
-fired too (a block beats an allow); otherwise the decision is the more severe of the band and the
+fired too (a block beats an allow); a block or allow list's entry (features/lists.py) counts as an
+active rule of that action; otherwise the decision is the more severe of the band and the
 active rules' actions (approve < step_up < review < decline). A rule never lowers the band except
 by `allow`.
 """
@@ -146,23 +147,27 @@ class RuleSet:
         """The rules whose condition holds for these values and the model's score, in the file's order."""
         return [rule for rule, hit in zip(self.rules, self._fire(values, score)) if hit]
 
-    def decide(self, band: Decision, values: Mapping[str, float], score: float) -> tuple[Decision, list[str], list[str]]:
-        """The decision after the active rules, and the names of the active and of the shadow rules
-        that fired (module docstring: precedence)."""
-        if not self.rules:
+    def decide(self, band: Decision, values: Mapping[str, float], score: float,
+               listed: Sequence[tuple[str, Action]] = ()) -> tuple[Decision, list[str], list[str]]:
+        """The decision after the active rules and the block and allow lists' entries that name this
+        card or terminal (`listed`, features/lists.py: active rules by another name), and the names
+        of the active and of the shadow rules that fired (module docstring: precedence)."""
+        if not self.rules and not listed:
             return band, [], []
-        hits = self.fired(values, score)
-        active = [rule for rule in hits if rule.mode == "active"]
-        return _precedence(band, [rule.action for rule in active]), [r.name for r in active], [r.name for r in hits if r.mode == "shadow"]
+        hits = self.fired(values, score) if self.rules else []
+        active = [(rule.name, rule.action) for rule in hits if rule.mode == "active"] + list(listed)
+        return _precedence(band, [action for _, action in active]), [name for name, _ in active], [r.name for r in hits if r.mode == "shadow"]
 
 
-    def decide_rows(self, bands: Sequence[Decision], rows: Sequence[Mapping[str, float]],
-                    scores: Sequence[float]) -> tuple[list[Decision], list[str], list[str]]:
-        """`decide` for each row (a batch's): the decisions, and the names that fired, comma-joined as
-        the prediction log keeps them."""
-        if not self.rules:
+    def decide_rows(self, bands: Sequence[Decision], rows: Sequence[Mapping[str, float]], scores: Sequence[float],
+                    listed: Sequence[Sequence[tuple[str, Action]]] | None = None) -> tuple[list[Decision], list[str], list[str]]:
+        """`decide` for each row (a batch's), with each row's list entries: the decisions, and the
+        names that fired, comma-joined as the prediction log keeps them."""
+        if not self.rules and listed is None:
             return list(bands), [""] * len(bands), [""] * len(bands)
-        decided = [self.decide(band, row, float(score)) for band, row, score in zip(bands, rows, scores)]
+        rows = rows if self.rules else [{}] * len(bands)
+        decided = [self.decide(band, row, float(score), entries) for band, row, score, entries in
+                   zip(bands, rows, scores, listed if listed is not None else [()] * len(bands))]
         return [d for d, _, _ in decided], [",".join(a) for _, a, _ in decided], [",".join(s) for _, _, s in decided]
 
 

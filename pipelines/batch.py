@@ -21,6 +21,7 @@ import pandas as pd
 
 from core.runtime import atomic_path
 from core.settings import Settings
+from features import lists
 from features.live import ANSWER_VALUES
 from features.schema import SchemaError, validate_transactions
 from model import rules
@@ -73,12 +74,13 @@ def _rows(rows: np.ndarray) -> str:
 def score_rows(settings: Settings, model: LoadedModel, transactions: pd.DataFrame, explain: bool = False,
                threads: int = 2, with_features: bool = False) -> pd.DataFrame:
     """Features for each transaction as of its own time, then scores and decisions (the band, then the
-    rules of `FRAUDOPS_RULES_FILE`, as the API decides), in input order (`with_features`: the model's features too, as the prediction log keeps them).
+    rules of `FRAUDOPS_RULES_FILE` and the block and allow lists, as the API decides), in input order (`with_features`: the model's features too, as the prediction log keeps them).
     A transaction the feature table does not hold (not ingested, or ingested after the feature job
     ran) has no features to score with and fails the batch, with its rows named."""
     from features.store import historical_features, open_store
 
     ruleset = rules.load(settings.rules.rules_file, ANSWER_VALUES)  # a bad file fails before the join
+    entity_lists = lists.read(settings)
     entity = transactions.assign(**{ROW: np.arange(len(transactions))}) if ROW not in transactions else transactions
     joined = historical_features(open_store(settings), settings.features.feature_service, entity).sort_values(ROW, ignore_index=True)
     # The card's count includes the transaction itself: never missing where the feature row exists.
@@ -93,7 +95,8 @@ def score_rows(settings: Settings, model: LoadedModel, transactions: pd.DataFram
     out = joined[kept].rename(columns={"event_timestamp": "timestamp"})
     bands = np.asarray(DECISIONS)[model.bands.decide(scores)].tolist()
     values = joined[[name for name in ANSWER_VALUES if name in joined]].to_dict("records") if ruleset.rules else []
-    decisions, fired, shadowed = ruleset.decide_rows(bands, values, scores.tolist())
+    listed = None if entity_lists.empty else [entity_lists.actions(str(c), str(t)) for c, t in zip(joined["customer_id"], joined["terminal_id"])]
+    decisions, fired, shadowed = ruleset.decide_rows(bands, values, scores.tolist(), listed)
     out = out.assign(score=scores, is_fraud_predicted=scores >= model.threshold, decision=decisions, rules=fired, rules_shadow=shadowed,
                      threshold=model.threshold, model_version=model.version)
     return out.assign(**reason_columns(model, matrix, threads)) if explain else out

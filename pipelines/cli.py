@@ -373,7 +373,7 @@ def deploy(
 
 @app.command()
 def bench(
-    section: Annotated[Optional[list[str]], typer.Option(help="Section to run: features, training, serving, monitoring, scaling, budget, batch, bandit, exploration, concept, soak. Repeatable; default: all.")] = None,
+    section: Annotated[Optional[list[str]], typer.Option(help="Section to run: features, training, serving, monitoring, scaling, budget, batch, bandit, exploration, concept, soak, freshness, rules. Repeatable; default: all.")] = None,
     scale: Annotated[str, typer.Option(help="full: the handbook's 5,000 customers x 183 days; small: a quick look; smoke: the least that runs every step (make test).")] = "full",
     repeat: Annotated[int, typer.Option(min=1, help="Repetitions per timing; the table shows medians.")] = 3,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures as JSON, by section and figure.")] = None,

@@ -17,8 +17,9 @@ def _integer_as_text(value: object) -> object:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
+ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 Identifier = Annotated[str, BeforeValidator(_integer_as_text),
-                       Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="1-64 letters, digits, _ . : - (an integer is taken as its text)")]
+                       Field(pattern=ID_PATTERN, description="1-64 letters, digits, _ . : - (an integer is taken as its text)")]
 # Strict: JSON true is not an amount of 1.0, nor "12" an amount of 12. Integers are numbers.
 Number = Annotated[float, Field(strict=True)]
 EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)

@@ -13,6 +13,7 @@ from functools import partial
 
 from core import registry
 from core.settings import Settings
+from features import lists
 from features.labels import remember
 from features.live import ANSWER_VALUES
 from features.state import Tx
@@ -54,6 +55,7 @@ class ScoringService:
         self._lock = threading.Lock()
         self.rules = rules.load(settings.rules.rules_file, ANSWER_VALUES)  # a bad file stops the start-up, named
         self._rules_stamp = self._stamp()
+        self.lists = lists.Lists()
         if settings.serving.online_timeout_ms >= settings.serving.predict_timeout_ms:
             log.warning("online_timeout_ms %g is not under predict_timeout_ms %g: a hung online store will answer 503, not degraded",
                         settings.serving.online_timeout_ms, settings.serving.predict_timeout_ms)
@@ -75,6 +77,7 @@ class ScoringService:
 
     def start(self) -> None:
         self.reload()
+        self.refresh_lists()
         self.log.start()
         self.seen.start()
         self._shadow.start()
@@ -101,6 +104,7 @@ class ScoringService:
                 self.sync()
             except Exception as exc:  # registry unreachable: keep serving what is loaded
                 log.warning("following the registry failed (%s); serving what is loaded", exc)
+            self.refresh_lists()
             if self._stamp() != self._rules_stamp:
                 try:
                     self.reload_rules()
@@ -114,6 +118,15 @@ class ScoringService:
         except OSError:
             return None
         return (found.st_mtime_ns, found.st_size) if found else None
+
+    def refresh_lists(self) -> lists.Lists:
+        """Read the block and allow lists again (start-up, each poll, after a change here); a store
+        that cannot be read keeps the lists this worker had, and says so."""
+        try:
+            self.lists = lists.read(self.settings)
+        except Exception as exc:
+            log.error("block and allow lists not read (%s); the lists read before keep acting", exc)
+        return self.lists
 
     def reload_rules(self) -> rules.RuleSet:
         """Read the rules file again and swap the rules in whole. A file that fails validation raises
@@ -290,7 +303,8 @@ class ScoringService:
         elapsed = time.perf_counter() - started
         is_fraud = score >= model.threshold
         # rules act on the band, then exploration on what they decided: a rule's declines get labels too
-        decision, fired, shadowed = self.rules.decide(decide_one(model.bands, score), values, score)
+        decision, fired, shadowed = self.rules.decide(decide_one(model.bands, score), values, score,
+                                                      self.lists.actions(tx.customer_id, tx.terminal_id))
         decision, propensity = explore(decision, tx.transaction_id, self.settings.costs.exploration_share)
         answer = Score(
             transaction_id=tx.transaction_id,

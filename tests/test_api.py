@@ -836,3 +836,38 @@ def test_rules_act_beside_the_model_and_every_answer_and_log_row_names_them(regi
     path.write_text('[[rule]]\nname = "typo"\nwhen = "amont > 1"\naction = "decline"\n')
     with pytest.raises(RuleError, match="rule 'typo': no such name 'amont'"), TestClient(create_app(settings)):
         pass  # a worker does not start on a bad file
+
+
+def test_block_and_allow_lists_act_on_every_worker_through_the_admin_api(registry_copy) -> None:
+    """A blocked card is declined and an allowed terminal approved, named in the answer as the rules
+    are; a block beats an allow; the lists live in the store, so a new worker acts on them; taking a
+    card off gives its band back; a bad kind, id or body is a 422 that says so, and nothing changes."""
+    from model.decisions import decide_one
+
+    settings = registry_copy.replace(admin_token="s3cret", exploration_share=0.0)
+    admin = {"Authorization": "Bearer s3cret"}
+    card = {**TX, "customer_id": "listed-card", "terminal_id": "7"}
+    with TestClient(create_app(settings)) as c:
+        assert c.put("/admin/lists/card/listed-card", json={"list": "block", "reason": "stolen, reported by phone"}, headers=admin).status_code == 200
+        blocked = c.post("/predict", json={**card, "transaction_id": "list-1"}).json()
+        assert (blocked["decision"], blocked["rules"]) == ("decline", ["block-list:card"])
+        assert c.put("/admin/lists/terminal/7", json={"list": "allow", "reason": "the issuer's own test terminal"}, headers=admin).status_code == 200
+        both = c.post("/predict", json={**card, "transaction_id": "list-2"}).json()
+        assert (both["decision"], both["rules"]) == ("decline", ["block-list:card", "allow-list:terminal"])  # a block beats an allow
+        for path, body, words in (("/admin/lists/account/x", {"list": "block", "reason": "why not"}, "card"),
+                                  ("/admin/lists/card/a b", {"list": "block", "reason": "why not"}, "pattern"),
+                                  ("/admin/lists/card/x", {"list": "deny", "reason": "why not"}, "block"),
+                                  ("/admin/lists/card/x", {"list": "block"}, "reason")):
+            refused = c.put(path, json=body, headers=admin)
+            assert refused.status_code == 422 and words in refused.text, (path, refused.text)
+        assert c.put("/admin/lists/card/x", json={"list": "block", "reason": "no"}, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        listed = {(e["kind"], e["entity_id"], e["list"]) for e in c.get("/admin/lists", headers=admin).json()["entries"]}
+        assert listed == {("card", "listed-card", "block"), ("terminal", "7", "allow")}
+    with TestClient(create_app(settings)) as c:  # a worker started since reads the lists from the store
+        assert c.post("/predict", json={**card, "transaction_id": "list-3"}).json()["rules"] == ["block-list:card", "allow-list:terminal"]
+        assert c.request("DELETE", "/admin/lists/card/listed-card", json={"reason": "card reissued"}, headers=admin).status_code == 200
+        allowed = c.post("/predict", json={**card, "transaction_id": "list-4"}).json()
+        assert (allowed["decision"], allowed["rules"]) == ("approve", ["allow-list:terminal"])
+        elsewhere = c.post("/predict", json={**card, "transaction_id": "list-5", "terminal_id": "8"}).json()
+        model = c.app.state.service.models[elsewhere["variant"]]  # type: ignore[attr-defined]
+        assert elsewhere["rules"] == [] and elsewhere["decision"] == decide_one(model.bands, elsewhere["score"])

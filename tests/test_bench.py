@@ -17,7 +17,7 @@ from tests.conftest import tiny_settings
 # Each runs in make test. The scaling section starts a Dask cluster per size and the concept section
 # trains four models: they prepare their data as the others do (simulate, deliver the chargebacks),
 # and their measurement is make bench's.
-SMOKED = ("features", "training", "budget", "batch", "monitoring", "bandit", "exploration", "serving", "soak", "freshness")
+SMOKED = ("features", "training", "budget", "batch", "monitoring", "bandit", "exploration", "serving", "soak", "freshness", "rules")
 
 
 def load_tools() -> None:

@@ -273,3 +273,27 @@ def test_a_verdict_sent_right_after_its_answer_is_recorded_by_a_keyed_lookup(reg
     assert not got["logged"], "the prediction log was written already: the test no longer shows the index found it"
     assert not got["duckdb"], "the label path loaded DuckDB"
     assert current(settings).set_index("transaction_id").loc["just-answered", "is_fraud"] == 1
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"], indirect=True)
+def test_list_entries_are_their_latest_event_and_history_is_kept(store: Settings) -> None:
+    from sqlalchemy import select
+
+    from features import lists
+    from features.labels import engine
+
+    assert lists.read(store).empty and lists.entries(store) == []
+    lists.put(store, "card", "c1", "block", "analyst-1", "stolen")
+    lists.put(store, "terminal", "t1", "allow", "ops", "test terminal")
+    lists.put(store, "card", "c2", "allow", "ops", "VIP")
+    lists.put(store, "card", "c2", "block", "analyst-2", "account takeover")  # the latest wins
+    lists.put(store, "card", "c1", None, "analyst-1", "reissued")  # off its list
+    current = lists.read(store)
+    assert (current.block, current.allow) == ({"card": frozenset({"c2"}), "terminal": frozenset()},
+                                              {"card": frozenset(), "terminal": frozenset({"t1"})})
+    assert current.actions("c2", "t1") == [("block-list:card", "decline"), ("allow-list:terminal", "allow")]
+    assert current.actions("c1", "t9") == []
+    assert {(e["kind"], e["entity_id"], e["list"], e["who"]) for e in lists.entries(store)} == {
+        ("terminal", "t1", "allow", "ops"), ("card", "c2", "block", "analyst-2")}
+    with engine(store.label_store_url).connect() as con:
+        assert len(con.execute(select(lists.LIST_EVENTS)).all()) == 5  # every change is kept

@@ -22,6 +22,7 @@ from pipelines.bench.exploration_section import exploration_section
 from pipelines.bench.features_section import features_section
 from pipelines.bench.freshness_section import freshness_section
 from pipelines.bench.monitoring_section import monitoring_section
+from pipelines.bench.rules_section import rules_section
 from pipelines.bench.scaling_section import scaling_section
 from pipelines.bench.serving_section import serving_section
 from pipelines.bench.soak_section import soak_section
@@ -41,6 +42,7 @@ SECTIONS: dict[str, Callable[[Settings, str, int], Section]] = {
     "concept": concept_section,
     "soak": soak_section,
     "freshness": freshness_section,
+    "rules": rules_section,
 }
 
 

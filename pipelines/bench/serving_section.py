@@ -148,12 +148,13 @@ def servers(s: Settings) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
 
 def closed_loop_rounds(section: Section, body: dict[str, str], repeat: int, seconds: int) -> None:
     """Every target in rounds of one run each: this kind of machine drifted by up to 2x within
-    minutes, which moved a ratio by a fifth when each target's runs came one after the other."""
+    minutes, which moved a ratio by a fifth when each target's runs came one after the other. The
+    50-rule server runs beside the full path it is compared with."""
     post = lambda name, text, path="/": (PORTS[name], WRK_SCRIPT.format(method="POST", body=text, path=path))  # noqa: E731
     targets = {
         "1. /predict (lookup, routing, model, log)": post("ours", body["full"], "/predict"),
-        "1b. /predict through FastAPI's own route (lane off)": post("no-lane", body["full"], "/predict"),
         f"1r. /predict with {RULES} active rules": post("ours-rules", body["full"], "/predict"),
+        "1b. /predict through FastAPI's own route (lane off)": post("no-lane", body["full"], "/predict"),
         "2. /predict/features (routing, model, log)": post("ours", body["features"], "/predict/features"),
         "2b. /predict/features through FastAPI's own route (lane off)": post("no-lane", body["features"], "/predict/features"),
         "3. peer: mlflow models serve (model)": post("mlflow", body["mlflow"], "/invocations"),
@@ -166,8 +167,10 @@ def closed_loop_rounds(section: Section, body: dict[str, str], repeat: int, seco
         # made the first of three runs a third as fast as the other two
         closed_loop(f"http://127.0.0.1:{port}", script, min(3, seconds), 16)
     runs: dict[str, list[Run]] = {label: [] for label in targets}
-    for _ in range(repeat):
-        for label, (port, script) in targets.items():
+    for round_ in range(repeat):
+        # every other round in reverse: a target's place in the round (after which neighbour, how
+        # long into it) cancels out of a ratio instead of weighing on one side of it every time
+        for label, (port, script) in (reversed(targets.items()) if round_ % 2 else targets.items()):
             runs[label].append(closed_loop(f"http://127.0.0.1:{port}", script, seconds, 16))
     rates = {label.split(".")[0]: statistics.median(r[0] for r in done) for label, done in runs.items()}
     for label, done in runs.items():

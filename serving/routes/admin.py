@@ -1,16 +1,20 @@
-"""Routing, reloads, promotion and rollback, behind the admin token (off when none is set)."""
+"""Routing, reloads, promotion and rollback, rules and the block and allow lists, behind the admin
+token (off when none is set)."""
 
 from __future__ import annotations
 
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, HTTPException
+from fastapi import APIRouter, Depends, Header, HTTPException, Path
 from pydantic import BaseModel, Field
 
+from features import lists
+from features.lists import Kind, ListName
 from model.rules import RuleError
 from serving.router import Mode
 from serving.routes.deps import Service, SettingsDep, require_bearer
+from serving.schemas import ID_PATTERN
 from serving.service import ScoringService
 
 log = logging.getLogger("fraudops.api")
@@ -66,6 +70,44 @@ async def reload_rules(svc: Service) -> dict[str, object]:
     except RuleError as exc:
         raise HTTPException(422, f"rules not reloaded, the previous rules keep running: {exc}") from exc
     return await get_rules(svc)
+
+
+class ListEntry(BaseModel):
+    model_config = {"extra": "forbid"}
+    list: ListName
+    reason: str = Field(min_length=3, max_length=500)
+
+
+class Removal(BaseModel):
+    model_config = {"extra": "forbid"}
+    reason: str = Field(min_length=3, max_length=500)
+
+
+@router.get("/lists")
+async def get_lists(settings: SettingsDep) -> dict[str, object]:
+    return {"entries": lists.entries(settings)}
+
+
+def change_list(svc: ScoringService, kind: Kind, entity_id: str, list_name: ListName | None, reason: str) -> dict[str, object]:
+    """Record the change for every worker (the label store's database), then act on it here at once;
+    the other workers follow at their next poll."""
+    try:
+        lists.put(svc.settings, kind, entity_id, list_name, "admin-api", reason)
+    except Exception as exc:
+        raise HTTPException(503, f"the lists' store cannot be written now, so nothing changed: {exc}") from exc
+    log.warning("%s %s %s: %s", kind, entity_id, f"put on the {list_name} list" if list_name else "taken off its list", reason)
+    svc.refresh_lists()
+    return {"kind": kind, "entity_id": entity_id, "list": list_name, "reason": reason}
+
+
+@router.put("/lists/{kind}/{entity_id}")
+async def put_on_list(kind: Kind, entity_id: Annotated[str, Path(pattern=ID_PATTERN)], body: ListEntry, svc: Service) -> dict[str, object]:
+    return change_list(svc, kind, entity_id, body.list, body.reason)
+
+
+@router.delete("/lists/{kind}/{entity_id}")
+async def take_off_list(kind: Kind, entity_id: Annotated[str, Path(pattern=ID_PATTERN)], body: Removal, svc: Service) -> dict[str, object]:
+    return change_list(svc, kind, entity_id, None, body.reason)
 
 
 def move_champion(action: str, body: Promotion, svc: ScoringService) -> dict[str, str | None]:
