@@ -1,7 +1,7 @@
 """The request's latency budget, step by step, in this process: the live state's step with the
 request-time features (`serving.online`), the model on one row (LightGBM's single-row fast path
-beside `Booster.predict`, the public call it stands in for), the reason codes an answer can ask
-for, and the prediction log's append. The
+beside `Booster.predict`, the public call it stands in for), 50 active rules (model/rules.py), the
+reason codes an answer can ask for, and the prediction log's append. The
 HTTP stack's share is the serving section's floor."""
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ import numpy as np
 
 from core.settings import Settings
 from pipelines.bench.common import Section, latency_ms
-from pipelines.bench.serving_section import prepared
+from pipelines.bench.serving_section import prepared, write_rules
 
 
 def budget_section(settings: Settings, scale: str, repeat: int) -> Section:
+    from features.live import ANSWER_VALUES
     from features.state import Tx
+    from model import rules
     from model.loaded import load_from_registry
     from model.native.lightgbm_row import FastRowPredictor, RowScorer, public_predictor
     from serving.online import OnlineFeatures
@@ -47,6 +49,11 @@ def budget_section(settings: Settings, scale: str, repeat: int) -> Section:
     for label, scorer in scorers:
         p50, p99 = latency_ms(partial(scorer, row), 20_000)
         section.add(f"{label}, p50", p50 * 1000, "us", f"p99 {p99 * 1000:.1f} us", p99=p99 * 1000)
+    values = lookup().values  # type: ignore[attr-defined]
+    fifty = rules.load(write_rules(s.state_dir / "bench-rules.toml"), ANSWER_VALUES)
+    p50, p99 = latency_ms(partial(fifty.decide, "approve", values, 0.01), 20_000)
+    section.add(f"{len(fifty.rules)} active rules, one decision, p50", p50 * 1000, "us",
+                f"p99 {p99 * 1000:.1f} us; the serving section's rule server uses the same file", p99=p99 * 1000)
     p50, p99 = latency_ms(partial(explain, model, row.tolist()), 5_000)
     section.add("reason codes (?explain=true), one row, p50", p50 * 1000, "us", f"p99 {p99 * 1000:.1f} us; only an answer that asks pays it", p99=p99 * 1000)
     log = PredictionLog(lambda batch: None, batch_size=4096, max_queue=1_000_000)

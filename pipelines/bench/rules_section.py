@@ -98,7 +98,7 @@ def rules_section(settings: Settings, scale: str, repeat: int) -> Section:
                 f"95% interval {figures.precision_low:.2f}-{figures.precision_high:.2f} on {figures.labelled_hits} hits",
                 low=figures.precision_low, high=figures.precision_high, hits=float(figures.hits))
     section.add("shadow rule: frauds it hit that the model's threshold missed", float(figures.frauds_model_missed), "transactions")
-    section.add("shadow run decides as the run without rules (1 = yes)", float((runs["shadow"]["decision"] == runs["none"]["decision"]).all()), "")
+    section.add("shadow run decisions equal those without rules (1 = yes)", float((runs["shadow"]["decision"] == runs["none"]["decision"]).all()), "")
     for mode, what in (("none", "without rules"), ("active", "with the rule active")):
         total, losses = priced(runs[mode], s)
         section.add(f"week's cost {what}", total, "currency", f"fraud losses alone: {losses:,.0f}", losses=losses)

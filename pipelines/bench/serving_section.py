@@ -30,7 +30,7 @@ SERVING_REDIS = "127.0.0.1:6379,db=8"  # the Redis live state of the serving sec
 OPEN_LOOP_RATES = ((500, 3.0), (1_000, 5.0))  # req/s and the p99 target in ms (docs/results/targets.json)
 # Seconds a measured run lasts, closed loop and at a constant rate (hey, open loop): the smoke scale
 # only proves that every step runs (tests/test_bench.py).
-RULES = 50  # active rules on the "ours-rules" API: the load, for the ratio against the path without them
+RULES = 50  # active rules on the "ours-rules" API, for the ratio against the path without them (target: docs/results/targets.json)
 RUN_SECONDS = {"full": 8, "small": 8, "smoke": 1}
 RATE_SECONDS = {"full": 10, "small": 10, "smoke": 1}
 HEALTH = {"ours": "/readyz", "no-lane": "/readyz", "ours-redis": "/readyz", "ours-rules": "/readyz", "mlflow": "/ping"}  # the peers answer on "/"
