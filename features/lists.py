@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Literal
 
-from sqlalchemy import Column, DateTime, Index, Integer, Table, Text, func, select
+from sqlalchemy import Column, DateTime, Engine, Index, Integer, Table, Text, func, select
 
 from core.settings import Settings
 from features.labels import METADATA, engine
@@ -61,12 +62,20 @@ class Lists:
         return found
 
 
+@lru_cache(maxsize=8)
+def _store(url: str) -> Engine:
+    """The label store's engine, with the lists' table created once per store: the engine may have
+    been made before this module was imported, and a store made before the lists lacks the table."""
+    store = engine(url)
+    with store.begin() as con:
+        LIST_EVENTS.create(con, checkfirst=True)
+    return store
+
+
 def _latest(settings: Settings) -> list[dict[str, object]]:
     """Each entity's latest event, removals included."""
     latest = select(func.max(LIST_EVENTS.c.id)).group_by(LIST_EVENTS.c.kind, LIST_EVENTS.c.entity_id)
-    store = engine(settings.label_store_url)
-    with store.begin() as con:
-        LIST_EVENTS.create(con, checkfirst=True)  # a store made before the lists existed gets the table
+    with _store(settings.label_store_url).begin() as con:
         rows = con.execute(select(LIST_EVENTS).where(LIST_EVENTS.c.id.in_(latest.scalar_subquery())).order_by(LIST_EVENTS.c.id))
         return [dict(row._mapping) for row in rows]
 
@@ -85,8 +94,6 @@ def read(settings: Settings) -> Lists:
 
 def put(settings: Settings, kind: Kind, entity_id: str, list_name: ListName | None, who: str, reason: str) -> None:
     """Put the card or terminal on a list, or with `list_name` None take it off whichever it is on."""
-    store = engine(settings.label_store_url)
-    with store.begin() as con:
-        LIST_EVENTS.create(con, checkfirst=True)
+    with _store(settings.label_store_url).begin() as con:
         con.execute(LIST_EVENTS.insert().values(kind=kind, entity_id=entity_id, list=list_name or REMOVED, who=who, reason=reason,
                                                 at=datetime.now(timezone.utc).replace(tzinfo=None)))

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ast
 import math
+import re
 import tomllib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,8 +68,7 @@ def _div(a: float, b: float) -> float:
 
 
 def _valid_name(name: object) -> bool:
-    return (isinstance(name, str) and 0 < len(name) <= 64 and name[0].isascii() and name[0].islower()
-            and all(c.isascii() and (c.islower() or c.isdigit() or c in "-_") for c in name))
+    return isinstance(name, str) and re.fullmatch(r"[a-z][a-z0-9_-]{0,63}", name) is not None
 
 
 def _condition(rule: str, when: str, known: Collection[str]) -> ast.expr:
@@ -157,7 +157,6 @@ class RuleSet:
         hits = self.fired(values, score) if self.rules else []
         active = [(rule.name, rule.action) for rule in hits if rule.mode == "active"] + list(listed)
         return _precedence(band, [action for _, action in active]), [name for name, _ in active], [r.name for r in hits if r.mode == "shadow"]
-
 
     def decide_rows(self, bands: Sequence[Decision], rows: Sequence[Mapping[str, float]], scores: Sequence[float],
                     listed: Sequence[Sequence[tuple[str, Action]]] | None = None) -> tuple[list[Decision], list[str], list[str]]:
